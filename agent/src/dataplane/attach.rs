@@ -1,0 +1,90 @@
+//! Attaching programs to interfaces: TCX on kernels that have it (6.6+),
+//! otherwise a clsact qdisc with a cls_bpf filter at trunkline's own
+//! priority and handle, never prio 1 / handle 1 that other agents take.
+
+use aya::{
+    programs::{
+        tc::{self, NlOptions, TcAttachOptions, TcHandle},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+};
+use dataplane_common::Hook;
+
+use super::{DataplaneError, Result};
+
+/// cls_bpf priority and handle used on kernels without TCX.
+pub const TC_PRIORITY: u16 = 20_000;
+pub const TC_HANDLE: TcHandle = TcHandle::new(0x7431, 0x0001);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Tcx,
+    Clsact,
+}
+
+/// One program attached to one interface.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub iface: String,
+    pub hook: Hook,
+    pub mode: AttachMode,
+}
+
+/// The TC direction a hook runs in.
+pub const fn attach_type(hook: Hook) -> TcAttachType {
+    match hook {
+        Hook::FromPod | Hook::FromEni => TcAttachType::Ingress,
+        Hook::ToEni | Hook::ToPod => TcAttachType::Egress,
+    }
+}
+
+fn tcx_available() -> bool {
+    KernelVersion::current()
+        .map(|v| v >= KernelVersion::new(6, 6, 0))
+        .unwrap_or(false)
+}
+
+pub(super) fn attach(prog: &mut SchedClassifier, iface: &str, hook: Hook) -> Result<Attachment> {
+    let program = hook.program_name();
+    let err = |reason: String| DataplaneError::Attach {
+        program,
+        iface: iface.to_string(),
+        reason,
+    };
+    let mode = if tcx_available() {
+        // Last in the chain: a policy agent's program that returns TCX_NEXT
+        // runs before our redirects.
+        prog.attach_with_options(
+            iface,
+            attach_type(hook),
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        )
+        .map_err(|e| err(format!("tcx: {e}")))?;
+        AttachMode::Tcx
+    } else {
+        match tc::qdisc_add_clsact(iface) {
+            Ok(()) => {}
+            // Already there (another agent, or an earlier attach of ours).
+            Err(tc::TcError::IoError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(err(format!("adding clsact qdisc: {e}"))),
+        }
+        prog.attach_with_options(
+            iface,
+            attach_type(hook),
+            TcAttachOptions::Netlink(NlOptions {
+                priority: TC_PRIORITY,
+                handle: TC_HANDLE,
+                classid: None,
+            }),
+        )
+        .map_err(|e| err(format!("cls_bpf: {e}")))?;
+        AttachMode::Clsact
+    };
+    tracing::debug!(iface, program, ?mode, "attached");
+    Ok(Attachment {
+        iface: iface.to_string(),
+        hook,
+        mode,
+    })
+}

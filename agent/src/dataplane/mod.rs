@@ -1,0 +1,157 @@
+//! Loading the kernel object, pinning its maps, attaching its programs, and
+//! typed access to the maps.
+
+mod attach;
+mod bpffs;
+mod maps;
+
+use std::path::{Path, PathBuf};
+
+use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use dataplane_common::{maps as names, Hook};
+
+pub use attach::{AttachMode, Attachment};
+pub use bpffs::{ensure_bpffs_dir, is_bpffs};
+pub use maps::{read_stats, PinnedStats, StatsByHook};
+
+/// Errors of the loader, with the object, path or interface they concern.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("{path}: not on a bpf filesystem (mount -t bpf bpf <dir>, or point --bpf-root at /sys/fs/bpf/...)")]
+    NotBpffs { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("the eBPF object has no program {0}")]
+    MissingProgram(&'static str),
+    #[error("the eBPF object has no map {0}")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("attaching {program} to {iface}: {reason}")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        reason: String,
+    },
+}
+
+pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// The loaded data path: programs verified and loaded, maps created (or
+/// re-opened from their pins), and the attachments made through it.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    bpf_root: Option<PathBuf>,
+    attachments: Vec<Attachment>,
+}
+
+impl Dataplane {
+    /// Loads `object` and pins every map as `<bpf_root>/<MAP>`. A map that is
+    /// already pinned there is re-used, not replaced, so the data path keeps
+    /// its state across agent restarts.
+    pub fn load_pinned(object: &[u8], bpf_root: &Path) -> Result<Self> {
+        ensure_bpffs_dir(bpf_root)?;
+        let pins: Vec<(&'static str, PathBuf)> =
+            names::ALL.iter().map(|n| (*n, bpf_root.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(object)?;
+        Self::finish_load(ebpf, Some(bpf_root.to_path_buf()))
+    }
+
+    /// Loads `object` with private, unpinned maps (golden-packet tests, benchmarks).
+    pub fn load_unpinned(object: &[u8]) -> Result<Self> {
+        let ebpf = EbpfLoader::new().load(object)?;
+        Self::finish_load(ebpf, None)
+    }
+
+    fn finish_load(mut ebpf: Ebpf, bpf_root: Option<PathBuf>) -> Result<Self> {
+        for name in names::ALL {
+            if ebpf.map(name).is_none() {
+                return Err(DataplaneError::MissingMap(name));
+            }
+        }
+        for hook in Hook::ALL {
+            let name = hook.program_name();
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram(name))?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| DataplaneError::Program { name, source })?;
+        }
+        tracing::debug!(bpf_root = ?bpf_root, "data path loaded");
+        Ok(Self {
+            ebpf,
+            bpf_root,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Where the maps are pinned, if they are.
+    pub fn bpf_root(&self) -> Option<&Path> {
+        self.bpf_root.as_deref()
+    }
+
+    /// The loaded program of `hook` (for attaching or `test_run`).
+    pub fn program(&self, hook: Hook) -> Result<&SchedClassifier> {
+        let name = hook.program_name();
+        self.ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    fn program_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier> {
+        let name = hook.program_name();
+        self.ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram(name))?
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, source })
+    }
+
+    /// Attaches `hook`'s program to `iface` in the calling thread's network
+    /// namespace (TCX where the kernel has it, else clsact with trunkline's
+    /// own priority and handle). Detached when `self` is dropped.
+    pub fn attach(&mut self, iface: &str, hook: Hook) -> Result<AttachMode> {
+        let prog = self.program_mut(hook)?;
+        let attachment = attach::attach(prog, iface, hook)?;
+        let mode = attachment.mode;
+        self.attachments.push(attachment);
+        Ok(mode)
+    }
+
+    /// What has been attached through this handle.
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+
+    pub(crate) fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}

@@ -1,0 +1,6 @@
+//! trunkline-agent: the node daemon. It loads and pins the data path, owns
+//! every map, and (in later modules) runs IPAM, the CNI RPC server, EC2 and
+//! Kubernetes reconcilers.
+
+pub mod dataplane;
+pub mod inspect;

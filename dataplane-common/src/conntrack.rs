@@ -1,0 +1,119 @@
+//! Connection tracking (`CT`, `SNAT_REV`).
+
+use crate::{assert_no_padding, user_pod, Ipv4};
+
+/// A flow 5-tuple. In `CT` it is the original direction as the pod sent it;
+/// in `SNAT_REV` it is the reply as it arrives at the node (node IP, NAT port).
+/// For ICMP echo the identifier stands in both port fields' place: `src_port`
+/// holds it and `dst_port` is 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src_ip: Ipv4,
+    pub dst_ip: Ipv4,
+    /// Host byte order.
+    pub src_port: u16,
+    /// Host byte order.
+    pub dst_port: u16,
+    /// IP protocol number (6 TCP, 17 UDP, 1 ICMP).
+    pub proto: u8,
+    /// Always zero: keys are hashed byte for byte.
+    pub _pad: [u8; 3],
+}
+assert_no_padding!(CtKey {
+    src_ip: Ipv4,
+    dst_ip: Ipv4,
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+    _pad: [u8; 3],
+});
+
+impl CtKey {
+    pub const fn new(src_ip: Ipv4, dst_ip: Ipv4, src_port: u16, dst_port: u16, proto: u8) -> Self {
+        Self {
+            src_ip,
+            dst_ip,
+            src_port,
+            dst_port,
+            proto,
+            _pad: [0; 3],
+        }
+    }
+
+    /// The same flow seen from the other end.
+    pub const fn reversed(&self) -> Self {
+        Self::new(
+            self.dst_ip,
+            self.src_ip,
+            self.dst_port,
+            self.src_port,
+            self.proto,
+        )
+    }
+}
+
+/// `CT` value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    /// `bpf_ktime_get_boot_ns` at creation (CLOCK_BOOTTIME, readable by the agent).
+    pub created_ns: u64,
+    /// `bpf_ktime_get_boot_ns` of the last packet in either direction.
+    pub last_seen_ns: u64,
+    pub packets_orig: u64,
+    pub bytes_orig: u64,
+    pub packets_reply: u64,
+    pub bytes_reply: u64,
+    /// Translated source address (the node IP) when `CT_F_SNAT` is set.
+    pub nat_ip: Ipv4,
+    /// Translated source port (host order) when `CT_F_SNAT` is set.
+    pub nat_port: u16,
+    /// `CT_STATE_*`.
+    pub state: u8,
+    /// `CT_F_*` bits.
+    pub flags: u8,
+}
+assert_no_padding!(CtEntry {
+    created_ns: u64,
+    last_seen_ns: u64,
+    packets_orig: u64,
+    bytes_orig: u64,
+    packets_reply: u64,
+    bytes_reply: u64,
+    nat_ip: Ipv4,
+    nat_port: u16,
+    state: u8,
+    flags: u8,
+});
+
+/// Flow is source-NATed to `nat_ip:nat_port`.
+pub const CT_F_SNAT: u8 = 1 << 0;
+/// Flow entered the pod through the host stack (NodePort, probes): replies go back through it.
+pub const CT_F_VIA_STACK: u8 = 1 << 1;
+
+pub const CT_STATE_NEW: u8 = 0;
+pub const CT_STATE_ESTABLISHED: u8 = 1;
+pub const CT_STATE_CLOSING: u8 = 2;
+
+user_pod!(CtKey, CtEntry);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_reversal_is_an_involution() {
+        let k = CtKey::new([10, 0, 0, 1], [203, 0, 113, 10], 40000, 443, 6);
+        let r = k.reversed();
+        assert_eq!(r.src_ip, [203, 0, 113, 10]);
+        assert_eq!(r.dst_port, 40000);
+        assert_eq!(r.reversed(), k);
+    }
+
+    #[test]
+    fn sizes_are_stable() {
+        assert_eq!(core::mem::size_of::<CtKey>(), 16);
+        assert_eq!(core::mem::size_of::<CtEntry>(), 56);
+    }
+}

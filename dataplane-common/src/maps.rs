@@ -1,0 +1,45 @@
+//! Map names (as pinned under the bpffs root) and sizes, shared by the
+//! kernel declarations and the agent so the two cannot drift apart.
+
+pub const PODS: &str = "PODS";
+pub const ENIS: &str = "ENIS";
+pub const NO_SNAT: &str = "NO_SNAT";
+pub const SERVICE_CIDRS: &str = "SERVICE_CIDRS";
+pub const CONFIG: &str = "CONFIG";
+pub const CT: &str = "CT";
+pub const SNAT_REV: &str = "SNAT_REV";
+pub const STATS: &str = "STATS";
+
+/// Every map the object declares, in the order the agent pins them.
+pub const ALL: [&str; 8] = [
+    PODS,
+    ENIS,
+    NO_SNAT,
+    SERVICE_CIDRS,
+    CONFIG,
+    CT,
+    SNAT_REV,
+    STATS,
+];
+
+pub const PODS_MAX: usize = 1024;
+pub const ENIS_MAX: usize = 64;
+pub const NO_SNAT_MAX: usize = 4096;
+pub const SERVICE_CIDRS_MAX: usize = 256;
+pub const CT_MAX: usize = 262_144;
+pub const SNAT_REV_MAX: usize = 262_144;
+
+/// `NO_SNAT` values: why a destination is never SNATed.
+pub const NO_SNAT_VPC_CIDR: u32 = 1;
+pub const NO_SNAT_EXCLUDED: u32 = 2;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn names_fit_the_kernel_object_name_limit() {
+        // BPF_OBJ_NAME_LEN is 16 including the NUL.
+        for name in super::ALL {
+            assert!(name.len() < 16, "{name}");
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Per-CPU counters (`STATS`): one slot per program, one named field per
+//! counter so that `bpftool map dump pinned .../STATS` prints names.
+
+use crate::user_pod;
+
+/// The four attach points; the index of each program's slot in `STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// TC ingress of a pod's host veth.
+    FromPod = 0,
+    /// TC egress of an ENI.
+    ToEni = 1,
+    /// TC ingress of an ENI.
+    FromEni = 2,
+    /// TC egress of a pod's host veth.
+    ToPod = 3,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [Hook::FromPod, Hook::ToEni, Hook::FromEni, Hook::ToPod];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The program (ELF symbol) name.
+    pub const fn program_name(self) -> &'static str {
+        match self {
+            Hook::FromPod => "from_pod",
+            Hook::ToEni => "to_eni",
+            Hook::FromEni => "from_eni",
+            Hook::ToPod => "to_pod",
+        }
+    }
+}
+
+/// Why a packet was dropped. Each reason has its own counter in [`Stats`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// IPv4 header truncated, IHL < 5, or total length beyond the frame.
+    MalformedL3 = 1,
+    /// TCP/UDP/ICMP header truncated in a packet that must carry it.
+    MalformedL4 = 2,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::MalformedL3, DropReason::MalformedL4];
+
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        match v {
+            1 => Some(Self::MalformedL3),
+            2 => Some(Self::MalformedL4),
+            _ => None,
+        }
+    }
+
+    /// The counter's field name in [`Stats`].
+    pub const fn counter_name(self) -> &'static str {
+        match self {
+            Self::MalformedL3 => "drop_malformed_l3",
+            Self::MalformedL4 => "drop_malformed_l4",
+        }
+    }
+}
+
+macro_rules! define_stats {
+    ($( $(#[$doc:meta])* $field:ident ),+ $(,)?) => {
+        /// `STATS` value (one per CPU per [`Hook`]).
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $field: u64, )+
+        }
+
+        impl Stats {
+            /// Counter names in field order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),+];
+
+            /// Counter values in field order (same order as [`Self::NAMES`]).
+            pub fn values(&self) -> [u64; Self::NAMES.len()] {
+                [$(self.$field),+]
+            }
+
+            /// Adds another slot (e.g. another CPU's) into this one.
+            pub fn accumulate(&mut self, other: &Self) {
+                $( self.$field = self.$field.wrapping_add(other.$field); )+
+            }
+
+            /// The value of the counter called `name`.
+            pub fn get(&self, name: &str) -> Option<u64> {
+                match name {
+                    $( stringify!($field) => Some(self.$field), )+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+define_stats! {
+    /// Verdict TC_ACT_OK: handed to the kernel stack.
+    pass,
+    /// Verdict TC_ACT_REDIRECT.
+    redirect,
+    /// Verdict TC_ACT_SHOT (the drop_* counters say why).
+    drop,
+    /// Not IPv4 (ARP, IPv6, ...): passed untouched.
+    non_ipv4,
+    /// Carried an 802.1Q tag (in the frame or in skb metadata).
+    vlan_tagged,
+    /// IPv4 header with options (IHL > 5).
+    ip_options,
+    /// First fragment of a fragmented datagram (carries the L4 header).
+    fragment_first,
+    /// Non-first fragment (no L4 header).
+    fragment_later,
+    tcp,
+    udp,
+    icmp,
+    /// IPv4 with another L4 protocol.
+    other_l4,
+    drop_malformed_l3,
+    drop_malformed_l4,
+}
+
+// Every field is a u64, so no padding is possible; the size is a multiple of 8.
+const _: () = assert!(core::mem::size_of::<Stats>() == Stats::NAMES.len() * 8);
+
+impl Stats {
+    /// Counts one drop for `reason`.
+    #[inline(always)]
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.drop += 1;
+        match reason {
+            DropReason::MalformedL3 => self.drop_malformed_l3 += 1,
+            DropReason::MalformedL4 => self.drop_malformed_l4 += 1,
+        }
+    }
+}
+
+user_pod!(Stats);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_has_its_counter() {
+        for reason in DropReason::ALL {
+            let mut s = Stats::default();
+            s.count_drop(reason);
+            assert_eq!(s.drop, 1);
+            assert_eq!(s.get(reason.counter_name()), Some(1), "{reason:?}");
+            assert_eq!(DropReason::from_u32(reason as u32), Some(reason));
+            // exactly two counters moved: `drop` and the reason's own
+            assert_eq!(s.values().iter().sum::<u64>(), 2);
+        }
+        assert_eq!(DropReason::from_u32(0), None);
+    }
+
+    #[test]
+    fn names_match_values_and_accumulate_adds() {
+        let mut a = Stats {
+            tcp: 3,
+            pass: 1,
+            ..Default::default()
+        };
+        let b = Stats {
+            tcp: 4,
+            drop: 2,
+            ..Default::default()
+        };
+        a.accumulate(&b);
+        assert_eq!(a.get("tcp"), Some(7));
+        assert_eq!(a.get("drop"), Some(2));
+        assert_eq!(a.get("nope"), None);
+        let idx = Stats::NAMES.iter().position(|n| *n == "tcp").unwrap();
+        assert_eq!(a.values()[idx], 7);
+    }
+
+    #[test]
+    fn hooks_index_their_slots() {
+        for (i, h) in Hook::ALL.iter().enumerate() {
+            assert_eq!(*h as usize, i);
+        }
+        assert_eq!(Hook::ToPod.program_name(), "to_pod");
+    }
+}

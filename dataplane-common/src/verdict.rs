@@ -1,0 +1,76 @@
+//! The verdict record a program leaves in `__sk_buff.cb` for whoever runs
+//! it next: a tail call, or `BPF_PROG_TEST_RUN`, which returns `cb` in the
+//! output context. Without it a golden-packet test could not see which
+//! interface a `TC_ACT_REDIRECT` targeted. `cb` is the 20-byte area the
+//! kernel reserves for TC BPF programs; nothing after TC reads it.
+
+/// Index of the record's words in `__sk_buff.cb[0..5]`.
+pub const CB_VERDICT: usize = 0;
+pub const CB_TARGET_IFINDEX: usize = 1;
+pub const CB_REASON: usize = 2;
+
+/// `cb[CB_VERDICT]` values.
+pub const VERDICT_PASS: u32 = 1;
+pub const VERDICT_REDIRECT: u32 = 2;
+pub const VERDICT_DROP: u32 = 3;
+
+/// `cb[CB_REASON]` for redirects: which helper delivered the packet.
+pub const REDIRECT_PLAIN: u32 = 1;
+pub const REDIRECT_PEER: u32 = 2;
+pub const REDIRECT_NEIGH: u32 = 3;
+
+/// The decoded record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictRecord {
+    Pass,
+    Redirect {
+        ifindex: u32,
+        how: u32,
+    },
+    /// `reason` is a [`crate::DropReason`] as u32.
+    Drop {
+        reason: u32,
+    },
+}
+
+impl VerdictRecord {
+    /// Decodes `cb[0..3]`; `None` when the program left no record.
+    pub fn from_cb(cb: &[u32; 5]) -> Option<Self> {
+        match cb[CB_VERDICT] {
+            VERDICT_PASS => Some(Self::Pass),
+            VERDICT_REDIRECT => Some(Self::Redirect {
+                ifindex: cb[CB_TARGET_IFINDEX],
+                how: cb[CB_REASON],
+            }),
+            VERDICT_DROP => Some(Self::Drop {
+                reason: cb[CB_REASON],
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_each_verdict() {
+        assert_eq!(VerdictRecord::from_cb(&[0; 5]), None);
+        assert_eq!(
+            VerdictRecord::from_cb(&[VERDICT_PASS, 0, 0, 0, 0]),
+            Some(VerdictRecord::Pass)
+        );
+        assert_eq!(
+            VerdictRecord::from_cb(&[VERDICT_REDIRECT, 7, REDIRECT_PEER, 0, 0]),
+            Some(VerdictRecord::Redirect {
+                ifindex: 7,
+                how: REDIRECT_PEER
+            })
+        );
+        assert_eq!(
+            VerdictRecord::from_cb(&[VERDICT_DROP, 0, 2, 0, 0]),
+            Some(VerdictRecord::Drop { reason: 2 })
+        );
+    }
+}

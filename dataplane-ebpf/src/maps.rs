@@ -1,0 +1,39 @@
+//! Every map of the data path. The agent owns their contents; the names are
+//! the pin names (`dataplane_common::maps`).
+
+use aya_ebpf::{
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use dataplane_common::{
+    maps::{CT_MAX, ENIS_MAX, NO_SNAT_MAX, PODS_MAX, SERVICE_CIDRS_MAX, SNAT_REV_MAX},
+    Config, CtEntry, CtKey, EniEntry, Hook, Ipv4, PodEntry, Stats,
+};
+
+#[btf_map]
+pub static PODS: HashMap<Ipv4, PodEntry, PODS_MAX> = HashMap::new();
+
+#[btf_map]
+pub static ENIS: HashMap<u32, EniEntry, ENIS_MAX> = HashMap::new();
+
+#[btf_map]
+pub static NO_SNAT: LpmTrie<Ipv4, u32, NO_SNAT_MAX> = LpmTrie::new();
+
+#[btf_map]
+pub static SERVICE_CIDRS: LpmTrie<Ipv4, u32, SERVICE_CIDRS_MAX> = LpmTrie::new();
+
+#[btf_map]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static CT: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
+
+#[btf_map]
+pub static SNAT_REV: LruHashMap<CtKey, CtKey, SNAT_REV_MAX> = LruHashMap::new();
+
+#[btf_map]
+pub static STATS: PerCpuArray<Stats, { Hook::COUNT }> = PerCpuArray::new();
+
+/// Keeps `Key` in scope for the trie declarations' readers.
+#[allow(dead_code)]
+pub type CidrKey = Key<Ipv4>;

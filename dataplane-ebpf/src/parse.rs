@@ -1,0 +1,182 @@
+//! The first stage: Ethernet, optional 802.1Q, IPv4 (with options and
+//! fragments), and the TCP/UDP/ICMP header. All bounds checks of the data
+//! path live in [`header`].
+
+use core::mem::size_of;
+
+use aya_ebpf::{helpers::bpf_skb_pull_data, programs::TcContext};
+use dataplane_common::{DropReason, Ipv4};
+
+use crate::headers::{
+    EthHdr, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr, VlanHdr, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q,
+    ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, IP_MF, IP_OFFSET_MASK,
+    VLAN_HLEN,
+};
+
+/// The most header bytes the parser reads: Ethernet + 802.1Q + IPv4 with
+/// full options + a TCP header without options.
+const MAX_PARSED_HDR: u32 = (ETH_HLEN + VLAN_HLEN + 60 + size_of::<TcpHdr>()) as u32;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Fragment {
+    /// Not fragmented.
+    None,
+    /// Offset 0 with more fragments to come: carries the L4 header.
+    First,
+    /// Offset > 0: no L4 header; matched later by (src, dst, id, proto).
+    Later,
+}
+
+pub enum ParseError {
+    /// ARP, IPv6, a runt frame...: not ours, the stack decides.
+    NotIpv4,
+    /// A header claims more than the packet holds.
+    Malformed(DropReason),
+}
+
+/// What the later stages need to know about a packet. Ports are host order.
+pub struct Parsed {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    /// 802.1Q VLAN id, from the frame or from skb metadata; 0 = untagged.
+    pub vlan_id: u16,
+    /// The tag is in the frame bytes (not only in skb metadata).
+    pub vlan_tagged: bool,
+    pub src: Ipv4,
+    pub dst: Ipv4,
+    pub proto: u8,
+    pub ip_id: u16,
+    pub fragment: Fragment,
+    /// TCP/UDP source port; ICMP echo identifier; 0 otherwise.
+    pub src_port: u16,
+    /// TCP/UDP destination port; 0 otherwise.
+    pub dst_port: u16,
+    pub icmp_type: u8,
+    pub icmp_code: u8,
+}
+
+impl Parsed {
+    #[inline(always)]
+    pub fn has_ip_options(&self) -> bool {
+        self.l4_off - self.l3_off > IPV4_MIN_HLEN
+    }
+}
+
+/// A reference to a `T` at `off` bytes into the packet, or `None` if the
+/// packet is shorter. The single bounds check of the data path.
+#[inline(always)]
+pub fn header<T>(ctx: &TcContext, off: usize) -> Option<&T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: the range [start+off, start+off+size_of::<T>()) is inside the
+    // packet (checked above, and the verifier checks it again); every T here
+    // is a plain header struct valid for any bytes.
+    Some(unsafe { &*((start + off) as *const T) })
+}
+
+#[inline(always)]
+pub fn parse(ctx: &mut TcContext) -> Result<Parsed, ParseError> {
+    // Headers of GSO/paged skbs may sit outside the linear area that direct
+    // packet access sees: pull what we parse, once, only when needed.
+    let want = if ctx.len() < MAX_PARSED_HDR {
+        ctx.len()
+    } else {
+        MAX_PARSED_HDR
+    };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // SAFETY: helper call on this program's own skb.
+        unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
+    }
+
+    let eth: &EthHdr = header(ctx, 0).ok_or(ParseError::NotIpv4)?;
+    let mut ether_type = u16::from_be(eth.ether_type);
+    let mut l3_off = ETH_HLEN;
+    let mut vlan_id = 0u16;
+    let mut vlan_tagged = false;
+    if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
+        let vlan: &VlanHdr = header(ctx, ETH_HLEN).ok_or(ParseError::NotIpv4)?;
+        vlan_id = u16::from_be(vlan.tci) & 0x0fff;
+        ether_type = u16::from_be(vlan.ether_type);
+        vlan_tagged = true;
+        l3_off = ETH_HLEN + VLAN_HLEN;
+    } else {
+        // At TC ingress the kernel has usually moved the tag into skb metadata.
+        // SAFETY: reading context fields of this program's skb.
+        let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
+        if present != 0 {
+            vlan_id = (tci & 0x0fff) as u16;
+        }
+    }
+    if ether_type != ETH_P_IP {
+        return Err(ParseError::NotIpv4);
+    }
+
+    let malformed_l3 = ParseError::Malformed(DropReason::MalformedL3);
+    let ip: &Ipv4Hdr = header(ctx, l3_off).ok_or(malformed_l3)?;
+    let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
+    let tot_len = u16::from_be(ip.tot_len) as usize;
+    if ip.version_ihl >> 4 != 4
+        || ihl < IPV4_MIN_HLEN
+        || tot_len < ihl
+        || l3_off + tot_len > ctx.len() as usize
+    {
+        return Err(ParseError::Malformed(DropReason::MalformedL3));
+    }
+    let frag_off = u16::from_be(ip.frag_off);
+    let fragment = if frag_off & IP_OFFSET_MASK != 0 {
+        Fragment::Later
+    } else if frag_off & IP_MF != 0 {
+        Fragment::First
+    } else {
+        Fragment::None
+    };
+
+    let mut pkt = Parsed {
+        l3_off,
+        l4_off: l3_off + ihl,
+        vlan_id,
+        vlan_tagged,
+        src: ip.src,
+        dst: ip.dst,
+        proto: ip.protocol,
+        ip_id: u16::from_be(ip.id),
+        fragment,
+        src_port: 0,
+        dst_port: 0,
+        icmp_type: 0,
+        icmp_code: 0,
+    };
+    if fragment == Fragment::Later {
+        return Ok(pkt);
+    }
+    parse_l4(ctx, &mut pkt)?;
+    Ok(pkt)
+}
+
+#[inline(always)]
+fn parse_l4(ctx: &TcContext, pkt: &mut Parsed) -> Result<(), ParseError> {
+    let malformed_l4 = ParseError::Malformed(DropReason::MalformedL4);
+    match pkt.proto {
+        IPPROTO_TCP => {
+            let tcp: &TcpHdr = header(ctx, pkt.l4_off).ok_or(malformed_l4)?;
+            pkt.src_port = u16::from_be(tcp.source);
+            pkt.dst_port = u16::from_be(tcp.dest);
+        }
+        IPPROTO_UDP => {
+            let udp: &UdpHdr = header(ctx, pkt.l4_off).ok_or(malformed_l4)?;
+            pkt.src_port = u16::from_be(udp.source);
+            pkt.dst_port = u16::from_be(udp.dest);
+        }
+        IPPROTO_ICMP => {
+            let icmp: &IcmpHdr = header(ctx, pkt.l4_off).ok_or(malformed_l4)?;
+            pkt.icmp_type = icmp.icmp_type;
+            pkt.icmp_code = icmp.code;
+            pkt.src_port = u16::from_be(icmp.id);
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! The test bed: everything end-to-end tests, golden-packet tests, the demo
+//! and the benchmarks share.
+//!
+//! - [`golden`]: run one program on one packet with `BPF_PROG_TEST_RUN` and
+//!   get back the verdict, the output bytes and the redirect target;
+//! - [`packets`]: build the packets those tests feed in (etherparse);
+//! - [`netns`]: network namespaces, veths and bpffs mounts as guards that
+//!   remove themselves on drop, also when a test panics;
+//! - [`mini_node`]: the smallest real topology, pod ↔ node ↔ peer.
+
+pub mod bpffs;
+pub mod golden;
+pub mod mini_node;
+pub mod netns;
+pub mod object;
+pub mod packets;
+pub mod skbuff;
+pub mod traffic;
+
+/// A process-unique suffix for names of things a test creates.
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{tag}-{}-{n}", std::process::id())
+}

@@ -1,0 +1,153 @@
+//! Real traffic between namespaces, with the far end's view of it: what the
+//! server received and from which address. Every wait is bounded.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::netns::Netns;
+
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the server saw of one exchange.
+#[derive(Debug)]
+pub struct Seen {
+    /// The client address as the server saw it (after any NAT).
+    pub peer: SocketAddr,
+    /// The bytes the server received.
+    pub received: Vec<u8>,
+    /// The bytes the client got back (the server echoes).
+    pub echoed: Vec<u8>,
+}
+
+/// One TCP connection from `client` to `server_ip:port` (bound in `server`):
+/// send `payload`, the server echoes it and closes.
+pub fn tcp_echo(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    port: u16,
+    payload: &[u8],
+) -> Result<Seen> {
+    let listener = server
+        .run_in(|| TcpListener::bind((server_ip, port)))
+        .with_context(|| format!("binding {server_ip}:{port} in {}", server.name()))?;
+    listener.set_nonblocking(true)?;
+    let len = payload.len();
+    let srv = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
+        let deadline = Instant::now() + TIMEOUT;
+        let (mut conn, peer) = loop {
+            match listener.accept() {
+                Ok(c) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        bail!("no connection within {TIMEOUT:?}");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        conn.set_nonblocking(false)?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        let mut buf = vec![0u8; len];
+        conn.read_exact(&mut buf)?;
+        conn.write_all(&buf)?;
+        Ok((peer, buf))
+    });
+    let payload = payload.to_vec();
+    let echoed = client.run_in(move || -> Result<Vec<u8>> {
+        let addr = SocketAddr::V4(SocketAddrV4::new(server_ip, port));
+        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(&payload)?;
+        let mut back = vec![0u8; payload.len()];
+        s.read_exact(&mut back)?;
+        Ok(back)
+    });
+    let served = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))?;
+    let echoed = echoed.context("TCP client")?;
+    let (peer, received) = served.context("TCP server")?;
+    Ok(Seen {
+        peer,
+        received,
+        echoed,
+    })
+}
+
+/// `count` UDP request/response exchanges from `client` to `server_ip:port`.
+/// Returns what the server saw of the last one.
+pub fn udp_echo(
+    client: &Netns,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    port: u16,
+    count: usize,
+) -> Result<Seen> {
+    let sock = server
+        .run_in(|| UdpSocket::bind((server_ip, port)))
+        .with_context(|| format!("binding udp {server_ip}:{port} in {}", server.name()))?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    let srv = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
+        let mut last = None;
+        let mut buf = [0u8; 2048];
+        for _ in 0..count {
+            let (n, peer) = sock.recv_from(&mut buf)?;
+            sock.send_to(&buf[..n], peer)?;
+            last = Some((peer, buf[..n].to_vec()));
+        }
+        last.context("no datagram")
+    });
+    let echoed = client.run_in(move || -> Result<Vec<u8>> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let mut buf = [0u8; 2048];
+        let mut last = Vec::new();
+        for i in 0..count {
+            let msg = format!("trunkline udp {i}");
+            s.send_to(msg.as_bytes(), (server_ip, port))?;
+            let (n, _) = s.recv_from(&mut buf)?;
+            last = buf[..n].to_vec();
+        }
+        Ok(last)
+    });
+    let served = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))?;
+    let echoed = echoed.context("UDP client")?;
+    let (peer, received) = served.context("UDP server")?;
+    Ok(Seen {
+        peer,
+        received,
+        echoed,
+    })
+}
+
+/// `count` ICMP echo requests from `from` to `dst`; fails unless all are answered.
+pub fn ping(from: &Netns, dst: Ipv4Addr, count: u32) -> Result<()> {
+    let out = from.exec_ok(
+        "ping",
+        &[
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &dst.to_string(),
+        ],
+    )?;
+    let want = format!("{count} packets transmitted, {count} received");
+    if !out.contains(&want) {
+        bail!("ping {dst} from {}: {out}", from.name());
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `cargo xtask ...`: the project's own build, test and demo driver. It
+//! installs what a fresh machine lacks (nightly rust-src, bpf-linker built
+//! against the nightly's LLVM, Debian packages) so that nobody has to.
+
+mod ebpf;
+mod packages;
+mod paths;
+mod run;
+mod toolchain;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing and build the kernel object (with BTF).
+    BuildEbpf {
+        /// Optimised object (what the agent ships and the tests load).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build the kernel object and the whole workspace.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Install what is missing, build, and run every test (host unit tests,
+    /// golden-packet tests, network-namespace end-to-end tests).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Build what is missing and run the demo: a simulated node with real traffic.
+    Demo,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::BuildEbpf { release } => {
+            let obj = ebpf::build(release)?;
+            println!("{}", obj.display());
+        }
+        Command::Build { release } => {
+            let obj = ebpf::build(true)?;
+            run::cargo_build_workspace(&obj, release)?;
+        }
+        Command::Test { args } => run::test(&args)?,
+        Command::Demo => run::demo()?,
+    }
+    Ok(())
+}

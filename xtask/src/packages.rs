@@ -1,0 +1,55 @@
+//! Debian packages the tests and the demo run (the machine is Debian and we are root).
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::run::checked;
+
+/// (command that must exist, Debian package that provides it)
+const NEEDED: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("tcpdump", "tcpdump"),
+    ("iperf3", "iperf3"),
+    ("nft", "nftables"),
+    ("iptables", "iptables"),
+    ("ping", "iputils-ping"),
+];
+
+fn has(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Installs whichever of [`NEEDED`] is missing.
+pub fn ensure() -> Result<()> {
+    let missing: Vec<&str> = NEEDED
+        .iter()
+        .filter(|(c, _)| !has(c))
+        .map(|(_, p)| *p)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc_geteuid() } != 0 {
+        bail!("missing Debian packages {missing:?} and not root: install them with apt-get");
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    checked(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

@@ -1,0 +1,28 @@
+//! Where things are: the workspace, Cargo's target directory, our tool cache.
+
+use std::path::PathBuf;
+
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (CI keeps it
+/// outside the clone), else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Tools we build once per machine (bpf-linker and its LLVM link):
+/// `TRUNKLINE_TOOLS_DIR`, else `~/.cache/trunkline`.
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRUNKLINE_TOOLS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".cache").join("trunkline")
+}

@@ -1,0 +1,102 @@
+//! Running cargo and the test/demo flows.
+
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{ebpf, packages, paths};
+
+/// The env var through which tests, the demo and (later) the agent's build
+/// find the kernel object.
+pub const OBJECT_ENV: &str = "TRUNKLINE_EBPF_OBJECT";
+
+/// Runs `cmd`, failing with its command line when it fails.
+pub fn checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(paths::workspace_root());
+    cmd
+}
+
+pub fn cargo_build_workspace(obj: &Path, release: bool) -> Result<()> {
+    let mut cmd = cargo();
+    cmd.args(["build", "--workspace", "--all-targets"])
+        .env(OBJECT_ENV, obj);
+    if release {
+        cmd.arg("--release");
+    }
+    checked(&mut cmd)
+}
+
+/// What the tests may leave behind if a guard failed: our network
+/// namespaces (`tl-*`) and our bpffs mounts (`tl-bpffs-*`).
+fn leftovers() -> Result<BTreeSet<String>> {
+    let mut found = BTreeSet::new();
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .stderr(Stdio::null())
+        .output()
+        .context("ip netns list")?;
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(name) = line.split_whitespace().next() {
+            if name.starts_with("tl-") {
+                found.insert(format!("netns {name}"));
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        if let Some(dir) = line.split_whitespace().nth(1) {
+            if dir.contains("/tl-bpffs-") {
+                found.insert(format!("bpffs mount {dir}"));
+            }
+        }
+    }
+    Ok(found)
+}
+
+pub fn test(extra: &[String]) -> Result<()> {
+    packages::ensure()?;
+    let obj = ebpf::build(true)?;
+    let before = leftovers()?;
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"])
+        .args(extra)
+        .env(OBJECT_ENV, &obj);
+    let result = checked(&mut cmd);
+    // Every test cleans up after itself, also when it fails; check that.
+    let after = leftovers()?;
+    let leaked: Vec<&String> = after.difference(&before).collect();
+    result?;
+    if !leaked.is_empty() {
+        bail!("tests left these behind: {leaked:?}");
+    }
+    println!("xtask: no network namespace or bpffs mount left behind");
+    Ok(())
+}
+
+pub fn demo() -> Result<()> {
+    packages::ensure()?;
+    let obj = ebpf::build(true)?;
+    checked(cargo().args([
+        "build",
+        "--quiet",
+        "-p",
+        "trunkline-tests",
+        "--bin",
+        "trunkline-demo",
+    ]))?;
+    let bin = paths::target_dir().join("debug").join("trunkline-demo");
+    checked(Command::new(&bin).env(OBJECT_ENV, &obj))
+}
