@@ -17,7 +17,7 @@ pub mod stats;
 pub mod verdict;
 
 pub use config::{Config, SnatMode};
-pub use conntrack::{CtEntry, CtKey};
+pub use conntrack::{CtEntry, CtKey, FragKey, FragPorts};
 pub use node::{EniEntry, EniRole, PodEntry};
 pub use stats::{DropReason, Hook, Stats};
 pub use verdict::VerdictRecord;

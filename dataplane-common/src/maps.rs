@@ -9,9 +9,10 @@ pub const CONFIG: &str = "CONFIG";
 pub const CT: &str = "CT";
 pub const SNAT_REV: &str = "SNAT_REV";
 pub const STATS: &str = "STATS";
+pub const FRAGS: &str = "FRAGS";
 
 /// Every map the object declares, in the order the agent pins them.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     PODS,
     ENIS,
     NO_SNAT,
@@ -20,6 +21,7 @@ pub const ALL: [&str; 8] = [
     CT,
     SNAT_REV,
     STATS,
+    FRAGS,
 ];
 
 pub const PODS_MAX: usize = 1024;
@@ -28,6 +30,7 @@ pub const NO_SNAT_MAX: usize = 4096;
 pub const SERVICE_CIDRS_MAX: usize = 256;
 pub const CT_MAX: usize = 262_144;
 pub const SNAT_REV_MAX: usize = 262_144;
+pub const FRAGS_MAX: usize = 8192;
 
 /// `NO_SNAT` values: why a destination is never SNATed.
 pub const NO_SNAT_VPC_CIDR: u32 = 1;

@@ -12,20 +12,25 @@ pub struct PodEntry {
     pub eni_ifindex: u32,
     /// MAC of the pod's `eth0` (the peer of the host veth).
     pub mac: Mac,
+    /// MAC of the host veth: the source MAC of frames delivered into the pod.
+    pub host_mac: Mac,
     /// Branch ENI MAC (security-group pods); zero otherwise.
     pub branch_mac: Mac,
     /// 802.1Q VLAN id of the branch ENI; 0 = not a branch pod.
     pub vlan_id: u16,
     /// `POD_F_*` bits.
     pub flags: u16,
+    pub _pad: [u8; 2],
 }
 assert_no_padding!(PodEntry {
     host_ifindex: u32,
     eni_ifindex: u32,
     mac: Mac,
+    host_mac: Mac,
     branch_mac: Mac,
     vlan_id: u16,
     flags: u16,
+    _pad: [u8; 2],
 });
 
 /// Branch pod in strict security-group mode: all its traffic goes through the trunk.
@@ -99,7 +104,7 @@ mod tests {
     #[test]
     fn sizes_are_stable() {
         // The pinned maps outlive the agent: a size change is a format change.
-        assert_eq!(core::mem::size_of::<PodEntry>(), 24);
+        assert_eq!(core::mem::size_of::<PodEntry>(), 32);
         assert_eq!(core::mem::size_of::<EniEntry>(), 24);
     }
 

@@ -40,15 +40,32 @@ pub enum DropReason {
     MalformedL3 = 1,
     /// TCP/UDP/ICMP header truncated in a packet that must carry it.
     MalformedL4 = 2,
+    /// No free SNAT port towards this (destination IP, port, protocol)
+    /// within the allocation attempts.
+    NatNoPort = 3,
+    /// A non-first fragment of a pod datagram whose first fragment was not
+    /// seen: its flow (and so its translation) is unknown.
+    FragUnknown = 4,
+    /// Conntrack insert failed for a reason other than a race (map full).
+    CtInsertFailed = 5,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 2] = [DropReason::MalformedL3, DropReason::MalformedL4];
+    pub const ALL: [DropReason; 5] = [
+        DropReason::MalformedL3,
+        DropReason::MalformedL4,
+        DropReason::NatNoPort,
+        DropReason::FragUnknown,
+        DropReason::CtInsertFailed,
+    ];
 
     pub const fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(Self::MalformedL3),
             2 => Some(Self::MalformedL4),
+            3 => Some(Self::NatNoPort),
+            4 => Some(Self::FragUnknown),
+            5 => Some(Self::CtInsertFailed),
             _ => None,
         }
     }
@@ -58,6 +75,9 @@ impl DropReason {
         match self {
             Self::MalformedL3 => "drop_malformed_l3",
             Self::MalformedL4 => "drop_malformed_l4",
+            Self::NatNoPort => "drop_nat_no_port",
+            Self::FragUnknown => "drop_frag_unknown",
+            Self::CtInsertFailed => "drop_ct_insert_failed",
         }
     }
 }
@@ -118,8 +138,30 @@ define_stats! {
     icmp,
     /// IPv4 with another L4 protocol.
     other_l4,
+    /// Pod packets whose source was translated to the node IP.
+    snat,
+    /// Replies (and ICMP errors) translated back to the pod.
+    rev_snat,
+    /// ICMP errors whose embedded header was translated (either direction).
+    icmp_error_xlated,
+    /// New SNAT mappings (flows).
+    nat_new,
+    /// New mappings by attempts needed: 1, 2–4, 5–16, 17 or more.
+    nat_alloc_try_1,
+    nat_alloc_try_2_4,
+    nat_alloc_try_5_16,
+    nat_alloc_try_17_plus,
+    /// A new flow's conntrack entry raced another CPU's; the winner was kept.
+    ct_race,
+    /// New host connections from the node IP recorded, so SNAT avoids their ports.
+    host_flow,
+    /// A host connection took a port an existing SNAT mapping holds.
+    host_port_conflict,
     drop_malformed_l3,
     drop_malformed_l4,
+    drop_nat_no_port,
+    drop_frag_unknown,
+    drop_ct_insert_failed,
 }
 
 // Every field is a u64, so no padding is possible; the size is a multiple of 8.
@@ -133,6 +175,21 @@ impl Stats {
         match reason {
             DropReason::MalformedL3 => self.drop_malformed_l3 += 1,
             DropReason::MalformedL4 => self.drop_malformed_l4 += 1,
+            DropReason::NatNoPort => self.drop_nat_no_port += 1,
+            DropReason::FragUnknown => self.drop_frag_unknown += 1,
+            DropReason::CtInsertFailed => self.drop_ct_insert_failed += 1,
+        }
+    }
+
+    /// Counts a new mapping that needed `tries` attempts.
+    #[inline(always)]
+    pub fn count_alloc(&mut self, tries: u32) {
+        self.nat_new += 1;
+        match tries {
+            0..=1 => self.nat_alloc_try_1 += 1,
+            2..=4 => self.nat_alloc_try_2_4 += 1,
+            5..=16 => self.nat_alloc_try_5_16 += 1,
+            _ => self.nat_alloc_try_17_plus += 1,
         }
     }
 }
@@ -142,6 +199,24 @@ user_pod!(Stats);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alloc_attempts_land_in_their_bucket() {
+        let mut s = Stats::default();
+        for tries in [1, 2, 4, 5, 16, 17, 32] {
+            s.count_alloc(tries);
+        }
+        assert_eq!(s.nat_new, 7);
+        assert_eq!(
+            (
+                s.nat_alloc_try_1,
+                s.nat_alloc_try_2_4,
+                s.nat_alloc_try_5_16,
+                s.nat_alloc_try_17_plus
+            ),
+            (1, 2, 2, 2)
+        );
+    }
 
     #[test]
     fn every_drop_reason_has_its_counter() {

@@ -10,6 +10,23 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
+pub const ICMP_ECHO_REPLY: u8 = 0;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAMETER_PROB: u8 = 12;
+
+/// Byte offsets of fields the NAT stage rewrites.
+pub const IP_CSUM_OFF: usize = 10;
+pub const IP_SRC_OFF: usize = 12;
+pub const IP_DST_OFF: usize = 16;
+pub const TCP_CSUM_OFF: usize = 16;
+pub const UDP_CSUM_OFF: usize = 6;
+pub const ICMP_CSUM_OFF: usize = 2;
+pub const ICMP_ID_OFF: usize = 4;
+pub const L4_SPORT_OFF: usize = 0;
+pub const L4_DPORT_OFF: usize = 2;
+
 pub const ETH_HLEN: usize = 14;
 pub const VLAN_HLEN: usize = 4;
 pub const IPV4_MIN_HLEN: usize = 20;

@@ -6,16 +6,21 @@
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod deliver;
+mod from_eni;
 mod headers;
 mod maps;
+mod nat;
 mod parse;
 mod stats;
+mod to_eni;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use dataplane_common::Hook;
 
-use crate::{parse::Parsed, verdict::Verdict};
+use crate::verdict::Verdict;
 
 /// TC ingress of each pod's host veth: everything a pod sends.
 #[classifier]
@@ -50,7 +55,12 @@ fn run(ctx: &mut TcContext, hook: Hook) -> i32 {
     let verdict = match parse::parse(ctx) {
         Ok(pkt) => {
             stats::count_parsed(stats, &pkt);
-            decide(&pkt)
+            match hook {
+                Hook::ToEni => to_eni::run(ctx, &pkt, stats),
+                Hook::FromEni => from_eni::run(ctx, &pkt, stats),
+                // Steering plugs in here (per-pod ENI, branch VLAN, via-stack marks).
+                Hook::FromPod | Hook::ToPod => Verdict::Pass,
+            }
         }
         Err(parse::ParseError::NotIpv4) => {
             stats.non_ipv4 += 1;
@@ -59,13 +69,6 @@ fn run(ctx: &mut TcContext, hook: Hook) -> i32 {
         Err(parse::ParseError::Malformed(reason)) => Verdict::Drop(reason),
     };
     verdict::apply(ctx, stats, verdict)
-}
-
-/// The translation and steering stages plug in here; until they do, every
-/// well-formed IPv4 packet goes to the kernel stack.
-#[inline(always)]
-fn decide(_pkt: &Parsed) -> Verdict {
-    Verdict::Pass
 }
 
 #[cfg(not(test))]

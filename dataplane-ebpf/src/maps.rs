@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use dataplane_common::{
-    maps::{CT_MAX, ENIS_MAX, NO_SNAT_MAX, PODS_MAX, SERVICE_CIDRS_MAX, SNAT_REV_MAX},
-    Config, CtEntry, CtKey, EniEntry, Hook, Ipv4, PodEntry, Stats,
+    maps::{CT_MAX, ENIS_MAX, FRAGS_MAX, NO_SNAT_MAX, PODS_MAX, SERVICE_CIDRS_MAX, SNAT_REV_MAX},
+    Config, CtEntry, CtKey, EniEntry, FragKey, FragPorts, Hook, Ipv4, PodEntry, Stats,
 };
 
 #[btf_map]
@@ -34,6 +34,17 @@ pub static SNAT_REV: LruHashMap<CtKey, CtKey, SNAT_REV_MAX> = LruHashMap::new();
 #[btf_map]
 pub static STATS: PerCpuArray<Stats, { Hook::COUNT }> = PerCpuArray::new();
 
-/// Keeps `Key` in scope for the trie declarations' readers.
-#[allow(dead_code)]
-pub type CidrKey = Key<Ipv4>;
+#[btf_map]
+pub static FRAGS: LruHashMap<FragKey, FragPorts, FRAGS_MAX> = LruHashMap::new();
+
+/// Whether `ip` falls in a `NO_SNAT` prefix (VPC CIDRs, exclusions).
+#[inline(always)]
+pub fn no_snat(ip: Ipv4) -> bool {
+    NO_SNAT.get(&Key::new(32, ip)).is_some()
+}
+
+/// `CONFIG[0]`.
+#[inline(always)]
+pub fn config() -> Option<&'static Config> {
+    CONFIG.get(0)
+}

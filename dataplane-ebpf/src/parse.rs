@@ -9,13 +9,15 @@ use dataplane_common::{DropReason, Ipv4};
 
 use crate::headers::{
     EthHdr, IcmpHdr, Ipv4Hdr, TcpHdr, UdpHdr, VlanHdr, ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q,
-    ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, IP_MF, IP_OFFSET_MASK,
-    VLAN_HLEN,
+    ETH_P_IP, ICMP_DEST_UNREACH, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_PARAMETER_PROB,
+    ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, IP_MF,
+    IP_OFFSET_MASK, VLAN_HLEN,
 };
 
-/// The most header bytes the parser reads: Ethernet + 802.1Q + IPv4 with
-/// full options + a TCP header without options.
-const MAX_PARSED_HDR: u32 = (ETH_HLEN + VLAN_HLEN + 60 + size_of::<TcpHdr>()) as u32;
+/// The most header bytes any stage reads: Ethernet + 802.1Q + IPv4 with
+/// full options + ICMP error header + the quoted IPv4 header with full
+/// options + 8 bytes of its L4 header.
+const MAX_PARSED_HDR: u32 = (ETH_HLEN + VLAN_HLEN + 60 + 8 + 60 + 8) as u32;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fragment {
@@ -47,12 +49,16 @@ pub struct Parsed {
     pub proto: u8,
     pub ip_id: u16,
     pub fragment: Fragment,
-    /// TCP/UDP source port; ICMP echo identifier; 0 otherwise.
+    /// TCP/UDP source port; echo request identifier; 0 otherwise.
     pub src_port: u16,
-    /// TCP/UDP destination port; 0 otherwise.
+    /// TCP/UDP destination port; echo reply identifier; 0 otherwise.
     pub dst_port: u16,
     pub icmp_type: u8,
     pub icmp_code: u8,
+    /// TCP flags byte (FIN, SYN, RST, ACK...); 0 for other protocols.
+    pub tcp_flags: u8,
+    /// IPv4 total length: the datagram's bytes, for conntrack counters.
+    pub ip_len: u16,
 }
 
 impl Parsed {
@@ -148,6 +154,8 @@ pub fn parse(ctx: &mut TcContext) -> Result<Parsed, ParseError> {
         dst_port: 0,
         icmp_type: 0,
         icmp_code: 0,
+        tcp_flags: 0,
+        ip_len: tot_len as u16,
     };
     if fragment == Fragment::Later {
         return Ok(pkt);
@@ -164,6 +172,7 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Parsed) -> Result<(), ParseError> {
             let tcp: &TcpHdr = header(ctx, pkt.l4_off).ok_or(malformed_l4)?;
             pkt.src_port = u16::from_be(tcp.source);
             pkt.dst_port = u16::from_be(tcp.dest);
+            pkt.tcp_flags = (u16::from_be(tcp.doff_flags) & 0xff) as u8;
         }
         IPPROTO_UDP => {
             let udp: &UdpHdr = header(ctx, pkt.l4_off).ok_or(malformed_l4)?;
@@ -174,9 +183,84 @@ fn parse_l4(ctx: &TcContext, pkt: &mut Parsed) -> Result<(), ParseError> {
             let icmp: &IcmpHdr = header(ctx, pkt.l4_off).ok_or(malformed_l4)?;
             pkt.icmp_type = icmp.icmp_type;
             pkt.icmp_code = icmp.code;
-            pkt.src_port = u16::from_be(icmp.id);
+            // Echo id in the port slot that makes the reply key the
+            // reversed request key: request (id, 0), reply (0, id).
+            if icmp.icmp_type == ICMP_ECHO_REPLY {
+                pkt.dst_port = u16::from_be(icmp.id);
+            } else if icmp.icmp_type == ICMP_ECHO_REQUEST {
+                pkt.src_port = u16::from_be(icmp.id);
+            }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The datagram an ICMP error quotes (RFC 792: its IPv4 header and the
+/// first 8 bytes of its payload), as it travelled. Ports as in [`Parsed`].
+pub struct Quoted {
+    pub l3_off: usize,
+    pub l4_off: usize,
+    pub src: Ipv4,
+    pub dst: Ipv4,
+    pub proto: u8,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl Parsed {
+    /// Destination unreachable (incl. fragmentation needed), time exceeded,
+    /// parameter problem: the errors that quote the offending datagram.
+    #[inline(always)]
+    pub fn is_icmp_error(&self) -> bool {
+        self.proto == IPPROTO_ICMP
+            && self.fragment == Fragment::None
+            && matches!(
+                self.icmp_type,
+                ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAMETER_PROB
+            )
+    }
+}
+
+/// Parses the datagram quoted by the ICMP error `pkt`; `None` if the quote
+/// is too short or not a TCP/UDP/ICMP-echo datagram we could have translated.
+#[inline(always)]
+pub fn parse_quoted(ctx: &TcContext, pkt: &Parsed) -> Option<Quoted> {
+    let l3_off = pkt.l4_off + size_of::<IcmpHdr>();
+    let ip: &Ipv4Hdr = header(ctx, l3_off)?;
+    let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
+    if ip.version_ihl >> 4 != 4 || ihl < IPV4_MIN_HLEN {
+        return None;
+    }
+    let l4_off = l3_off + ihl;
+    // Every quoted L4 header we translate starts with 8 bytes we need.
+    let l4: &UdpHdr = header(ctx, l4_off)?;
+    let mut q = Quoted {
+        l3_off,
+        l4_off,
+        src: ip.src,
+        dst: ip.dst,
+        proto: ip.protocol,
+        src_port: u16::from_be(l4.source),
+        dst_port: u16::from_be(l4.dest),
+    };
+    match ip.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => Some(q),
+        IPPROTO_ICMP => {
+            let icmp: &IcmpHdr = header(ctx, l4_off)?;
+            match icmp.icmp_type {
+                ICMP_ECHO_REQUEST => {
+                    q.src_port = u16::from_be(icmp.id);
+                    q.dst_port = 0;
+                }
+                ICMP_ECHO_REPLY => {
+                    q.src_port = 0;
+                    q.dst_port = u16::from_be(icmp.id);
+                }
+                _ => return None,
+            }
+            Some(q)
+        }
+        _ => None,
+    }
 }

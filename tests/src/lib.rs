@@ -9,6 +9,7 @@
 //! - [`mini_node`]: the smallest real topology, pod ↔ node ↔ peer.
 
 pub mod bpffs;
+pub mod fixture;
 pub mod golden;
 pub mod mini_node;
 pub mod netns;

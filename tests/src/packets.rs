@@ -146,3 +146,58 @@ pub fn arp_request(sender: [u8; 4], target: [u8; 4]) -> Vec<u8> {
 
 /// Byte offset of the IPv4 header in an untagged Ethernet frame.
 pub const L3_OFF: usize = 14;
+
+/// RFC 1071 ones-complement sum of `data` (odd length padded).
+fn sum16(data: &[u8], mut acc: u32) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        acc += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [last] = chunks.remainder() {
+        acc += u32::from(*last) << 8;
+    }
+    acc
+}
+
+fn fold(mut acc: u32) -> u16 {
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// Whether the Internet checksum over `data` (which contains its own
+/// checksum field) verifies.
+pub fn checksum_ok(data: &[u8]) -> bool {
+    fold(sum16(data, 0)) == 0xffff
+}
+
+/// Whether a TCP or UDP segment's checksum verifies with the pseudo header.
+pub fn l4_checksum_ok(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> bool {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&[0, proto]);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    fold(sum16(segment, sum16(&pseudo, 0))) == 0xffff
+}
+
+/// An ICMP error from `from` to `to` quoting the first 28 bytes (IPv4
+/// header + 8) of `quoted_frame`'s datagram.
+pub fn icmp_error(
+    from: [u8; 4],
+    to: [u8; 4],
+    icmp_type: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted_frame: &[u8],
+) -> Vec<u8> {
+    let ihl = usize::from(quoted_frame[L3_OFF] & 0x0f) * 4;
+    let quoted = &quoted_frame[L3_OFF..L3_OFF + ihl + 8];
+    let mut icmp = vec![icmp_type, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(quoted);
+    let c = !fold(sum16(&icmp, 0));
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    ipv4_fragment(from, to, IpNumber::ICMP, 0x4242, 0, false, &icmp)
+}

@@ -147,6 +147,16 @@ impl Dataplane {
         &self.attachments
     }
 
+    /// A map by name, for typed wrappers (`aya::maps::HashMap::try_from`).
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
+    }
+
+    /// A map by name, writable.
+    pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
+    }
+
     pub(crate) fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }

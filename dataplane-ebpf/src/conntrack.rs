@@ -1,0 +1,96 @@
+//! Conntrack stage: flow keys, the `CT` entry of a flow, and fragment
+//! tracking (later fragments carry no ports; the first fragment's are
+//! remembered in `FRAGS`).
+
+use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
+use dataplane_common::{
+    conntrack::{CT_STATE_CLOSING, CT_STATE_ESTABLISHED, TCP_FIN, TCP_RST},
+    CtEntry, CtKey, DropReason, FragKey, FragPorts,
+};
+
+use crate::{
+    headers::IPPROTO_TCP,
+    maps::{CT, FRAGS},
+    parse::{Fragment, Parsed},
+};
+
+/// The packet's flow key in the direction it travels, with the ports of
+/// its datagram's first fragment when it is a later fragment.
+#[inline(always)]
+pub fn flow_key(pkt: &Parsed) -> Result<CtKey, DropReason> {
+    let (src_port, dst_port) = match pkt.fragment {
+        Fragment::None => (pkt.src_port, pkt.dst_port),
+        Fragment::First => {
+            let ports = FragPorts {
+                src_port: pkt.src_port,
+                dst_port: pkt.dst_port,
+            };
+            // Best effort: a full FRAGS only costs the later fragments.
+            let _ = FRAGS.insert(frag_key(pkt), ports, 0);
+            (pkt.src_port, pkt.dst_port)
+        }
+        Fragment::Later => {
+            let ports = FRAGS
+                .get_ptr(frag_key(pkt))
+                .ok_or(DropReason::FragUnknown)?;
+            // SAFETY: a valid map value pointer; FragPorts is plain data.
+            let ports = unsafe { *ports };
+            (ports.src_port, ports.dst_port)
+        }
+    };
+    Ok(CtKey::new(pkt.src, pkt.dst, src_port, dst_port, pkt.proto))
+}
+
+#[inline(always)]
+fn frag_key(pkt: &Parsed) -> FragKey {
+    FragKey {
+        src_ip: pkt.src,
+        dst_ip: pkt.dst,
+        id: pkt.ip_id,
+        proto: pkt.proto,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// The flow's entry, if tracked.
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<&'static mut CtEntry> {
+    // SAFETY: map value pointers stay valid for this program run; concurrent
+    // updates from other CPUs only race on counters, which are advisory.
+    CT.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// Accounts a packet of the original direction.
+#[inline(always)]
+pub fn seen_orig(ct: &mut CtEntry, pkt: &Parsed) {
+    ct.last_seen_ns = now();
+    ct.packets_orig += 1;
+    ct.bytes_orig += pkt.ip_len as u64;
+    track_tcp_close(ct, pkt);
+}
+
+/// Accounts a packet of the reply direction.
+#[inline(always)]
+pub fn seen_reply(ct: &mut CtEntry, pkt: &Parsed) {
+    ct.last_seen_ns = now();
+    ct.packets_reply += 1;
+    ct.bytes_reply += pkt.ip_len as u64;
+    if ct.state < CT_STATE_ESTABLISHED {
+        ct.state = CT_STATE_ESTABLISHED;
+    }
+    track_tcp_close(ct, pkt);
+}
+
+/// FIN or RST in either direction moves the flow to the short closing timeout.
+#[inline(always)]
+fn track_tcp_close(ct: &mut CtEntry, pkt: &Parsed) {
+    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        ct.state = CT_STATE_CLOSING;
+    }
+}

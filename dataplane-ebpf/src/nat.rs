@@ -1,0 +1,278 @@
+//! NAT stage: SNAT port allocation, and rewriting addresses and ports with
+//! incremental checksum updates (`bpf_l3/l4_csum_replace`, which also keep
+//! CHECKSUM_PARTIAL packets from veth/GSO right: for those only the
+//! pseudo-header part of the L4 checksum field is updated).
+
+use core::num::NonZeroU32;
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
+use dataplane_common::{
+    conntrack::{CT_F_SNAT, CT_STATE_NEW},
+    Config, CtEntry, CtKey, DropReason, Ipv4, SnatMode, Stats,
+};
+
+use crate::{
+    conntrack::now,
+    headers::{
+        ICMP_CSUM_OFF, ICMP_ID_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF,
+        IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+    },
+    maps::{CT, SNAT_REV},
+    parse::{Fragment, Parsed, Quoted},
+};
+
+/// Attempts before a new flow is dropped for want of a port.
+pub const NAT_MAX_TRIES: u32 = 32;
+
+const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
+const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
+
+/// Allocates a node port for the new flow `key` and inserts both conntrack
+/// entries: the reverse first (`NOEXIST`, which is the per-destination
+/// uniqueness check), then the forward one, rolling the reverse back if
+/// another CPU created the flow meanwhile.
+#[inline(always)]
+pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry, DropReason> {
+    let lo = cfg.port_min as u32;
+    let hi = cfg.port_max as u32;
+    // NonZeroU32: `%` by it cannot panic, which the verifier requires.
+    let range = match NonZeroU32::new(if hi >= lo && lo != 0 { hi - lo + 1 } else { 1 }) {
+        Some(r) => r,
+        None => NonZeroU32::MIN,
+    };
+    let first = match cfg.snat_mode() {
+        // --random: the same flow hashes to the same first choice.
+        Some(SnatMode::Hash) => flow_hash(key),
+        // No randomisation: keep the pod's own port when it is in range.
+        Some(SnatMode::Sequential)
+            if (key.src_port as u32) >= lo && (key.src_port as u32) <= hi =>
+        {
+            key.src_port as u32 - lo
+        }
+        _ => random(),
+    };
+    let mut tries = 0u32;
+    while tries < NAT_MAX_TRIES {
+        let offset = match cfg.snat_mode() {
+            // --random-fully: every attempt is a fresh random port.
+            Some(SnatMode::Random) if tries > 0 => random(),
+            _ => first.wrapping_add(tries),
+        };
+        let port = (lo + offset % range) as u16;
+        tries += 1;
+        let reply = reply_key(key, cfg.node_ip, port);
+        if SNAT_REV.insert(reply, *key, BPF_NOEXIST as u64).is_err() {
+            continue; // this port is taken towards this destination
+        }
+        let t = now();
+        let entry = CtEntry {
+            created_ns: t,
+            last_seen_ns: t,
+            nat_ip: cfg.node_ip,
+            nat_port: port,
+            state: CT_STATE_NEW,
+            flags: CT_F_SNAT,
+            ..CtEntry::default()
+        };
+        if CT.insert(*key, entry, BPF_NOEXIST as u64).is_ok() {
+            stats.count_alloc(tries);
+            return Ok(entry);
+        }
+        let _ = SNAT_REV.remove(reply);
+        if let Some(winner) = CT.get_ptr(key) {
+            stats.ct_race += 1;
+            // SAFETY: valid map value pointer; CtEntry is plain data.
+            return Ok(unsafe { *winner });
+        }
+        return Err(DropReason::CtInsertFailed);
+    }
+    Err(DropReason::NatNoPort)
+}
+
+/// The reply tuple of `orig` once its source is `nat_ip:nat_port`.
+#[inline(always)]
+pub fn reply_key(orig: &CtKey, nat_ip: Ipv4, nat_port: u16) -> CtKey {
+    CtKey::new(orig.dst_ip, nat_ip, orig.dst_port, nat_port, orig.proto)
+}
+
+#[inline(always)]
+fn random() -> u32 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+/// A cheap, well-mixed hash of the flow (murmur3's finaliser over its words).
+#[inline(always)]
+fn flow_hash(k: &CtKey) -> u32 {
+    let mut h = u32::from_ne_bytes(k.src_ip)
+        ^ u32::from_ne_bytes(k.dst_ip).rotate_left(13)
+        ^ ((k.dst_port as u32) << 16 | k.proto as u32);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// Where in the L4 header the translated "port" of this protocol lives, and
+/// where its checksum is; `None` when the packet has no such header.
+#[inline(always)]
+fn port_field(proto: u8, icmp_id: bool, source: bool) -> Option<usize> {
+    match proto {
+        IPPROTO_TCP | IPPROTO_UDP => Some(if source { L4_SPORT_OFF } else { L4_DPORT_OFF }),
+        IPPROTO_ICMP if icmp_id => Some(ICMP_ID_OFF),
+        _ => None,
+    }
+}
+
+/// Rewrites the IPv4 address at `addr_off` (source or destination) and,
+/// unless the packet is a later fragment, the L4 port/id at `port_off`,
+/// fixing the IP checksum and the L4 checksum (pseudo header included).
+#[inline(always)]
+fn rewrite(
+    ctx: &mut TcContext,
+    pkt: &Parsed,
+    addr_off: usize,
+    old_ip: Ipv4,
+    new_ip: Ipv4,
+    port_off: Option<usize>,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), i64> {
+    let l3 = pkt.l3_off;
+    let l4 = pkt.l4_off;
+    let (from, to) = (
+        u32::from_ne_bytes(old_ip) as u64,
+        u32::from_ne_bytes(new_ip) as u64,
+    );
+    if pkt.fragment != Fragment::Later {
+        match pkt.proto {
+            IPPROTO_TCP => {
+                ctx.l4_csum_replace(l4 + TCP_CSUM_OFF, from, to, BPF_F_PSEUDO_HDR | 4)?
+            }
+            IPPROTO_UDP => ctx.l4_csum_replace(
+                l4 + UDP_CSUM_OFF,
+                from,
+                to,
+                BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0 | 4,
+            )?,
+            _ => {} // ICMP has no pseudo header
+        }
+        if let Some(off) = port_off {
+            if old_port != new_port {
+                let (pf, pt) = (old_port.to_be() as u64, new_port.to_be() as u64);
+                match pkt.proto {
+                    IPPROTO_TCP => ctx.l4_csum_replace(l4 + TCP_CSUM_OFF, pf, pt, 2)?,
+                    IPPROTO_UDP => {
+                        ctx.l4_csum_replace(l4 + UDP_CSUM_OFF, pf, pt, BPF_F_MARK_MANGLED_0 | 2)?
+                    }
+                    _ => ctx.l4_csum_replace(l4 + ICMP_CSUM_OFF, pf, pt, 2)?,
+                }
+                ctx.store(l4 + off, &new_port.to_be(), 0)?;
+            }
+        }
+    }
+    ctx.l3_csum_replace(l3 + IP_CSUM_OFF, from, to, 4)?;
+    ctx.store(l3 + addr_off, &new_ip, 0)?;
+    Ok(())
+}
+
+/// Source NAT of an outgoing pod packet to `nat_ip:nat_port`.
+#[inline(always)]
+pub fn snat(
+    ctx: &mut TcContext,
+    pkt: &Parsed,
+    key: &CtKey,
+    nat_ip: Ipv4,
+    nat_port: u16,
+) -> Result<(), i64> {
+    let port_off = port_field(pkt.proto, true, true);
+    rewrite(
+        ctx,
+        pkt,
+        IP_SRC_OFF,
+        pkt.src,
+        nat_ip,
+        port_off,
+        key.src_port,
+        nat_port,
+    )
+}
+
+/// Reverse NAT of a reply: destination back to the pod's address and port.
+#[inline(always)]
+pub fn rev_snat(ctx: &mut TcContext, pkt: &Parsed, reply: &CtKey, orig: &CtKey) -> Result<(), i64> {
+    let port_off = port_field(pkt.proto, true, false);
+    rewrite(
+        ctx,
+        pkt,
+        IP_DST_OFF,
+        pkt.dst,
+        orig.src_ip,
+        port_off,
+        reply.dst_port,
+        orig.src_port,
+    )
+}
+
+/// Which way an ICMP error travels.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ErrorDirection {
+    /// From outside to the node IP, about a packet the node sent: the outer
+    /// destination and the quoted source go back to the pod.
+    Inbound,
+    /// From a pod, about a reply it received: the outer source and the
+    /// quoted destination become the node's.
+    Outbound,
+}
+
+/// Translates an ICMP error and the datagram it quotes: the outer address
+/// and the quoted mirror-image address become `new_ip`, the quoted port (or
+/// echo id) becomes `new_port`.
+///
+/// Checksums: the quoted IPv4 header's checksum is updated with its
+/// address, so the ICMP checksum over that header is unchanged; the quoted
+/// L4 checksum is left as quoted (receivers match errors by addresses and
+/// ports and do not verify it), so the ICMP checksum is adjusted for the
+/// quoted port alone.
+#[inline(always)]
+pub fn icmp_error(
+    ctx: &mut TcContext,
+    pkt: &Parsed,
+    q: &Quoted,
+    dir: ErrorDirection,
+    new_ip: Ipv4,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), i64> {
+    let (outer_off, outer_old, quoted_off, quoted_old, quoted_port_off) = match dir {
+        ErrorDirection::Inbound => (IP_DST_OFF, pkt.dst, IP_SRC_OFF, q.src, L4_SPORT_OFF),
+        ErrorDirection::Outbound => (IP_SRC_OFF, pkt.src, IP_DST_OFF, q.dst, L4_DPORT_OFF),
+    };
+    let quoted_port_off = if q.proto == IPPROTO_ICMP {
+        ICMP_ID_OFF
+    } else {
+        quoted_port_off
+    };
+    let nf = u32::from_ne_bytes(new_ip) as u64;
+    ctx.l3_csum_replace(
+        pkt.l3_off + IP_CSUM_OFF,
+        u32::from_ne_bytes(outer_old) as u64,
+        nf,
+        4,
+    )?;
+    ctx.store(pkt.l3_off + outer_off, &new_ip, 0)?;
+    ctx.l3_csum_replace(
+        q.l3_off + IP_CSUM_OFF,
+        u32::from_ne_bytes(quoted_old) as u64,
+        nf,
+        4,
+    )?;
+    ctx.store(q.l3_off + quoted_off, &new_ip, 0)?;
+    if old_port != new_port {
+        let (pf, pt) = (old_port.to_be() as u64, new_port.to_be() as u64);
+        ctx.l4_csum_replace(pkt.l4_off + ICMP_CSUM_OFF, pf, pt, 2)?;
+        ctx.store(q.l4_off + quoted_port_off, &new_port.to_be(), 0)?;
+    }
+    Ok(())
+}
