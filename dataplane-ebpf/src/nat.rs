@@ -21,8 +21,10 @@ use crate::{
     parse::{Fragment, Parsed, Quoted},
 };
 
-/// Attempts before a new flow is dropped for want of a port.
-pub const NAT_MAX_TRIES: u32 = 32;
+/// Attempts before a new flow is dropped for want of a port. Probing is
+/// linear from the first choice, so a range of up to this many ports is
+/// searched exhaustively (as netfilter does: 128 attempts at most).
+pub const NAT_MAX_TRIES: u32 = 128;
 
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
@@ -51,14 +53,15 @@ pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry,
         }
         _ => random(),
     };
+    let limit = if range.get() < NAT_MAX_TRIES {
+        range.get()
+    } else {
+        NAT_MAX_TRIES
+    };
     let mut tries = 0u32;
-    while tries < NAT_MAX_TRIES {
-        let offset = match cfg.snat_mode() {
-            // --random-fully: every attempt is a fresh random port.
-            Some(SnatMode::Random) if tries > 0 => random(),
-            _ => first.wrapping_add(tries),
-        };
-        let port = (lo + offset % range) as u16;
+    while tries < limit && tries < NAT_MAX_TRIES {
+        // Linear probing from the first choice (random for --random-fully).
+        let port = (lo + first.wrapping_add(tries) % range) as u16;
         tries += 1;
         let reply = reply_key(key, cfg.node_ip, port);
         if SNAT_REV.insert(reply, *key, BPF_NOEXIST as u64).is_err() {

@@ -16,6 +16,7 @@ pub mod netns;
 pub mod object;
 pub mod packets;
 pub mod skbuff;
+pub mod snat_node;
 pub mod traffic;
 
 /// A process-unique suffix for names of things a test creates.

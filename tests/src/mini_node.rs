@@ -50,30 +50,11 @@ impl MiniNode {
         veth(&pod, "eth0", &node, HOST_VETH)?;
         veth(&node, ENI, &peer, "eth0")?;
 
-        let host_mac = node.mac(HOST_VETH)?;
-        let host_mac = host_mac
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        let pod_cidr = format!("{POD_IP}/32");
-        pod.ip(&["addr", "add", &pod_cidr, "dev", "eth0"])?;
-        pod.ip(&["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
-        pod.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"])?;
-        pod.ip(&[
-            "neigh",
-            "add",
-            POD_GATEWAY,
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ])?;
+        wire_pod(&pod, &node, HOST_VETH, POD_IP)?;
 
         node.sysctl("net.ipv4.ip_forward", "1")?;
         node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", ENI])?;
+        let pod_cidr = format!("{POD_IP}/32");
         node.ip(&["route", "add", &pod_cidr, "dev", HOST_VETH, "scope", "link"])?;
 
         peer.ip(&["addr", "add", &format!("{PEER_IP}/24"), "dev", "eth0"])?;
@@ -97,4 +78,32 @@ impl MiniNode {
             bpffs,
         })
     }
+}
+
+/// Addresses the pod the way trunkline-cni does: `ip/32` on `eth0`, the
+/// link-local gateway 169.254.1.1 as a scope-link route and the default
+/// route, with a permanent neighbour entry pointing at the host veth's MAC
+/// (no proxy ARP). The veth `pod:eth0` ↔ `node:host_veth` must exist.
+pub fn wire_pod(pod: &Netns, node: &Netns, host_veth: &str, ip: Ipv4Addr) -> Result<()> {
+    let host_mac = node.mac(host_veth)?;
+    let host_mac = host_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
+    pod.ip(&["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
+    pod.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"])?;
+    pod.ip(&[
+        "neigh",
+        "add",
+        POD_GATEWAY,
+        "lladdr",
+        &host_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ])?;
+    Ok(())
 }

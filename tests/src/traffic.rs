@@ -151,3 +151,87 @@ pub fn ping(from: &Netns, dst: Ipv4Addr, count: u32) -> Result<()> {
     }
     Ok(())
 }
+
+/// A process started in a namespace (a server for the test's traffic),
+/// killed and reaped when dropped.
+pub struct Background {
+    child: Option<std::process::Child>,
+}
+
+impl Background {
+    pub fn spawn(ns: &Netns, program: &str, args: &[&str]) -> Result<Self> {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns.name(), program])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", ns.name()))?;
+        Ok(Self { child: Some(child) })
+    }
+
+    /// Waits (bounded) for the process to exit by itself; its stdout.
+    pub fn finish(mut self, within: Duration) -> Result<String> {
+        let mut child = self.child.take().context("already finished")?;
+        let deadline = Instant::now() + within;
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("did not exit within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output()?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One UDP exchange per client socket, one after the other, each bounded by
+/// `wait`: the server (bound in its namespace) records the source address
+/// it saw and echoes; returns those addresses (None: nothing arrived) and
+/// whether each client got its echo.
+pub fn udp_exchanges(
+    server: &UdpSocket,
+    clients: &[UdpSocket],
+    dst: SocketAddr,
+    wait: Duration,
+) -> Result<Vec<(Option<SocketAddr>, bool)>> {
+    server.set_read_timeout(Some(wait))?;
+    let mut out = Vec::with_capacity(clients.len());
+    let mut buf = [0u8; 64];
+    for (i, c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(wait))?;
+        c.send_to(format!("flow {i}").as_bytes(), dst)?;
+        let seen = match server.recv_from(&mut buf) {
+            Ok((n, peer)) => {
+                server.send_to(&buf[..n], peer)?;
+                Some(peer)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let answered = seen.is_some() && c.recv_from(&mut buf).is_ok();
+        out.push((seen, answered));
+    }
+    Ok(out)
+}

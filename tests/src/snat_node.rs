@@ -1,0 +1,164 @@
+//! A node at the edge of the VPC, for SNAT end to end: the pod behind the
+//! node, a router (the VPC's gateway) in front of it, and an internet host
+//! behind the router. The router knows the pod IP (the VPC routes ENI
+//! addresses) so that untranslated traffic would also get back; what the
+//! internet host sees tells whether SNAT happened.
+//!
+//! ```text
+//!  pod 192.168.31.170/32 ── veth-pod [node] eth0 192.168.16.10/24 ── eth0 192.168.16.1 [router]
+//!                                          (primary ENI)              eth1 203.0.113.1/24 ── eth0 203.0.113.10 [inet]
+//! ```
+//! The maps are written by the test the way the agent writes them.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use dataplane_common::{
+    maps::NO_SNAT_VPC_CIDR, Config, EniEntry, EniRole, Hook, PodEntry, SnatMode,
+};
+use trunkline_agent::dataplane::Dataplane;
+
+use crate::{
+    bpffs::BpffsMount,
+    fixture,
+    mini_node::{wire_pod, HOST_VETH, POD_IP},
+    netns::{veth, Netns},
+};
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 16, 10);
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 16, 1);
+pub const INET_GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const INET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const VPC_CIDR: ([u8; 4], u32) = ([192, 168, 0, 0], 16);
+
+/// Knobs of one scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct SnatOptions {
+    pub mode: SnatMode,
+    pub port_min: u16,
+    pub port_max: u16,
+    /// MTU of the router's link towards the internet host (PMTU discovery).
+    pub inet_link_mtu: u32,
+}
+
+impl Default for SnatOptions {
+    fn default() -> Self {
+        let c = Config::default();
+        Self {
+            mode: SnatMode::Random,
+            port_min: c.port_min,
+            port_max: c.port_max,
+            inet_link_mtu: 1500,
+        }
+    }
+}
+
+/// Field order = drop order: links, namespaces, then the bpffs mount.
+pub struct SnatNode {
+    pub dataplane: Dataplane,
+    pub pod: Netns,
+    pub node: Netns,
+    pub router: Netns,
+    pub inet: Netns,
+    pub bpffs: BpffsMount,
+}
+
+impl SnatNode {
+    pub fn new(object: &[u8], opts: SnatOptions) -> Result<Self> {
+        let bpffs = BpffsMount::new()?;
+        let pod = Netns::new("pod")?;
+        let node = Netns::new("node")?;
+        let router = Netns::new("router")?;
+        let inet = Netns::new("inet")?;
+
+        veth(&pod, "eth0", &node, HOST_VETH)?;
+        veth(&node, "eth0", &router, "eth0")?;
+        veth(&router, "eth1", &inet, "eth0")?;
+
+        wire_pod(&pod, &node, HOST_VETH, POD_IP)?;
+        node.sysctl("net.ipv4.ip_forward", "1")?;
+        node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "eth0"])?;
+        node.ip(&["route", "add", "default", "via", &ROUTER_IP.to_string()])?;
+        node.ip(&[
+            "route",
+            "add",
+            &format!("{POD_IP}/32"),
+            "dev",
+            HOST_VETH,
+            "scope",
+            "link",
+        ])?;
+
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"])?;
+        router.ip(&["addr", "add", &format!("{INET_GW}/24"), "dev", "eth1"])?;
+        router.ip(&[
+            "route",
+            "add",
+            &format!("{POD_IP}/32"),
+            "via",
+            &NODE_IP.to_string(),
+        ])?;
+        router.ip(&[
+            "link",
+            "set",
+            "eth1",
+            "mtu",
+            &opts.inet_link_mtu.to_string(),
+        ])?;
+
+        inet.ip(&["addr", "add", &format!("{INET_IP}/24"), "dev", "eth0"])?;
+        inet.ip(&["route", "add", "default", "via", &INET_GW.to_string()])?;
+
+        let mut dataplane =
+            Dataplane::load_pinned(object, bpffs.path()).context("loading the data path")?;
+        let eni_ifindex = node.ifindex("eth0")?;
+        let host_ifindex = node.ifindex(HOST_VETH)?;
+        let pod_entry = PodEntry {
+            host_ifindex,
+            eni_ifindex,
+            mac: pod.mac("eth0")?,
+            host_mac: node.mac(HOST_VETH)?,
+            ..Default::default()
+        };
+        fixture::add_pod(&mut dataplane, POD_IP.octets(), pod_entry);
+        fixture::add_eni(
+            &mut dataplane,
+            eni_ifindex,
+            EniEntry {
+                role: EniRole::Primary as u32,
+                primary_ip: NODE_IP.octets(),
+                gateway_ip: ROUTER_IP.octets(),
+                mac: node.mac("eth0")?,
+                ..Default::default()
+            },
+        );
+        fixture::add_no_snat(&mut dataplane, VPC_CIDR.0, VPC_CIDR.1, NO_SNAT_VPC_CIDR);
+        fixture::set_config(
+            &mut dataplane,
+            Config {
+                node_ip: NODE_IP.octets(),
+                primary_eni_ifindex: eni_ifindex,
+                port_min: opts.port_min,
+                port_max: opts.port_max,
+                snat_mode: opts.mode as u8,
+                ..Config::default()
+            },
+        );
+        node.run_in(|| -> Result<()> {
+            dataplane.attach(HOST_VETH, Hook::FromPod)?;
+            dataplane.attach(HOST_VETH, Hook::ToPod)?;
+            dataplane.attach("eth0", Hook::FromEni)?;
+            dataplane.attach("eth0", Hook::ToEni)?;
+            Ok(())
+        })?;
+        Ok(Self {
+            dataplane,
+            pod,
+            node,
+            router,
+            inet,
+            bpffs,
+        })
+    }
+}
