@@ -11,6 +11,7 @@
 pub mod bpffs;
 pub mod fixture;
 pub mod golden;
+pub mod legacy;
 pub mod mini_node;
 pub mod netns;
 pub mod object;

@@ -8,19 +8,23 @@
 //!  pod 192.168.31.170/32 ── veth-pod [node] eth0 192.168.16.10/24 ── eth0 192.168.16.1 [router]
 //!                                          (primary ENI)              eth1 203.0.113.1/24 ── eth0 203.0.113.10 [inet]
 //! ```
-//! The maps are written by the test the way the agent writes them.
+//! With [`Plumbing::Trunkline`] the maps are written the way the agent
+//! writes them; with [`Plumbing::Legacy`] aws-node's iptables chain is
+//! installed in the node namespace instead.
 
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 use dataplane_common::{
-    maps::NO_SNAT_VPC_CIDR, Config, EniEntry, EniRole, Hook, PodEntry, SnatMode,
+    maps::{NO_SNAT_EXCLUDED, NO_SNAT_VPC_CIDR},
+    Config, EniEntry, EniRole, Hook, PodEntry, SnatMode,
 };
 use trunkline_agent::dataplane::Dataplane;
 
 use crate::{
     bpffs::BpffsMount,
     fixture,
+    legacy::{self, LegacySnat},
     mini_node::{wire_pod, HOST_VETH, POD_IP},
     netns::{veth, Netns},
 };
@@ -31,12 +35,32 @@ pub const INET_GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const INET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const VPC_CIDR: ([u8; 4], u32) = ([192, 168, 0, 0], 16);
 
+/// Which plumbing does the node's SNAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plumbing {
+    Trunkline,
+    /// The reference: aws-node's iptables SNAT chain (see [`crate::legacy`]).
+    Legacy,
+}
+
+impl Plumbing {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Plumbing::Trunkline => "trunkline",
+            Plumbing::Legacy => "legacy",
+        }
+    }
+}
+
 /// Knobs of one scenario.
 #[derive(Clone, Copy, Debug)]
 pub struct SnatOptions {
+    pub plumbing: Plumbing,
     pub mode: SnatMode,
     pub port_min: u16,
     pub port_max: u16,
+    /// A CIDR in `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`.
+    pub excluded: Option<([u8; 4], u32)>,
     /// MTU of the router's link towards the internet host (PMTU discovery).
     pub inet_link_mtu: u32,
 }
@@ -45,17 +69,28 @@ impl Default for SnatOptions {
     fn default() -> Self {
         let c = Config::default();
         Self {
+            plumbing: Plumbing::Trunkline,
             mode: SnatMode::Random,
             port_min: c.port_min,
             port_max: c.port_max,
+            excluded: None,
             inet_link_mtu: 1500,
         }
     }
 }
 
+impl SnatOptions {
+    fn custom_ports(&self) -> Option<(u16, u16)> {
+        let d = Config::default();
+        ((self.port_min, self.port_max) != (d.port_min, d.port_max))
+            .then_some((self.port_min, self.port_max))
+    }
+}
+
 /// Field order = drop order: links, namespaces, then the bpffs mount.
 pub struct SnatNode {
-    pub dataplane: Dataplane,
+    /// Loaded and attached with [`Plumbing::Trunkline`]; `None` for legacy.
+    pub dataplane: Option<Dataplane>,
     pub pod: Netns,
     pub node: Netns,
     pub router: Netns,
@@ -110,48 +145,21 @@ impl SnatNode {
         inet.ip(&["addr", "add", &format!("{INET_IP}/24"), "dev", "eth0"])?;
         inet.ip(&["route", "add", "default", "via", &INET_GW.to_string()])?;
 
-        let mut dataplane =
-            Dataplane::load_pinned(object, bpffs.path()).context("loading the data path")?;
-        let eni_ifindex = node.ifindex("eth0")?;
-        let host_ifindex = node.ifindex(HOST_VETH)?;
-        let pod_entry = PodEntry {
-            host_ifindex,
-            eni_ifindex,
-            mac: pod.mac("eth0")?,
-            host_mac: node.mac(HOST_VETH)?,
-            ..Default::default()
+        let dataplane = match opts.plumbing {
+            Plumbing::Trunkline => Some(attach_trunkline(object, &opts, &pod, &node, &bpffs)?),
+            Plumbing::Legacy => {
+                let cidr = |(ip, len): ([u8; 4], u32)| format!("{}/{len}", Ipv4Addr::from(ip));
+                let cfg = LegacySnat {
+                    node_ip: NODE_IP.to_string(),
+                    vpc_cidrs: vec![cidr(VPC_CIDR)],
+                    excluded: opts.excluded.map(cidr).into_iter().collect(),
+                    mode: opts.mode,
+                    ports: opts.custom_ports(),
+                };
+                legacy::install_snat_chain(&node, &cfg)?;
+                None
+            }
         };
-        fixture::add_pod(&mut dataplane, POD_IP.octets(), pod_entry);
-        fixture::add_eni(
-            &mut dataplane,
-            eni_ifindex,
-            EniEntry {
-                role: EniRole::Primary as u32,
-                primary_ip: NODE_IP.octets(),
-                gateway_ip: ROUTER_IP.octets(),
-                mac: node.mac("eth0")?,
-                ..Default::default()
-            },
-        );
-        fixture::add_no_snat(&mut dataplane, VPC_CIDR.0, VPC_CIDR.1, NO_SNAT_VPC_CIDR);
-        fixture::set_config(
-            &mut dataplane,
-            Config {
-                node_ip: NODE_IP.octets(),
-                primary_eni_ifindex: eni_ifindex,
-                port_min: opts.port_min,
-                port_max: opts.port_max,
-                snat_mode: opts.mode as u8,
-                ..Config::default()
-            },
-        );
-        node.run_in(|| -> Result<()> {
-            dataplane.attach(HOST_VETH, Hook::FromPod)?;
-            dataplane.attach(HOST_VETH, Hook::ToPod)?;
-            dataplane.attach("eth0", Hook::FromEni)?;
-            dataplane.attach("eth0", Hook::ToEni)?;
-            Ok(())
-        })?;
         Ok(Self {
             dataplane,
             pod,
@@ -161,4 +169,64 @@ impl SnatNode {
             bpffs,
         })
     }
+
+    /// The trunkline data path (panics for a legacy node: a test bug).
+    pub fn dataplane(&self) -> &Dataplane {
+        self.dataplane.as_ref().expect("a trunkline node")
+    }
+
+    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
+        self.dataplane.as_mut().expect("a trunkline node")
+    }
+}
+
+/// Loads the object, writes the maps as the agent would and attaches the
+/// programs in the node namespace.
+fn attach_trunkline(
+    object: &[u8],
+    opts: &SnatOptions,
+    pod: &Netns,
+    node: &Netns,
+    bpffs: &BpffsMount,
+) -> Result<Dataplane> {
+    let mut dataplane =
+        Dataplane::load_pinned(object, bpffs.path()).context("loading the data path")?;
+    let eni_ifindex = node.ifindex("eth0")?;
+    let pod_entry = PodEntry {
+        host_ifindex: node.ifindex(HOST_VETH)?,
+        eni_ifindex,
+        mac: pod.mac("eth0")?,
+        host_mac: node.mac(HOST_VETH)?,
+        ..Default::default()
+    };
+    fixture::add_pod(&mut dataplane, POD_IP.octets(), pod_entry);
+    let eni = EniEntry {
+        role: EniRole::Primary as u32,
+        primary_ip: NODE_IP.octets(),
+        gateway_ip: ROUTER_IP.octets(),
+        mac: node.mac("eth0")?,
+        ..Default::default()
+    };
+    fixture::add_eni(&mut dataplane, eni_ifindex, eni);
+    fixture::add_no_snat(&mut dataplane, VPC_CIDR.0, VPC_CIDR.1, NO_SNAT_VPC_CIDR);
+    if let Some((ip, len)) = opts.excluded {
+        fixture::add_no_snat(&mut dataplane, ip, len, NO_SNAT_EXCLUDED);
+    }
+    let cfg = Config {
+        node_ip: NODE_IP.octets(),
+        primary_eni_ifindex: eni_ifindex,
+        port_min: opts.port_min,
+        port_max: opts.port_max,
+        snat_mode: opts.mode as u8,
+        ..Config::default()
+    };
+    fixture::set_config(&mut dataplane, cfg);
+    node.run_in(|| -> Result<()> {
+        dataplane.attach(HOST_VETH, Hook::FromPod)?;
+        dataplane.attach(HOST_VETH, Hook::ToPod)?;
+        dataplane.attach("eth0", Hook::FromEni)?;
+        dataplane.attach("eth0", Hook::ToEni)?;
+        Ok(())
+    })?;
+    Ok(dataplane)
 }
