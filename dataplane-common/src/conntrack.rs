@@ -57,9 +57,9 @@ impl CtKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_boot_ns` at creation (CLOCK_BOOTTIME, readable by the agent).
+    /// `bpf_ktime_get_coarse_ns` at creation (CLOCK_MONOTONIC_COARSE, readable by the agent).
     pub created_ns: u64,
-    /// `bpf_ktime_get_boot_ns` of the last packet in either direction.
+    /// `bpf_ktime_get_coarse_ns` of the last packet in either direction.
     pub last_seen_ns: u64,
     pub packets_orig: u64,
     pub bytes_orig: u64,

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod conntrack;
+pub mod csum;
 pub mod maps;
 pub mod node;
 pub mod stats;

@@ -2,7 +2,7 @@
 //! tracking (later fragments carry no ports; the first fragment's are
 //! remembered in `FRAGS`).
 
-use aya_ebpf::helpers::bpf_ktime_get_boot_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use dataplane_common::{
     conntrack::{CT_STATE_CLOSING, CT_STATE_ESTABLISHED, TCP_FIN, TCP_RST},
     CtEntry, CtKey, DropReason, FragKey, FragPorts,
@@ -52,10 +52,13 @@ fn frag_key(pkt: &Parsed) -> FragKey {
     }
 }
 
+/// CLOCK_MONOTONIC_COARSE in ns: a few ns to read (vs ~20 for the precise
+/// clock), tick resolution is plenty for timeouts of seconds, and the agent
+/// reads the same clock with clock_gettime(CLOCK_MONOTONIC_COARSE).
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_boot_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// The flow's entry, if tracked.
@@ -69,7 +72,7 @@ pub fn lookup(key: &CtKey) -> Option<&'static mut CtEntry> {
 /// Accounts a packet of the original direction.
 #[inline(always)]
 pub fn seen_orig(ct: &mut CtEntry, pkt: &Parsed) {
-    ct.last_seen_ns = now();
+    touch(ct);
     ct.packets_orig += 1;
     ct.bytes_orig += pkt.ip_len as u64;
     track_tcp_close(ct, pkt);
@@ -78,13 +81,23 @@ pub fn seen_orig(ct: &mut CtEntry, pkt: &Parsed) {
 /// Accounts a packet of the reply direction.
 #[inline(always)]
 pub fn seen_reply(ct: &mut CtEntry, pkt: &Parsed) {
-    ct.last_seen_ns = now();
+    touch(ct);
     ct.packets_reply += 1;
     ct.bytes_reply += pkt.ip_len as u64;
     if ct.state < CT_STATE_ESTABLISHED {
         ct.state = CT_STATE_ESTABLISHED;
     }
     track_tcp_close(ct, pkt);
+}
+
+/// Updates last-seen only when the coarse clock has moved, so that most
+/// packets do not write that word.
+#[inline(always)]
+fn touch(ct: &mut CtEntry) {
+    let t = now();
+    if ct.last_seen_ns != t {
+        ct.last_seen_ns = t;
+    }
 }
 
 /// FIN or RST in either direction moves the flow to the short closing timeout.

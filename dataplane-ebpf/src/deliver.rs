@@ -14,7 +14,9 @@ use dataplane_common::{
 };
 
 use crate::{
+    headers::EthHdr,
     maps::{ENIS, PODS},
+    parse::header_mut,
     verdict::Verdict,
 };
 
@@ -33,12 +35,11 @@ pub fn to_pod(ctx: &mut TcContext, cfg: &Config, pod_ip: &Ipv4) -> Verdict {
     };
     // SAFETY: valid map value pointer; PodEntry is plain data.
     let pod = unsafe { *pod };
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&pod.mac);
-    macs[6..].copy_from_slice(&pod.host_mac);
-    if ctx.store(0, &macs, 0).is_err() {
+    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
         return Verdict::Pass;
-    }
+    };
+    eth.dst = pod.mac;
+    eth.src = pod.host_mac;
     if cfg.flags & CFG_F_REDIRECT_VIA_HOST_VETH != 0 {
         // SAFETY: helper call with plain arguments.
         let rc = unsafe { bpf_redirect(pod.host_ifindex, 0) };

@@ -17,7 +17,6 @@ pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAMETER_PROB: u8 = 12;
 
 /// Byte offsets of fields the NAT stage rewrites.
-pub const IP_CSUM_OFF: usize = 10;
 pub const IP_SRC_OFF: usize = 12;
 pub const IP_DST_OFF: usize = 16;
 pub const TCP_CSUM_OFF: usize = 16;

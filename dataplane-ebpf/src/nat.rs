@@ -8,17 +8,18 @@ use core::num::NonZeroU32;
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
 use dataplane_common::{
     conntrack::{CT_F_SNAT, CT_STATE_NEW},
-    Config, CtEntry, CtKey, DropReason, Ipv4, SnatMode, Stats,
+    csum, Config, CtEntry, CtKey, DropReason, Ipv4, SnatMode, Stats,
 };
 
 use crate::{
     conntrack::now,
+    headers::Ipv4Hdr,
     headers::{
-        ICMP_CSUM_OFF, ICMP_ID_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_CSUM_OFF,
-        IP_DST_OFF, IP_SRC_OFF, L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
+        ICMP_CSUM_OFF, ICMP_ID_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF,
+        L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
     maps::{CT, SNAT_REV},
-    parse::{Fragment, Parsed, Quoted},
+    parse::{header_mut, Fragment, Parsed, Quoted},
 };
 
 /// Attempts before a new flow is dropped for want of a port. Probing is
@@ -128,9 +129,10 @@ fn port_field(proto: u8, icmp_id: bool, source: bool) -> Option<usize> {
     }
 }
 
-/// Rewrites the IPv4 address at `addr_off` (source or destination) and,
-/// unless the packet is a later fragment, the L4 port/id at `port_off`,
-/// fixing the IP checksum and the L4 checksum (pseudo header included).
+/// Rewrites the IPv4 source (`addr_off` = IP_SRC_OFF) or destination and,
+/// unless the packet is a later fragment, the L4 port/id at `port_off`.
+/// The L4 checksum goes through the helper (it knows CHECKSUM_PARTIAL);
+/// the IPv4 header is written directly with its checksum updated inline.
 #[inline(always)]
 fn rewrite(
     ctx: &mut TcContext,
@@ -142,13 +144,12 @@ fn rewrite(
     old_port: u16,
     new_port: u16,
 ) -> Result<(), i64> {
-    let l3 = pkt.l3_off;
     let l4 = pkt.l4_off;
-    let (from, to) = (
-        u32::from_ne_bytes(old_ip) as u64,
-        u32::from_ne_bytes(new_ip) as u64,
-    );
     if pkt.fragment != Fragment::Later {
+        let (from, to) = (
+            u32::from_ne_bytes(old_ip) as u64,
+            u32::from_ne_bytes(new_ip) as u64,
+        );
         match pkt.proto {
             IPPROTO_TCP => {
                 ctx.l4_csum_replace(l4 + TCP_CSUM_OFF, from, to, BPF_F_PSEUDO_HDR | 4)?
@@ -171,12 +172,34 @@ fn rewrite(
                     }
                     _ => ctx.l4_csum_replace(l4 + ICMP_CSUM_OFF, pf, pt, 2)?,
                 }
-                ctx.store(l4 + off, &new_port.to_be(), 0)?;
+                set_port(ctx, l4 + off, new_port)?;
             }
         }
     }
-    ctx.l3_csum_replace(l3 + IP_CSUM_OFF, from, to, 4)?;
-    ctx.store(l3 + addr_off, &new_ip, 0)?;
+    set_ipv4_addr(ctx, pkt.l3_off, addr_off, new_ip)
+}
+
+/// Writes a 16-bit port/id (host order in, network order out) directly.
+#[inline(always)]
+fn set_port(ctx: &TcContext, off: usize, port: u16) -> Result<(), i64> {
+    let p: &mut [u8; 2] = header_mut(ctx, off).ok_or(-1i64)?;
+    *p = port.to_be_bytes();
+    Ok(())
+}
+
+/// Writes the IPv4 header at `l3_off`'s source or destination address and
+/// updates its checksum inline (RFC 1624).
+#[inline(always)]
+fn set_ipv4_addr(ctx: &TcContext, l3_off: usize, addr_off: usize, new_ip: Ipv4) -> Result<(), i64> {
+    let ip: &mut Ipv4Hdr = header_mut(ctx, l3_off).ok_or(-1i64)?;
+    let field = if addr_off == IP_SRC_OFF {
+        &mut ip.src
+    } else {
+        &mut ip.dst
+    };
+    let old = *field;
+    *field = new_ip;
+    ip.check = csum::replace4(ip.check, old, new_ip);
     Ok(())
 }
 
@@ -248,34 +271,23 @@ pub fn icmp_error(
     old_port: u16,
     new_port: u16,
 ) -> Result<(), i64> {
-    let (outer_off, outer_old, quoted_off, quoted_old, quoted_port_off) = match dir {
-        ErrorDirection::Inbound => (IP_DST_OFF, pkt.dst, IP_SRC_OFF, q.src, L4_SPORT_OFF),
-        ErrorDirection::Outbound => (IP_SRC_OFF, pkt.src, IP_DST_OFF, q.dst, L4_DPORT_OFF),
+    let (outer_off, quoted_off, quoted_port_off) = match dir {
+        ErrorDirection::Inbound => (IP_DST_OFF, IP_SRC_OFF, L4_SPORT_OFF),
+        ErrorDirection::Outbound => (IP_SRC_OFF, IP_DST_OFF, L4_DPORT_OFF),
     };
     let quoted_port_off = if q.proto == IPPROTO_ICMP {
         ICMP_ID_OFF
     } else {
         quoted_port_off
     };
-    let nf = u32::from_ne_bytes(new_ip) as u64;
-    ctx.l3_csum_replace(
-        pkt.l3_off + IP_CSUM_OFF,
-        u32::from_ne_bytes(outer_old) as u64,
-        nf,
-        4,
-    )?;
-    ctx.store(pkt.l3_off + outer_off, &new_ip, 0)?;
-    ctx.l3_csum_replace(
-        q.l3_off + IP_CSUM_OFF,
-        u32::from_ne_bytes(quoted_old) as u64,
-        nf,
-        4,
-    )?;
-    ctx.store(q.l3_off + quoted_off, &new_ip, 0)?;
     if old_port != new_port {
         let (pf, pt) = (old_port.to_be() as u64, new_port.to_be() as u64);
         ctx.l4_csum_replace(pkt.l4_off + ICMP_CSUM_OFF, pf, pt, 2)?;
-        ctx.store(q.l4_off + quoted_port_off, &new_port.to_be(), 0)?;
+        set_port(ctx, q.l4_off + quoted_port_off, new_port)?;
     }
+    // The quoted header's checksum moves with its address, so the ICMP
+    // checksum over that header stays right; then the outer header.
+    set_ipv4_addr(ctx, q.l3_off, quoted_off, new_ip)?;
+    set_ipv4_addr(ctx, pkt.l3_off, outer_off, new_ip)?;
     Ok(())
 }

@@ -19,6 +19,9 @@ use crate::headers::{
 /// options + 8 bytes of its L4 header.
 const MAX_PARSED_HDR: u32 = (ETH_HLEN + VLAN_HLEN + 60 + 8 + 60 + 8) as u32;
 
+/// The deepest offset any header starts at (see [`MAX_PARSED_HDR`]).
+const MAX_HDR_OFF: usize = MAX_PARSED_HDR as usize;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fragment {
     /// Not fragmented.
@@ -72,6 +75,11 @@ impl Parsed {
 /// packet is shorter. The single bounds check of the data path.
 #[inline(always)]
 pub fn header<T>(ctx: &TcContext, off: usize) -> Option<&T> {
+    // Bounds the offset for the verifier even when the compiler has spilled
+    // it to the stack and reloaded it wider (no header lies this deep).
+    if off > MAX_HDR_OFF {
+        return None;
+    }
     let start = ctx.data();
     let end = ctx.data_end();
     if start + off + size_of::<T>() > end {
@@ -81,6 +89,23 @@ pub fn header<T>(ctx: &TcContext, off: usize) -> Option<&T> {
     // packet (checked above, and the verifier checks it again); every T here
     // is a plain header struct valid for any bytes.
     Some(unsafe { &*((start + off) as *const T) })
+}
+
+/// Like [`header`], writable (direct packet access; the verifier unclones
+/// the skb for programs that write). Pointers from before a helper that
+/// may move packet data must not be reused: call this again.
+#[inline(always)]
+pub fn header_mut<T>(ctx: &TcContext, off: usize) -> Option<&mut T> {
+    if off > MAX_HDR_OFF {
+        return None;
+    }
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    // SAFETY: as in `header`; the only reference to these bytes.
+    Some(unsafe { &mut *((start + off) as *mut T) })
 }
 
 #[inline(always)]

@@ -5,9 +5,9 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 use dataplane_common::{
     config::CFG_F_SG_STANDARD,
-    conntrack::{TCP_ACK, TCP_SYN},
+    conntrack::{CT_F_SNAT, TCP_ACK, TCP_SYN},
     node::POD_F_SNAT_EXEMPT,
-    Config, CtKey, PodEntry, SnatMode, Stats,
+    Config, CtKey, DropReason, Ipv4, PodEntry, SnatMode, Stats,
 };
 
 use crate::{
@@ -31,6 +31,25 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         record_host_flow(pkt, cfg, stats);
         return Verdict::Pass;
     }
+    // Fast path: an established translation is applied as it is, whatever
+    // the maps say now (a VPC CIDR added later does not disturb the flow).
+    if translatable(pkt) {
+        if let Ok(key) = conntrack::flow_key(pkt) {
+            if let Some(ct) = conntrack::lookup(&key) {
+                if ct.flags & CT_F_SNAT != 0 {
+                    conntrack::seen_orig(ct, pkt);
+                    let (nat_ip, nat_port) = (ct.nat_ip, ct.nat_port);
+                    return translate(ctx, pkt, cfg, &key, nat_ip, nat_port, stats);
+                }
+            }
+        }
+    }
+    new_flow(ctx, pkt, cfg, stats)
+}
+
+/// Decides whether a packet without a translation needs one and creates it.
+#[inline(always)]
+fn new_flow(ctx: &mut TcContext, pkt: &Parsed, cfg: &Config, stats: &mut Stats) -> Verdict {
     let Some(pod) = PODS.get_ptr(&pkt.src) else {
         return Verdict::Pass;
     };
@@ -45,27 +64,30 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     if !translatable(pkt) {
         return Verdict::Pass;
     }
+    // A later fragment gets here only when its first fragment was not seen.
     let key = match conntrack::flow_key(pkt) {
-        Ok(k) => k,
+        Ok(k) if pkt.fragment != Fragment::Later => k,
+        Ok(_) => return Verdict::Drop(DropReason::FragUnknown),
         Err(reason) => return Verdict::Drop(reason),
     };
-    let (nat_ip, nat_port) = match conntrack::lookup(&key) {
-        Some(ct) => {
-            conntrack::seen_orig(ct, pkt);
-            (ct.nat_ip, ct.nat_port)
-        }
-        None => {
-            if pkt.fragment == Fragment::Later {
-                return Verdict::Drop(dataplane_common::DropReason::FragUnknown);
-            }
-            match nat::allocate(cfg, &key, stats) {
-                Ok(entry) => (entry.nat_ip, entry.nat_port),
-                Err(reason) => return Verdict::Drop(reason),
-            }
-        }
-    };
-    if nat::snat(ctx, pkt, &key, nat_ip, nat_port).is_err() {
-        return Verdict::Drop(dataplane_common::DropReason::MalformedL4);
+    match nat::allocate(cfg, &key, stats) {
+        Ok(entry) => translate(ctx, pkt, cfg, &key, entry.nat_ip, entry.nat_port, stats),
+        Err(reason) => Verdict::Drop(reason),
+    }
+}
+
+#[inline(always)]
+fn translate(
+    ctx: &mut TcContext,
+    pkt: &Parsed,
+    cfg: &Config,
+    key: &CtKey,
+    nat_ip: Ipv4,
+    nat_port: u16,
+    stats: &mut Stats,
+) -> Verdict {
+    if nat::snat(ctx, pkt, key, nat_ip, nat_port).is_err() {
+        return Verdict::Drop(DropReason::MalformedL4);
     }
     stats.snat += 1;
     leave_primary(ctx, cfg)
@@ -135,7 +157,7 @@ fn icmp_error_from_pod(
     )
     .is_err()
     {
-        return Verdict::Drop(dataplane_common::DropReason::MalformedL4);
+        return Verdict::Drop(DropReason::MalformedL4);
     }
     stats.icmp_error_xlated += 1;
     stats.snat += 1;

@@ -48,3 +48,9 @@ pub fn ct_len(dp: &Dataplane) -> usize {
     let m: HashMap<&MapData, CtKey, CtEntry> = HashMap::try_from(map).expect("CT type");
     m.keys().filter(Result::is_ok).count()
 }
+
+pub fn put_ct(dp: &mut Dataplane, key: CtKey, entry: CtEntry) {
+    let map = dp.map_mut(names::CT).expect("CT");
+    let mut m: HashMap<&mut MapData, CtKey, CtEntry> = HashMap::try_from(map).expect("CT type");
+    m.insert(key, entry, 0).expect("CT insert");
+}

@@ -77,3 +77,92 @@ impl Golden {
         self.dataplane.reset_stats().expect("resetting STATS");
     }
 }
+
+/// A node's maps for SNAT golden tests and cost measurement: node IP
+/// 192.168.31.166, VPC 192.168.0.0/16, an excluded /24, three pods (plain,
+/// branch, SNAT-exempt).
+pub mod snat {
+    use dataplane_common::{
+        maps::{NO_SNAT_EXCLUDED, NO_SNAT_VPC_CIDR},
+        node::POD_F_SNAT_EXEMPT,
+        Config, EniEntry, EniRole, PodEntry, SnatMode,
+    };
+
+    use super::Golden;
+    use crate::{
+        fixture,
+        packets::{HOST_VETH_MAC, POD_MAC},
+    };
+
+    pub const NODE: [u8; 4] = [192, 168, 31, 166];
+    pub const POD: [u8; 4] = [192, 168, 31, 170];
+    pub const BRANCH_POD: [u8; 4] = [192, 168, 26, 162];
+    pub const EXEMPT_POD: [u8; 4] = [192, 168, 31, 171];
+    pub const INET: [u8; 4] = [203, 0, 113, 10];
+    pub const PEER: [u8; 4] = [192, 168, 64, 10];
+    pub const EXCLUDED: [u8; 4] = [198, 51, 100, 7];
+    pub const ROUTER: [u8; 4] = [198, 18, 0, 1];
+    pub const HOST_IFINDEX: u32 = 42;
+    /// BPF_PROG_TEST_RUN runs the program on the loopback device.
+    pub const LO: u32 = 1;
+    pub const SECONDARY_ENI: u32 = 77;
+
+    pub fn node(mode: SnatMode, ports: (u16, u16)) -> Golden {
+        node_on(mode, ports, LO)
+    }
+
+    /// A node whose primary ENI is `primary` (the packet runs on `LO`).
+    pub fn node_on(mode: SnatMode, (port_min, port_max): (u16, u16), primary: u32) -> Golden {
+        let mut g = Golden::load();
+        let dp = &mut g.dataplane;
+        fixture::set_config(
+            dp,
+            Config {
+                node_ip: NODE,
+                primary_eni_ifindex: primary,
+                port_min,
+                port_max,
+                snat_mode: mode as u8,
+                ..Config::default()
+            },
+        );
+        fixture::add_eni(
+            dp,
+            primary,
+            EniEntry {
+                role: EniRole::Primary as u32,
+                primary_ip: NODE,
+                gateway_ip: [192, 168, 0, 1],
+                ..Default::default()
+            },
+        );
+        let pod = PodEntry {
+            host_ifindex: HOST_IFINDEX,
+            eni_ifindex: primary,
+            mac: POD_MAC,
+            host_mac: HOST_VETH_MAC,
+            ..Default::default()
+        };
+        fixture::add_pod(dp, POD, pod);
+        fixture::add_pod(
+            dp,
+            BRANCH_POD,
+            PodEntry {
+                vlan_id: 1,
+                branch_mac: [2, 0xb0, 1, 0x6c, 0xb5, 0x79],
+                ..pod
+            },
+        );
+        fixture::add_pod(
+            dp,
+            EXEMPT_POD,
+            PodEntry {
+                flags: POD_F_SNAT_EXEMPT,
+                ..pod
+            },
+        );
+        fixture::add_no_snat(dp, [192, 168, 0, 0], 16, NO_SNAT_VPC_CIDR);
+        fixture::add_no_snat(dp, [198, 51, 100, 0], 24, NO_SNAT_EXCLUDED);
+        g
+    }
+}

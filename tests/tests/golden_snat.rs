@@ -6,90 +6,23 @@
 use dataplane_common::{
     config::CFG_F_SG_STANDARD,
     conntrack::{CT_F_SNAT, CT_STATE_ESTABLISHED},
-    maps::{NO_SNAT_EXCLUDED, NO_SNAT_VPC_CIDR},
-    node::POD_F_SNAT_EXEMPT,
     verdict::{REDIRECT_NEIGH, REDIRECT_PEER},
-    Config, CtKey, DropReason, EniEntry, EniRole, Hook, PodEntry, SnatMode, VerdictRecord,
+    Config, CtKey, DropReason, Hook, SnatMode, VerdictRecord,
 };
 use etherparse::IpNumber;
 use testbed::{
     fixture,
-    golden::{Golden, Outcome, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
+    golden::{
+        snat::{
+            node, node_on, BRANCH_POD, EXCLUDED, EXEMPT_POD, HOST_IFINDEX, INET, LO, NODE, PEER,
+            POD, ROUTER, SECONDARY_ENI,
+        },
+        Golden, Outcome, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    },
     packets::{self, checksum_ok, l4_checksum_ok, Flow, HOST_VETH_MAC, L3_OFF, POD_MAC},
 };
 
-const NODE: [u8; 4] = [192, 168, 31, 166];
-const POD: [u8; 4] = [192, 168, 31, 170];
-const BRANCH_POD: [u8; 4] = [192, 168, 26, 162];
-const EXEMPT_POD: [u8; 4] = [192, 168, 31, 171];
-const INET: [u8; 4] = [203, 0, 113, 10];
-const PEER: [u8; 4] = [192, 168, 64, 10];
-const EXCLUDED: [u8; 4] = [198, 51, 100, 7];
-const ROUTER: [u8; 4] = [198, 18, 0, 1];
-const HOST_IFINDEX: u32 = 42;
-/// BPF_PROG_TEST_RUN runs the program on the loopback device.
-const LO: u32 = 1;
-const SECONDARY_ENI: u32 = 77;
 const L4: usize = L3_OFF + 20;
-
-fn node(mode: SnatMode, ports: (u16, u16)) -> Golden {
-    node_on(mode, ports, LO)
-}
-
-/// A node whose primary ENI is `primary` (the packet runs on `LO`).
-fn node_on(mode: SnatMode, (port_min, port_max): (u16, u16), primary: u32) -> Golden {
-    let mut g = Golden::load();
-    let dp = &mut g.dataplane;
-    fixture::set_config(
-        dp,
-        Config {
-            node_ip: NODE,
-            primary_eni_ifindex: primary,
-            port_min,
-            port_max,
-            snat_mode: mode as u8,
-            ..Config::default()
-        },
-    );
-    fixture::add_eni(
-        dp,
-        primary,
-        EniEntry {
-            role: EniRole::Primary as u32,
-            primary_ip: NODE,
-            gateway_ip: [192, 168, 0, 1],
-            ..Default::default()
-        },
-    );
-    let pod = PodEntry {
-        host_ifindex: HOST_IFINDEX,
-        eni_ifindex: primary,
-        mac: POD_MAC,
-        host_mac: HOST_VETH_MAC,
-        ..Default::default()
-    };
-    fixture::add_pod(dp, POD, pod);
-    fixture::add_pod(
-        dp,
-        BRANCH_POD,
-        PodEntry {
-            vlan_id: 1,
-            branch_mac: [2, 0xb0, 1, 0x6c, 0xb5, 0x79],
-            ..pod
-        },
-    );
-    fixture::add_pod(
-        dp,
-        EXEMPT_POD,
-        PodEntry {
-            flags: POD_F_SNAT_EXEMPT,
-            ..pod
-        },
-    );
-    fixture::add_no_snat(dp, [192, 168, 0, 0], 16, NO_SNAT_VPC_CIDR);
-    fixture::add_no_snat(dp, [198, 51, 100, 0], 24, NO_SNAT_EXCLUDED);
-    g
-}
 
 fn src_ip(p: &[u8]) -> [u8; 4] {
     p[L3_OFF + 12..L3_OFF + 16].try_into().unwrap()

@@ -39,6 +39,8 @@ enum Command {
     },
     /// Build what is missing and run the demo: a simulated node with real traffic.
     Demo,
+    /// Measure the data path: per-packet program cost (BPF_PROG_TEST_RUN).
+    Bench,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { args } => run::test(&args)?,
         Command::Demo => run::demo()?,
+        Command::Bench => run::bench()?,
     }
     Ok(())
 }

@@ -100,3 +100,20 @@ pub fn demo() -> Result<()> {
     let bin = paths::target_dir().join("debug").join("trunkline-demo");
     checked(Command::new(&bin).env(OBJECT_ENV, &obj))
 }
+
+pub fn bench() -> Result<()> {
+    let obj = ebpf::build(true)?;
+    checked(cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "trunkline-tests",
+        "--bin",
+        "trunkline-pktcost",
+    ]))?;
+    let bin = paths::target_dir()
+        .join("release")
+        .join("trunkline-pktcost");
+    checked(Command::new(&bin).env(OBJECT_ENV, &obj))
+}

@@ -20,7 +20,9 @@ fn nix_statfs_magic(path: &Path) -> Option<i64> {
     if rc != 0 {
         return None;
     }
-    // SAFETY: statfs returned 0, so it filled `buf`.
+    // SAFETY: statfs returned 0, so it filled `buf`. (f_type is i64 on
+    // x86_64 but narrower elsewhere, hence the cast.)
+    #[allow(clippy::unnecessary_cast)]
     Some(unsafe { buf.assume_init() }.f_type as i64)
 }
 

@@ -1,0 +1,110 @@
+//! Per-packet cost of the data path through `BPF_PROG_TEST_RUN`, as the
+//! kernel times it (run by `cargo xtask bench`).
+//!
+//! `repeat` feeds a program its own output, so a translated packet would be
+//! seen untranslated only once; translation paths are therefore timed as
+//! single runs averaged over many packets, and the timer's own overhead
+//! (single run minus `repeat` of a packet every run leaves unchanged) is
+//! reported and subtracted.
+
+use dataplane_common::{conntrack::CT_F_SNAT, CtEntry, CtKey, Hook, SnatMode};
+use testbed::{
+    fixture,
+    golden::{
+        snat::{self, INET, NODE, PEER, POD},
+        Golden,
+    },
+    packets::{self, Flow},
+};
+
+const RUNS: u32 = 100_000;
+const REPEAT: u32 = 1_000_000;
+
+fn mean_single(g: &Golden, hook: Hook, packets: impl Iterator<Item = Vec<u8>>) -> f64 {
+    let mut total = 0u64;
+    let mut n = 0u64;
+    for p in packets {
+        total += g.run(hook, &p).duration_ns;
+        n += 1;
+    }
+    total as f64 / n.max(1) as f64
+}
+
+fn main() {
+    let mut g = snat::node(SnatMode::Random, (1024, 65535));
+    let steer_only = packets::tcp_syn(Flow::new(POD, PEER, 40000, 443));
+    let repeated = g.run_repeat(Hook::ToEni, &steer_only, REPEAT).duration_ns as f64;
+    let single = mean_single(&g, Hook::ToEni, (0..RUNS).map(|_| steer_only.clone()));
+    let overhead = (single - repeated).max(0.0);
+
+    let flow = Flow::new(POD, INET, 40000, 443);
+    let nat_port = {
+        let out = g.run(Hook::ToEni, &packets::tcp_syn(flow));
+        u16::from_be_bytes([out.data[34], out.data[35]])
+    };
+    // A translation onto itself leaves the packet as it was, so `repeat`
+    // can time the whole established path with warm caches (only the port
+    // store, skipped when unchanged, is missing).
+    let self_flow = Flow::new(POD, INET, 40001, 443);
+    let self_key = CtKey::new(POD, INET, 40001, 443, 6);
+    let entry = CtEntry {
+        nat_ip: POD,
+        nat_port: 40001,
+        flags: CT_F_SNAT,
+        ..Default::default()
+    };
+    fixture::put_ct(&mut g.dataplane, self_key, entry);
+    let established_repeat = g
+        .run_repeat(Hook::ToEni, &packets::tcp_syn(self_flow), REPEAT)
+        .duration_ns as f64;
+
+    let established = mean_single(&g, Hook::ToEni, (0..RUNS).map(|_| packets::tcp_syn(flow)));
+    let reply_pkt = packets::tcp_syn(Flow::new(INET, NODE, 443, nat_port));
+    let reply = mean_single(&g, Hook::FromEni, (0..RUNS).map(|_| reply_pkt.clone()));
+    let new_flow = mean_single(
+        &g,
+        Hook::ToEni,
+        (0..RUNS).map(|i| {
+            let dst = [203, 0, (i >> 16) as u8 + 1, (i >> 8) as u8];
+            packets::tcp_syn(Flow::new(POD, dst, 1024 + (i & 0xff) as u16, 443))
+        }),
+    );
+
+    println!("per-packet cost, BPF_PROG_TEST_RUN on this machine (ns)");
+    println!("{:<34} {:>10} {:>14}", "path", "measured", "minus timer");
+    println!(
+        "{:<34} {:>10.1} {:>14}",
+        format!("steer-only (VPC dst), repeat {REPEAT}"),
+        repeated,
+        "-"
+    );
+    println!(
+        "{:<34} {:>10.1} {:>14}",
+        "timer overhead of a single run", overhead, "-"
+    );
+    println!(
+        "{:<34} {:>10.1} {:>14}",
+        format!("established SNAT, repeat {REPEAT}"),
+        established_repeat,
+        "-"
+    );
+    for (name, v) in [
+        ("established SNAT (to_eni)", established),
+        ("new flow: allocate + 2 inserts", new_flow),
+        ("reply: reverse NAT + redirect_peer", reply),
+    ] {
+        println!(
+            "{:<34} {:>10.1} {:>14.1}",
+            format!("{name}, {RUNS} runs"),
+            v,
+            (v - overhead).max(0.0)
+        );
+    }
+    let s = g.stats(Hook::ToEni);
+    assert_eq!(
+        s.nat_new,
+        u64::from(RUNS) + 1,
+        "every new-flow packet allocated: {s:?}"
+    );
+    assert_eq!(s.drop, 0, "{s:?}");
+}
