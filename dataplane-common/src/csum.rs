@@ -25,6 +25,16 @@ pub const fn replace4(check: u16, from: [u8; 4], to: [u8; 4]) -> u16 {
     !fold(sum)
 }
 
+/// The checksum field (raw memory word) after one 16-bit word covered by
+/// it changes from `from` to `to` (both as raw memory bytes).
+#[inline(always)]
+pub const fn replace2(check: u16, from: [u8; 2], to: [u8; 2]) -> u16 {
+    let f = u16::from_ne_bytes(from);
+    let t = u16::from_ne_bytes(to);
+    let sum = (!check) as u32 + (!f) as u32 + t as u32;
+    !fold(sum)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +79,26 @@ mod tests {
             assert!(
                 got == want || (got ^ want) == 0xffff,
                 "{from:?}->{to:?}: {got:#x} vs {want:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn ttl_decrement_matches_full_recomputation() {
+        for ttl in [64u8, 2, 255, 1] {
+            let mut h = header([10, 0, 0, 1], [10, 0, 0, 2]);
+            h[8] = ttl;
+            h[10..12].copy_from_slice(&[0, 0]);
+            let c = full(&h);
+            h[10..12].copy_from_slice(&c.to_ne_bytes());
+            let check = u16::from_ne_bytes([h[10], h[11]]);
+            let got = replace2(check, [ttl, 6], [ttl - 1, 6]);
+            h[8] = ttl - 1;
+            h[10..12].copy_from_slice(&[0, 0]);
+            let want = full(&h);
+            assert!(
+                got == want || (got ^ want) == 0xffff,
+                "ttl {ttl}: {got:#x} vs {want:#x}"
             );
         }
     }

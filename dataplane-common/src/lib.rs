@@ -19,7 +19,7 @@ pub mod verdict;
 
 pub use config::{Config, SnatMode};
 pub use conntrack::{CtEntry, CtKey, FragKey, FragPorts};
-pub use node::{EniEntry, EniRole, PodEntry};
+pub use node::{EniEntry, EniRole, PodEntry, VlanKey};
 pub use stats::{DropReason, Hook, Stats};
 pub use verdict::VerdictRecord;
 

@@ -10,9 +10,10 @@ pub const CT: &str = "CT";
 pub const SNAT_REV: &str = "SNAT_REV";
 pub const STATS: &str = "STATS";
 pub const FRAGS: &str = "FRAGS";
+pub const VLANS: &str = "VLANS";
 
 /// Every map the object declares, in the order the agent pins them.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     PODS,
     ENIS,
     NO_SNAT,
@@ -22,6 +23,7 @@ pub const ALL: [&str; 9] = [
     SNAT_REV,
     STATS,
     FRAGS,
+    VLANS,
 ];
 
 pub const PODS_MAX: usize = 1024;
@@ -31,10 +33,16 @@ pub const SERVICE_CIDRS_MAX: usize = 256;
 pub const CT_MAX: usize = 262_144;
 pub const SNAT_REV_MAX: usize = 262_144;
 pub const FRAGS_MAX: usize = 8192;
+pub const VLANS_MAX: usize = 1024;
 
 /// `NO_SNAT` values: why a destination is never SNATed.
 pub const NO_SNAT_VPC_CIDR: u32 = 1;
 pub const NO_SNAT_EXCLUDED: u32 = 2;
+
+/// `SERVICE_CIDRS` values: why a destination is handed to the host stack.
+pub const PASS_SERVICE_CIDR: u32 = 1;
+/// An address of the node itself (every ENI's primary IP).
+pub const PASS_NODE_LOCAL: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -95,7 +95,32 @@ impl EniEntry {
     }
 }
 
-user_pod!(PodEntry, EniEntry);
+/// `VLANS` key: a tagged frame arriving on a trunk ENI belongs to the
+/// branch ENI with this VLAN id; the value is that branch pod's IPv4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VlanKey {
+    pub trunk_ifindex: u32,
+    pub vlan_id: u16,
+    pub _pad: u16,
+}
+assert_no_padding!(VlanKey {
+    trunk_ifindex: u32,
+    vlan_id: u16,
+    _pad: u16,
+});
+
+impl VlanKey {
+    pub const fn new(trunk_ifindex: u32, vlan_id: u16) -> Self {
+        Self {
+            trunk_ifindex,
+            vlan_id,
+            _pad: 0,
+        }
+    }
+}
+
+user_pod!(PodEntry, EniEntry, VlanKey);
 
 #[cfg(test)]
 mod tests {

@@ -48,15 +48,23 @@ pub enum DropReason {
     FragUnknown = 4,
     /// Conntrack insert failed for a reason other than a race (map full).
     CtInsertFailed = 5,
+    /// A tagged frame on a trunk whose VLAN is no branch pod's, or whose
+    /// destination is not that pod.
+    VlanUnknown = 6,
+    /// Strict security-group mode: traffic for a branch pod that did not
+    /// come through its branch ENI.
+    StrictNotTrunk = 7,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::MalformedL3,
         DropReason::MalformedL4,
         DropReason::NatNoPort,
         DropReason::FragUnknown,
         DropReason::CtInsertFailed,
+        DropReason::VlanUnknown,
+        DropReason::StrictNotTrunk,
     ];
 
     pub const fn from_u32(v: u32) -> Option<Self> {
@@ -66,6 +74,8 @@ impl DropReason {
             3 => Some(Self::NatNoPort),
             4 => Some(Self::FragUnknown),
             5 => Some(Self::CtInsertFailed),
+            6 => Some(Self::VlanUnknown),
+            7 => Some(Self::StrictNotTrunk),
             _ => None,
         }
     }
@@ -78,6 +88,8 @@ impl DropReason {
             Self::NatNoPort => "drop_nat_no_port",
             Self::FragUnknown => "drop_frag_unknown",
             Self::CtInsertFailed => "drop_ct_insert_failed",
+            Self::VlanUnknown => "drop_vlan_unknown",
+            Self::StrictNotTrunk => "drop_strict_not_trunk",
         }
     }
 }
@@ -157,11 +169,25 @@ define_stats! {
     host_flow,
     /// A host connection took a port an existing SNAT mapping holds.
     host_port_conflict,
+    /// Pod packets sent straight out of the ENI that owns their IP.
+    steer_eni,
+    /// Packets delivered straight into a pod (same node, or from an ENI).
+    steer_pod,
+    /// Branch-pod packets tagged and sent out of the trunk.
+    vlan_push,
+    /// Tagged frames from the trunk untagged and delivered to their branch pod.
+    vlan_pop,
+    /// Packets left to the host stack on purpose (services, node-local, via-stack flows).
+    to_stack,
+    /// New flows into a pod that came through the host stack (NodePort, probes).
+    via_stack_new,
     drop_malformed_l3,
     drop_malformed_l4,
     drop_nat_no_port,
     drop_frag_unknown,
     drop_ct_insert_failed,
+    drop_vlan_unknown,
+    drop_strict_not_trunk,
 }
 
 // Every field is a u64, so no padding is possible; the size is a multiple of 8.
@@ -178,6 +204,8 @@ impl Stats {
             DropReason::NatNoPort => self.drop_nat_no_port += 1,
             DropReason::FragUnknown => self.drop_frag_unknown += 1,
             DropReason::CtInsertFailed => self.drop_ct_insert_failed += 1,
+            DropReason::VlanUnknown => self.drop_vlan_unknown += 1,
+            DropReason::StrictNotTrunk => self.drop_strict_not_trunk += 1,
         }
     }
 

@@ -8,6 +8,11 @@
 pub const CB_VERDICT: usize = 0;
 pub const CB_TARGET_IFINDEX: usize = 1;
 pub const CB_REASON: usize = 2;
+/// Holds [`CB_MAGIC_VALUE`] when the record is ours. The IP layer zeroes
+/// these words (IPCB) when a packet goes through the stack, so a record
+/// seen at a later TC hook means the packet came straight from us.
+pub const CB_MAGIC: usize = 3;
+pub const CB_MAGIC_VALUE: u32 = 0x746c_6e6b; // "tlnk"
 
 /// `cb[CB_VERDICT]` values.
 pub const VERDICT_PASS: u32 = 1;
@@ -18,6 +23,8 @@ pub const VERDICT_DROP: u32 = 3;
 pub const REDIRECT_PLAIN: u32 = 1;
 pub const REDIRECT_PEER: u32 = 2;
 pub const REDIRECT_NEIGH: u32 = 3;
+/// Plain redirect into a pod's host veth (the pod is the destination).
+pub const REDIRECT_POD_VETH: u32 = 4;
 
 /// The decoded record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

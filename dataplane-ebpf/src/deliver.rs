@@ -1,54 +1,92 @@
-//! Delivery: into a pod (after reverse NAT), and out of the primary ENI
-//! (SNATed traffic must leave the interface that owns the node IP, or the
-//! VPC's source/destination check drops it).
+//! Delivery: into a pod, out of an ENI towards its subnet gateway, or
+//! tagged out of the trunk. Each returns the verdict for the redirect.
 
 use aya_ebpf::{
     bindings::bpf_redir_neigh,
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_vlan_push},
     programs::TcContext,
 };
 use dataplane_common::{
     config::CFG_F_REDIRECT_VIA_HOST_VETH,
-    verdict::{REDIRECT_NEIGH, REDIRECT_PEER, REDIRECT_PLAIN},
-    Config, Ipv4,
+    csum,
+    verdict::{REDIRECT_NEIGH, REDIRECT_PEER, REDIRECT_PLAIN, REDIRECT_POD_VETH},
+    Config, PodEntry,
 };
 
 use crate::{
-    headers::EthHdr,
-    maps::{ENIS, PODS},
+    headers::{EthHdr, Ipv4Hdr},
+    maps::ENIS,
     parse::header_mut,
     verdict::Verdict,
 };
 
 const AF_INET: u32 = 2;
 const TC_ACT_REDIRECT: i64 = 7;
+const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
 
-/// Sends the packet to the pod that owns `pod_ip`: Ethernet addresses set
-/// as the pod expects them (its MAC, from its host veth), then
-/// `bpf_redirect_peer` into its namespace, or `bpf_redirect` out of the
-/// host veth when configured so (another agent's TC program there must see
-/// it). `Pass` when the pod is unknown: the stack decides.
+/// Forwarding past the stack still makes the node a routing hop, as it is
+/// with the legacy plumbing (traceroute shows it): decrements the TTL and
+/// updates the checksum. `false` when the TTL is spent: the caller leaves
+/// the packet to the stack, which answers with ICMP time exceeded.
 #[inline(always)]
-pub fn to_pod(ctx: &mut TcContext, cfg: &Config, pod_ip: &Ipv4) -> Verdict {
-    let Some(pod) = PODS.get_ptr(pod_ip) else {
-        return Verdict::Pass;
+pub fn hop(ctx: &TcContext, l3_off: usize) -> bool {
+    let Some(ip) = header_mut::<Ipv4Hdr>(ctx, l3_off) else {
+        return false;
     };
-    // SAFETY: valid map value pointer; PodEntry is plain data.
-    let pod = unsafe { *pod };
+    if ip.ttl <= 1 {
+        return false;
+    }
+    let before = [ip.ttl, ip.protocol];
+    ip.ttl -= 1;
+    ip.check = csum::replace2(ip.check, before, [ip.ttl, ip.protocol]);
+    true
+}
+
+pub const fn redirect_ok(rc: i64) -> bool {
+    rc == TC_ACT_REDIRECT
+}
+
+/// Ethernet addresses as the pod expects them: to its MAC, from its host veth.
+#[inline(always)]
+fn pod_macs(ctx: &TcContext, pod: &PodEntry) -> bool {
     let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
-        return Verdict::Pass;
+        return false;
     };
     eth.dst = pod.mac;
     eth.src = pod.host_mac;
+    true
+}
+
+/// Into the pod from a TC ingress hook: `bpf_redirect_peer` straight into
+/// its namespace, or out of its host veth when configured so (another
+/// agent's TC program there must see it).
+#[inline(always)]
+pub fn into_pod(ctx: &mut TcContext, cfg: &Config, pod: &PodEntry) -> Verdict {
+    if !pod_macs(ctx, pod) {
+        return Verdict::Pass;
+    }
     if cfg.flags & CFG_F_REDIRECT_VIA_HOST_VETH != 0 {
         // SAFETY: helper call with plain arguments.
         let rc = unsafe { bpf_redirect(pod.host_ifindex, 0) };
-        Verdict::redirect(rc, pod.host_ifindex, REDIRECT_PLAIN)
+        Verdict::redirect(rc, pod.host_ifindex, REDIRECT_POD_VETH)
     } else {
         // SAFETY: helper call with plain arguments.
         let rc = unsafe { bpf_redirect_peer(pod.host_ifindex, 0) };
         Verdict::redirect(rc, pod.host_ifindex, REDIRECT_PEER)
     }
+}
+
+/// Into the pod from an egress hook (the host stack routed it out of an
+/// ENI for want of a route): out of the pod's host veth, where `to_pod`
+/// sees it as stack traffic.
+#[inline(always)]
+pub fn stack_into_pod(ctx: &mut TcContext, pod: &PodEntry) -> Verdict {
+    if !pod_macs(ctx, pod) {
+        return Verdict::Pass;
+    }
+    // SAFETY: helper call with plain arguments.
+    let rc = unsafe { bpf_redirect(pod.host_ifindex, 0) };
+    Verdict::redirect(rc, pod.host_ifindex, REDIRECT_PLAIN)
 }
 
 /// Out of ENI `ifindex` towards its subnet gateway, the gateway's MAC
@@ -60,6 +98,7 @@ pub fn out_of_eni(ifindex: u32) -> Verdict {
     };
     // SAFETY: valid map value pointer; EniEntry is plain data.
     let gateway = unsafe { (*eni).gateway_ip };
+    // SAFETY: an all-zero bpf_redir_neigh is valid (plain integers).
     let mut params: bpf_redir_neigh = unsafe { core::mem::zeroed() };
     params.nh_family = AF_INET;
     params.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(gateway);
@@ -75,6 +114,28 @@ pub fn out_of_eni(ifindex: u32) -> Verdict {
     Verdict::redirect(rc, ifindex, REDIRECT_NEIGH)
 }
 
-pub const fn redirect_ok(rc: i64) -> bool {
-    rc == TC_ACT_REDIRECT
+/// A branch pod's packet out of the trunk as its branch ENI would send it:
+/// 802.1Q tag with its VLAN id, source MAC the branch ENI's, destination the
+/// subnet gateway's MAC as the agent learnt it.
+#[inline(always)]
+pub fn to_trunk(ctx: &mut TcContext, pod: &PodEntry) -> Verdict {
+    let trunk = pod.eni_ifindex;
+    let Some(eni) = ENIS.get_ptr(&trunk) else {
+        return Verdict::Pass;
+    };
+    // SAFETY: valid map value pointer; EniEntry is plain data.
+    let gateway_mac = unsafe { (*eni).gateway_mac };
+    // SAFETY: helper call on this program's own skb.
+    if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q_BE, pod.vlan_id) } != 0 {
+        return Verdict::Pass;
+    }
+    // The push may move packet data: the header is found again.
+    let Some(eth) = header_mut::<EthHdr>(ctx, 0) else {
+        return Verdict::Pass;
+    };
+    eth.src = pod.branch_mac;
+    eth.dst = gateway_mac;
+    // SAFETY: helper call with plain arguments.
+    let rc = unsafe { bpf_redirect(trunk, 0) };
+    Verdict::redirect(rc, trunk, REDIRECT_PLAIN)
 }

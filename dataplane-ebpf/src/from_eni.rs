@@ -1,12 +1,15 @@
 //! `from_eni` (TC ingress of every ENI): replies to SNATed flows, and ICMP
-//! errors about them, translated back and delivered into the pod.
+//! errors about them, translated back and delivered into the pod; traffic
+//! for local pods delivered straight in; tagged frames on the trunk
+//! untagged and delivered to their branch pod.
 
-use aya_ebpf::programs::TcContext;
-use dataplane_common::{CtKey, Stats};
+use aya_ebpf::{helpers::bpf_skb_vlan_pop, programs::TcContext};
+use dataplane_common::{Config, CtKey, DropReason, Ipv4, PodEntry, Stats, VlanKey};
 
 use crate::{
     conntrack, deliver,
-    maps::{self, SNAT_REV},
+    headers::ETH_HLEN,
+    maps::{self, SNAT_REV, VLANS},
     nat::{self, ErrorDirection},
     parse::{self, Parsed},
     verdict::Verdict,
@@ -17,8 +20,22 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     let Some(cfg) = maps::config() else {
         return Verdict::Pass;
     };
-    if cfg.primary_eni_ifindex == 0 || pkt.dst != cfg.node_ip {
+    if cfg.primary_eni_ifindex == 0 {
         return Verdict::Pass;
+    }
+    if pkt.vlan_id != 0 {
+        return from_trunk(ctx, cfg, pkt, stats);
+    }
+    if pkt.dst != cfg.node_ip {
+        // Traffic for a local pod (from the VPC) goes straight in; a strict
+        // branch pod's only arrives tagged on the trunk.
+        return match maps::pod(&pkt.dst) {
+            Some(pod) if pod.vlan_id == 0 => {
+                stats.steer_pod += 1;
+                hop_into_pod(ctx, cfg, &pod, pkt.l3_off)
+            }
+            _ => Verdict::Pass,
+        };
     }
     if pkt.is_icmp_error() {
         return icmp_error_to_node(ctx, pkt, stats);
@@ -39,10 +56,52 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         conntrack::seen_reply(ct, pkt);
     }
     if nat::rev_snat(ctx, pkt, &reply, &orig).is_err() {
-        return Verdict::Drop(dataplane_common::DropReason::MalformedL4);
+        return Verdict::Drop(DropReason::MalformedL4);
     }
     stats.rev_snat += 1;
-    deliver::to_pod(ctx, cfg, &orig.src_ip)
+    deliver_to(ctx, cfg, &orig.src_ip, pkt.l3_off)
+}
+
+/// Into the pod that owns `ip`; the stack decides if there is none.
+#[inline(always)]
+fn deliver_to(ctx: &mut TcContext, cfg: &Config, ip: &Ipv4, l3_off: usize) -> Verdict {
+    match maps::pod(ip) {
+        Some(pod) => hop_into_pod(ctx, cfg, &pod, l3_off),
+        None => Verdict::Pass,
+    }
+}
+
+/// The node is a routing hop on the way in too (see `deliver::hop`).
+#[inline(always)]
+fn hop_into_pod(ctx: &mut TcContext, cfg: &Config, pod: &PodEntry, l3_off: usize) -> Verdict {
+    if !deliver::hop(ctx, l3_off) {
+        return Verdict::Pass;
+    }
+    deliver::into_pod(ctx, cfg, pod)
+}
+
+/// A tagged frame on a trunk: the branch ENI with that VLAN id is a pod's;
+/// the tag comes off and the packet goes into the pod.
+#[inline(always)]
+fn from_trunk(ctx: &mut TcContext, cfg: &Config, pkt: &Parsed, stats: &mut Stats) -> Verdict {
+    // SAFETY: reading a context field of this program's skb.
+    let trunk = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(pod_ip) = VLANS.get_ptr(&VlanKey::new(trunk, pkt.vlan_id)) else {
+        return Verdict::Drop(DropReason::VlanUnknown);
+    };
+    // SAFETY: valid map value pointer; Ipv4 is plain data.
+    let pod_ip = unsafe { *pod_ip };
+    let pod = match maps::pod(&pod_ip) {
+        Some(pod) if pkt.dst == pod_ip => pod,
+        _ => return Verdict::Drop(DropReason::VlanUnknown),
+    };
+    // SAFETY: helper call on this program's own skb.
+    if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+        return Verdict::Drop(DropReason::MalformedL3);
+    }
+    stats.vlan_pop += 1;
+    // The tag is gone: the IPv4 header now follows the Ethernet header.
+    hop_into_pod(ctx, cfg, &pod, ETH_HLEN)
 }
 
 /// An ICMP error (fragmentation needed, TTL exceeded, unreachable) about a
@@ -76,9 +135,9 @@ fn icmp_error_to_node(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> V
     )
     .is_err()
     {
-        return Verdict::Drop(dataplane_common::DropReason::MalformedL4);
+        return Verdict::Drop(DropReason::MalformedL4);
     }
     stats.icmp_error_xlated += 1;
     stats.rev_snat += 1;
-    deliver::to_pod(ctx, cfg, &orig.src_ip)
+    deliver_to(ctx, cfg, &orig.src_ip, pkt.l3_off)
 }

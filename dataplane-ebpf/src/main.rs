@@ -9,12 +9,15 @@
 mod conntrack;
 mod deliver;
 mod from_eni;
+mod from_pod;
 mod headers;
 mod maps;
 mod nat;
 mod parse;
+mod policy;
 mod stats;
 mod to_eni;
+mod to_pod;
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
@@ -58,8 +61,8 @@ fn run(ctx: &mut TcContext, hook: Hook) -> i32 {
             match hook {
                 Hook::ToEni => to_eni::run(ctx, &pkt, stats),
                 Hook::FromEni => from_eni::run(ctx, &pkt, stats),
-                // Steering plugs in here (per-pod ENI, branch VLAN, via-stack marks).
-                Hook::FromPod | Hook::ToPod => Verdict::Pass,
+                Hook::FromPod => from_pod::run(ctx, &pkt, stats),
+                Hook::ToPod => to_pod::run(ctx, &pkt, stats),
             }
         }
         Err(parse::ParseError::NotIpv4) => {

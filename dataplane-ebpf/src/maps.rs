@@ -6,8 +6,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use dataplane_common::{
-    maps::{CT_MAX, ENIS_MAX, FRAGS_MAX, NO_SNAT_MAX, PODS_MAX, SERVICE_CIDRS_MAX, SNAT_REV_MAX},
-    Config, CtEntry, CtKey, EniEntry, FragKey, FragPorts, Hook, Ipv4, PodEntry, Stats,
+    maps::{
+        CT_MAX, ENIS_MAX, FRAGS_MAX, NO_SNAT_MAX, PODS_MAX, SERVICE_CIDRS_MAX, SNAT_REV_MAX,
+        VLANS_MAX,
+    },
+    Config, CtEntry, CtKey, EniEntry, FragKey, FragPorts, Hook, Ipv4, PodEntry, Stats, VlanKey,
 };
 
 #[btf_map]
@@ -36,6 +39,23 @@ pub static STATS: PerCpuArray<Stats, { Hook::COUNT }> = PerCpuArray::new();
 
 #[btf_map]
 pub static FRAGS: LruHashMap<FragKey, FragPorts, FRAGS_MAX> = LruHashMap::new();
+
+#[btf_map]
+pub static VLANS: HashMap<VlanKey, Ipv4, VLANS_MAX> = HashMap::new();
+
+/// Whether `ip` is for the host stack: a service CIDR (kube-proxy) or an
+/// address of the node itself.
+#[inline(always)]
+pub fn pass_to_stack(ip: Ipv4) -> bool {
+    SERVICE_CIDRS.get(&Key::new(32, ip)).is_some()
+}
+
+/// The pod that owns `ip`, if it is one of this node's.
+#[inline(always)]
+pub fn pod(ip: &Ipv4) -> Option<PodEntry> {
+    // SAFETY: valid map value pointer; PodEntry is plain data.
+    PODS.get_ptr(ip).map(|p| unsafe { *p })
+}
 
 /// Whether `ip` falls in a `NO_SNAT` prefix (VPC CIDRs, exclusions).
 #[inline(always)]

@@ -4,18 +4,17 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 use dataplane_common::{
-    config::CFG_F_SG_STANDARD,
     conntrack::{CT_F_SNAT, TCP_ACK, TCP_SYN},
-    node::POD_F_SNAT_EXEMPT,
-    Config, CtKey, DropReason, Ipv4, PodEntry, SnatMode, Stats,
+    Config, CtKey, DropReason, Ipv4, PodEntry, Stats,
 };
 
 use crate::{
     conntrack, deliver,
     headers::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    maps::{self, PODS, SNAT_REV},
+    maps::{self, SNAT_REV},
     nat::{self, ErrorDirection},
     parse::{self, Fragment, Parsed},
+    policy::{snat_needed, strict_branch},
     verdict::Verdict,
 };
 
@@ -26,6 +25,16 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     };
     if cfg.primary_eni_ifindex == 0 {
         return Verdict::Pass; // not configured yet
+    }
+    // The host stack has no routes to pods: what it sends to one (probes,
+    // NodePort after kube-proxy's DNAT) leaves by the default route and is
+    // turned into the pod here. Strict branch pods are reached through
+    // the VPC and their branch ENI instead.
+    if let Some(pod) = maps::pod(&pkt.dst) {
+        if !strict_branch(cfg, &pod) {
+            stats.steer_pod += 1;
+            return deliver::stack_into_pod(ctx, &pod);
+        }
     }
     if pkt.src == cfg.node_ip {
         record_host_flow(pkt, cfg, stats);
@@ -50,13 +59,11 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
 /// Decides whether a packet without a translation needs one and creates it.
 #[inline(always)]
 fn new_flow(ctx: &mut TcContext, pkt: &Parsed, cfg: &Config, stats: &mut Stats) -> Verdict {
-    let Some(pod) = PODS.get_ptr(&pkt.src) else {
+    let Some(pod) = maps::pod(&pkt.src) else {
         return Verdict::Pass;
     };
-    // SAFETY: valid map value pointer; PodEntry is plain data.
-    let pod = unsafe { *pod };
-    if !snat_applies(cfg, &pod, pkt) {
-        return Verdict::Pass;
+    if !snat_needed(cfg, &pod, pkt.dst) {
+        return steer_source(ctx, &pod);
     }
     if pkt.is_icmp_error() {
         return icmp_error_from_pod(ctx, pkt, cfg, stats);
@@ -105,15 +112,17 @@ fn leave_primary(ctx: &TcContext, cfg: &Config) -> Verdict {
     }
 }
 
-/// SNAT applies to a local non-branch pod (or a branch pod in standard
-/// security-group mode) talking to a destination outside `NO_SNAT`, unless
-/// SNAT is external.
+/// A pod's packet the host stack routed out of an ENI other than the one
+/// owning its IP: the VPC's source/destination check would drop it there.
+/// (This replaces every `from <pod> lookup <table>` rule.)
 #[inline(always)]
-fn snat_applies(cfg: &Config, pod: &PodEntry, pkt: &Parsed) -> bool {
-    cfg.snat_mode() != Some(SnatMode::Off)
-        && pod.flags & POD_F_SNAT_EXEMPT == 0
-        && (pod.vlan_id == 0 || cfg.flags & CFG_F_SG_STANDARD != 0)
-        && !maps::no_snat(pkt.dst)
+fn steer_source(ctx: &TcContext, pod: &PodEntry) -> Verdict {
+    // SAFETY: reading a context field of this program's skb.
+    let here = unsafe { (*ctx.skb.skb).ifindex };
+    if pod.vlan_id != 0 || pod.eni_ifindex == here || pod.eni_ifindex == 0 {
+        return Verdict::Pass;
+    }
+    deliver::out_of_eni(pod.eni_ifindex)
 }
 
 /// TCP, UDP and ICMP echo requests get a mapping; anything else is passed

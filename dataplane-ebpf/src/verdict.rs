@@ -6,7 +6,8 @@ use core::ptr::{addr_of_mut, write_volatile};
 use aya_ebpf::{bindings::__sk_buff, programs::TcContext};
 use dataplane_common::{
     verdict::{
-        CB_REASON, CB_TARGET_IFINDEX, CB_VERDICT, VERDICT_DROP, VERDICT_PASS, VERDICT_REDIRECT,
+        CB_MAGIC, CB_MAGIC_VALUE, CB_REASON, CB_TARGET_IFINDEX, CB_VERDICT, VERDICT_DROP,
+        VERDICT_PASS, VERDICT_REDIRECT,
     },
     DropReason, Stats,
 };
@@ -70,5 +71,19 @@ fn record(skb: *mut __sk_buff, verdict: u32, ifindex: u32, reason: u32) {
         write_volatile(addr_of_mut!((*skb).cb[CB_VERDICT]), verdict);
         write_volatile(addr_of_mut!((*skb).cb[CB_TARGET_IFINDEX]), ifindex);
         write_volatile(addr_of_mut!((*skb).cb[CB_REASON]), reason);
+        write_volatile(addr_of_mut!((*skb).cb[CB_MAGIC]), CB_MAGIC_VALUE);
+    }
+}
+
+/// Whether the packet was put into this pod's host veth by our own ingress
+/// program (a record that went through the stack would have been zeroed).
+#[inline(always)]
+pub fn delivered_by_us(ctx: &TcContext) -> bool {
+    let skb = ctx.skb.skb;
+    // SAFETY: reading this program's context.
+    unsafe {
+        (*skb).cb[CB_MAGIC] == CB_MAGIC_VALUE
+            && (*skb).cb[CB_VERDICT] == VERDICT_REDIRECT
+            && (*skb).cb[CB_REASON] == dataplane_common::verdict::REDIRECT_POD_VETH
     }
 }

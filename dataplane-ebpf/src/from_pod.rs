@@ -1,0 +1,122 @@
+//! `from_pod` (TC ingress of each pod's host veth): everything a pod sends
+//! is steered here, without the host's routing tables.
+//!
+//! - replies of flows that came in through the host stack → the stack;
+//! - strict branch pods → tagged out of the trunk, whatever the destination;
+//! - service CIDRs and node-local addresses → the stack (kube-proxy);
+//! - a pod on this node → straight into it;
+//! - anything else → out of the ENI that owns the pod's IP (the primary ENI
+//!   when SNAT applies, where `to_eni` translates it); standard-mode branch
+//!   pods out of the trunk unless SNATed.
+
+use aya_ebpf::programs::TcContext;
+use dataplane_common::{
+    conntrack::{CT_F_SNAT, CT_F_VIA_STACK},
+    Config, PodEntry, Stats,
+};
+
+use crate::{
+    conntrack, deliver, maps,
+    parse::Parsed,
+    policy::{snat_needed, strict_branch},
+    verdict::Verdict,
+};
+
+/// Where a pod's packet goes. A struct with every field always set, not an
+/// enum with payloads: the verifier rejects the partially-undefined
+/// registers the compiler makes of the latter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Stack,
+    /// Tagged out of the trunk (branch pods): `pod` is the sender.
+    Trunk,
+    /// Into another pod on this node: `pod` is the destination.
+    Pod,
+    /// Out of ENI `ifindex` towards its gateway.
+    Eni,
+}
+
+struct Target {
+    via: Via,
+    pod: PodEntry,
+    ifindex: u32,
+}
+
+impl Target {
+    #[inline(always)]
+    fn new(via: Via, pod: PodEntry, ifindex: u32) -> Self {
+        Self { via, pod, ifindex }
+    }
+
+    #[inline(always)]
+    fn stack() -> Self {
+        Self::new(Via::Stack, PodEntry::default(), 0)
+    }
+}
+
+#[inline(always)]
+pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
+    let Some(cfg) = maps::config() else {
+        return Verdict::Pass;
+    };
+    if cfg.primary_eni_ifindex == 0 {
+        return Verdict::Pass;
+    }
+    let t = decide(cfg, pkt);
+    if t.via == Via::Stack || !deliver::hop(ctx, pkt.l3_off) {
+        stats.to_stack += 1;
+        return Verdict::Pass;
+    }
+    match t.via {
+        Via::Stack => Verdict::Pass,
+        Via::Trunk => {
+            stats.vlan_push += 1;
+            deliver::to_trunk(ctx, &t.pod)
+        }
+        Via::Pod => {
+            stats.steer_pod += 1;
+            deliver::into_pod(ctx, cfg, &t.pod)
+        }
+        Via::Eni => {
+            stats.steer_eni += 1;
+            deliver::out_of_eni(t.ifindex)
+        }
+    }
+}
+
+#[inline(always)]
+fn decide(cfg: &Config, pkt: &Parsed) -> Target {
+    let Some(pod) = maps::pod(&pkt.src) else {
+        return Target::stack(); // not a source we gave out: the stack decides
+    };
+    if let Ok(key) = conntrack::flow_key(pkt) {
+        if let Some(ct) = conntrack::lookup(&key) {
+            if ct.flags & CT_F_VIA_STACK != 0 {
+                conntrack::seen_reply(ct, pkt);
+                return Target::stack();
+            }
+            if ct.flags & CT_F_SNAT != 0 {
+                return Target::new(Via::Eni, pod, cfg.primary_eni_ifindex);
+            }
+        }
+    }
+    if strict_branch(cfg, &pod) {
+        return Target::new(Via::Trunk, pod, 0);
+    }
+    if pkt.dst == cfg.node_ip || maps::pass_to_stack(pkt.dst) {
+        return Target::stack();
+    }
+    if let Some(dst) = maps::pod(&pkt.dst) {
+        // A strict branch pod is reached only through its branch ENI.
+        if !strict_branch(cfg, &dst) {
+            return Target::new(Via::Pod, dst, 0);
+        }
+    }
+    if snat_needed(cfg, &pod, pkt.dst) {
+        Target::new(Via::Eni, pod, cfg.primary_eni_ifindex)
+    } else if pod.vlan_id != 0 {
+        Target::new(Via::Trunk, pod, 0)
+    } else {
+        Target::new(Via::Eni, pod, pod.eni_ifindex)
+    }
+}

@@ -1,0 +1,74 @@
+//! `to_pod` (TC egress of each pod's host veth): what the host stack
+//! delivers to a pod (NodePort through kube-proxy, kubelet probes, the
+//! node's own connections). A new such flow is entered in conntrack as
+//! "via stack" so that `from_pod` sends its replies back through the stack
+//! (this replaces the CONNMARK 0x80 chain and the fwmark rule). Strict
+//! security-group pods accept only what came through their branch ENI.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
+use dataplane_common::{
+    conntrack::{CT_F_VIA_STACK, CT_STATE_NEW, TCP_ACK, TCP_SYN},
+    CtEntry, DropReason, Stats,
+};
+
+use crate::{
+    conntrack,
+    headers::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{self, CT},
+    parse::{Fragment, Parsed},
+    policy::strict_branch,
+    verdict::{delivered_by_us, Verdict},
+};
+
+#[inline(always)]
+pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
+    if delivered_by_us(ctx) {
+        return Verdict::Pass;
+    }
+    let Some(cfg) = maps::config() else {
+        return Verdict::Pass;
+    };
+    let Some(pod) = maps::pod(&pkt.dst) else {
+        return Verdict::Pass;
+    };
+    if strict_branch(cfg, &pod) {
+        return Verdict::Drop(DropReason::StrictNotTrunk);
+    }
+    // Same-node pods reach each other directly: never "via stack".
+    if maps::pod(&pkt.src).is_some() || !opens_flow(pkt) {
+        return Verdict::Pass;
+    }
+    let Ok(key) = conntrack::flow_key(pkt) else {
+        return Verdict::Pass;
+    };
+    // Keyed from the pod's side, as `from_pod` will look its replies up.
+    let pod_side = key.reversed();
+    let t = conntrack::now();
+    let entry = CtEntry {
+        created_ns: t,
+        last_seen_ns: t,
+        packets_reply: 1,
+        bytes_reply: pkt.ip_len as u64,
+        state: CT_STATE_NEW,
+        flags: CT_F_VIA_STACK,
+        ..CtEntry::default()
+    };
+    if CT.insert(pod_side, entry, BPF_NOEXIST as u64).is_ok() {
+        stats.via_stack_new += 1;
+    }
+    Verdict::Pass
+}
+
+/// The first packet of a flow: TCP SYN, an ICMP echo request, any UDP.
+#[inline(always)]
+fn opens_flow(pkt: &Parsed) -> bool {
+    if pkt.fragment == Fragment::Later {
+        return false;
+    }
+    match pkt.proto {
+        IPPROTO_TCP => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        IPPROTO_UDP => true,
+        IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
+        _ => false,
+    }
+}
