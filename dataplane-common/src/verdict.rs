@@ -13,6 +13,9 @@ pub const CB_REASON: usize = 2;
 /// seen at a later TC hook means the packet came straight from us.
 pub const CB_MAGIC: usize = 3;
 pub const CB_MAGIC_VALUE: u32 = 0x746c_6e6b; // "tlnk"
+/// The VLAN id a program pushed (branch pods out of the trunk); the tag
+/// itself lives in skb metadata, which BPF_PROG_TEST_RUN does not return.
+pub const CB_VLAN_PUSHED: usize = 4;
 
 /// `cb[CB_VERDICT]` values.
 pub const VERDICT_PASS: u32 = 1;

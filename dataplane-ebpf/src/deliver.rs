@@ -9,7 +9,7 @@ use aya_ebpf::{
 use dataplane_common::{
     config::CFG_F_REDIRECT_VIA_HOST_VETH,
     csum,
-    verdict::{REDIRECT_NEIGH, REDIRECT_PEER, REDIRECT_PLAIN, REDIRECT_POD_VETH},
+    verdict::{CB_VLAN_PUSHED, REDIRECT_NEIGH, REDIRECT_PEER, REDIRECT_PLAIN, REDIRECT_POD_VETH},
     Config, PodEntry,
 };
 
@@ -135,6 +135,13 @@ pub fn to_trunk(ctx: &mut TcContext, pod: &PodEntry) -> Verdict {
     };
     eth.src = pod.branch_mac;
     eth.dst = gateway_mac;
+    // SAFETY: this program's context; cb is writable from TC.
+    unsafe {
+        core::ptr::write_volatile(
+            core::ptr::addr_of_mut!((*ctx.skb.skb).cb[CB_VLAN_PUSHED]),
+            pod.vlan_id as u32,
+        )
+    };
     // SAFETY: helper call with plain arguments.
     let rc = unsafe { bpf_redirect(trunk, 0) };
     Verdict::redirect(rc, trunk, REDIRECT_PLAIN)

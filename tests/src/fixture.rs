@@ -2,7 +2,7 @@
 //! without an agent (golden packets, the mini node).
 
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
-use dataplane_common::{maps as names, Config, CtEntry, CtKey, EniEntry, Ipv4, PodEntry};
+use dataplane_common::{maps as names, Config, CtEntry, CtKey, EniEntry, Ipv4, PodEntry, VlanKey};
 use trunkline_agent::dataplane::Dataplane;
 
 pub fn set_config(dp: &mut Dataplane, cfg: Config) {
@@ -53,4 +53,20 @@ pub fn put_ct(dp: &mut Dataplane, key: CtKey, entry: CtEntry) {
     let map = dp.map_mut(names::CT).expect("CT");
     let mut m: HashMap<&mut MapData, CtKey, CtEntry> = HashMap::try_from(map).expect("CT type");
     m.insert(key, entry, 0).expect("CT insert");
+}
+
+pub fn add_vlan(dp: &mut Dataplane, trunk_ifindex: u32, vlan: u16, pod_ip: Ipv4) {
+    let map = dp.map_mut(names::VLANS).expect("VLANS");
+    let mut m: HashMap<&mut MapData, VlanKey, Ipv4> = HashMap::try_from(map).expect("VLANS type");
+    m.insert(VlanKey::new(trunk_ifindex, vlan), pod_ip, 0)
+        .expect("VLANS insert");
+}
+
+/// A `SERVICE_CIDRS` entry: destinations handed to the host stack.
+pub fn add_pass_to_stack(dp: &mut Dataplane, ip: Ipv4, prefix: u32, reason: u32) {
+    let map = dp.map_mut(names::SERVICE_CIDRS).expect("SERVICE_CIDRS");
+    let mut m: LpmTrie<&mut MapData, Ipv4, u32> =
+        LpmTrie::try_from(map).expect("SERVICE_CIDRS type");
+    m.insert(&Key::new(prefix, ip), reason, 0)
+        .expect("SERVICE_CIDRS insert");
 }

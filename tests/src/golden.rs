@@ -20,6 +20,8 @@ pub struct Outcome {
     pub verdict: Option<VerdictRecord>,
     /// The packet as the program left it.
     pub data: Vec<u8>,
+    /// The VLAN id the program pushed (0: none); see `CB_VLAN_PUSHED`.
+    pub vlan_pushed: u32,
     /// Time per run as measured by the kernel.
     pub duration_ns: u64,
 }
@@ -64,6 +66,7 @@ impl Golden {
             action: res.return_value as i32,
             verdict: VerdictRecord::from_cb(&ctx.cb),
             data: data_out,
+            vlan_pushed: ctx.cb[dataplane_common::verdict::CB_VLAN_PUSHED],
             duration_ns: res.duration.as_nanos() as u64,
         }
     }
@@ -83,7 +86,7 @@ impl Golden {
 /// branch, SNAT-exempt).
 pub mod snat {
     use dataplane_common::{
-        maps::{NO_SNAT_EXCLUDED, NO_SNAT_VPC_CIDR},
+        maps::{NO_SNAT_EXCLUDED, NO_SNAT_VPC_CIDR, PASS_SERVICE_CIDR},
         node::POD_F_SNAT_EXEMPT,
         Config, EniEntry, EniRole, PodEntry, SnatMode,
     };
@@ -103,6 +106,16 @@ pub mod snat {
     pub const EXCLUDED: [u8; 4] = [198, 51, 100, 7];
     pub const ROUTER: [u8; 4] = [198, 18, 0, 1];
     pub const HOST_IFINDEX: u32 = 42;
+    pub const SECONDARY_HOST_IFINDEX: u32 = 43;
+    pub const BRANCH_HOST_IFINDEX: u32 = 44;
+    pub const TRUNK: u32 = 88;
+    pub const BRANCH_VLAN: u16 = 1;
+    pub const BRANCH_MAC: [u8; 6] = [2, 0xb0, 1, 0x6c, 0xb5, 0x79];
+    pub const BRANCH_POD_MAC: [u8; 6] = [0x0a, 0x58, 0xc0, 0xa8, 0x1a, 0xa2];
+    pub const GATEWAY_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0xfe, 0xfe, 0x01];
+    pub const SECONDARY_POD: [u8; 4] = [192, 168, 40, 20];
+    pub const SECONDARY_POD_MAC: [u8; 6] = [0x0a, 0x58, 0xc0, 0xa8, 0x28, 0x14];
+    pub const SERVICE_NET: [u8; 4] = [10, 100, 0, 0];
     /// BPF_PROG_TEST_RUN runs the program on the loopback device.
     pub const LO: u32 = 1;
     pub const SECONDARY_ENI: u32 = 77;
@@ -148,11 +161,49 @@ pub mod snat {
             dp,
             BRANCH_POD,
             PodEntry {
-                vlan_id: 1,
-                branch_mac: [2, 0xb0, 1, 0x6c, 0xb5, 0x79],
+                host_ifindex: BRANCH_HOST_IFINDEX,
+                eni_ifindex: TRUNK,
+                mac: BRANCH_POD_MAC,
+                vlan_id: BRANCH_VLAN,
+                branch_mac: BRANCH_MAC,
                 ..pod
             },
         );
+        fixture::add_eni(
+            dp,
+            TRUNK,
+            EniEntry {
+                role: EniRole::Trunk as u32,
+                gateway_ip: [192, 168, 0, 1],
+                gateway_mac: GATEWAY_MAC,
+                ..Default::default()
+            },
+        );
+        // Tagged frames arrive on the trunk; BPF_PROG_TEST_RUN runs on LO.
+        fixture::add_vlan(dp, TRUNK, BRANCH_VLAN, BRANCH_POD);
+        fixture::add_vlan(dp, LO, BRANCH_VLAN, BRANCH_POD);
+        if primary != SECONDARY_ENI {
+            fixture::add_eni(
+                dp,
+                SECONDARY_ENI,
+                EniEntry {
+                    role: EniRole::Secondary as u32,
+                    gateway_ip: [192, 168, 32, 1],
+                    ..Default::default()
+                },
+            );
+        }
+        fixture::add_pod(
+            dp,
+            SECONDARY_POD,
+            PodEntry {
+                host_ifindex: SECONDARY_HOST_IFINDEX,
+                eni_ifindex: SECONDARY_ENI,
+                mac: SECONDARY_POD_MAC,
+                ..pod
+            },
+        );
+        fixture::add_pass_to_stack(dp, SERVICE_NET, 16, PASS_SERVICE_CIDR);
         fixture::add_pod(
             dp,
             EXEMPT_POD,

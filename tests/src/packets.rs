@@ -201,3 +201,12 @@ pub fn icmp_error(
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     ipv4_fragment(from, to, IpNumber::ICMP, 0x4242, 0, false, &icmp)
 }
+
+/// Sets the IPv4 TTL of an untagged frame and recomputes the header checksum.
+pub fn set_ttl(frame: &mut [u8], ttl: u8) {
+    frame[L3_OFF + 8] = ttl;
+    let ihl = usize::from(frame[L3_OFF] & 0x0f) * 4;
+    frame[L3_OFF + 10..L3_OFF + 12].copy_from_slice(&[0, 0]);
+    let c = !fold(sum16(&frame[L3_OFF..L3_OFF + ihl], 0));
+    frame[L3_OFF + 10..L3_OFF + 12].copy_from_slice(&c.to_be_bytes());
+}

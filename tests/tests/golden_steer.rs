@@ -1,0 +1,289 @@
+//! Golden packets through every steering branch: which interface a packet
+//! is redirected to and how, the Ethernet addresses it leaves with, the
+//! VLAN tag pushed or popped, the TTL of a routing hop, and the verdict.
+
+use dataplane_common::{
+    config::{CFG_F_REDIRECT_VIA_HOST_VETH, CFG_F_SG_STANDARD},
+    conntrack::CT_F_VIA_STACK,
+    verdict::{REDIRECT_NEIGH, REDIRECT_PEER, REDIRECT_PLAIN, REDIRECT_POD_VETH},
+    Config, CtKey, DropReason, Hook, SnatMode, VerdictRecord,
+};
+use testbed::{
+    fixture,
+    golden::{
+        snat::{
+            node, BRANCH_HOST_IFINDEX, BRANCH_MAC, BRANCH_POD, BRANCH_POD_MAC, BRANCH_VLAN,
+            GATEWAY_MAC, HOST_IFINDEX, INET, LO, NODE, PEER, POD, SECONDARY_ENI,
+            SECONDARY_HOST_IFINDEX, SECONDARY_POD, SECONDARY_POD_MAC, TRUNK,
+        },
+        Golden, Outcome, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    },
+    packets::{self, checksum_ok, Flow, HOST_VETH_MAC, L3_OFF, POD_MAC},
+};
+
+const SERVICE_IP: [u8; 4] = [10, 100, 0, 10];
+
+fn steer_node() -> Golden {
+    node(SnatMode::Random, (32768, 65535))
+}
+
+fn assert_redirect(out: &Outcome, ifindex: u32, how: u32) {
+    assert_eq!(out.action, TC_ACT_REDIRECT, "{out:?}");
+    assert_eq!(
+        out.verdict,
+        Some(VerdictRecord::Redirect { ifindex, how }),
+        "{out:?}"
+    );
+}
+
+fn assert_pass_unchanged(out: &Outcome, packet: &[u8]) {
+    assert_eq!(
+        (out.action, out.verdict),
+        (TC_ACT_OK, Some(VerdictRecord::Pass)),
+        "{out:?}"
+    );
+    assert_eq!(out.data, packet);
+}
+
+fn ttl(p: &[u8]) -> u8 {
+    p[L3_OFF + 8]
+}
+
+/// A routing hop: TTL one less, IPv4 checksum still right.
+fn assert_hop(out: &Outcome, sent: &[u8]) {
+    assert_eq!(ttl(&out.data), ttl(sent) - 1);
+    assert!(
+        checksum_ok(&out.data[L3_OFF..L3_OFF + 20]),
+        "IPv4 checksum after the TTL change"
+    );
+}
+
+#[test]
+fn pod_traffic_leaves_the_eni_that_owns_its_ip() {
+    let g = steer_node();
+    // Primary-ENI pod to a VPC peer: out of the primary (LO here), via its gateway.
+    let pkt = packets::tcp_syn(Flow::new(POD, PEER, 40000, 443));
+    let out = g.run(Hook::FromPod, &pkt);
+    assert_redirect(&out, LO, REDIRECT_NEIGH);
+    assert_hop(&out, &pkt);
+    // Secondary-ENI pod to the VPC: out of the secondary ENI.
+    let pkt = packets::tcp_syn(Flow::new(SECONDARY_POD, PEER, 40000, 443));
+    let out = g.run(Hook::FromPod, &pkt);
+    assert_redirect(&out, SECONDARY_ENI, REDIRECT_NEIGH);
+    assert_eq!(out.vlan_pushed, 0, "no tag on an ENI");
+    // Secondary-ENI pod leaving the VPC: SNAT applies, so the primary ENI.
+    let out = g.run(
+        Hook::FromPod,
+        &packets::tcp_syn(Flow::new(SECONDARY_POD, INET, 40000, 443)),
+    );
+    assert_redirect(&out, LO, REDIRECT_NEIGH);
+    assert_eq!(g.stats(Hook::FromPod).steer_eni, 3);
+}
+
+#[test]
+fn same_node_pods_are_one_redirect_apart() {
+    let g = steer_node();
+    let pkt = packets::udp(Flow::new(POD, SECONDARY_POD, 5000, 53), b"hi");
+    let out = g.run(Hook::FromPod, &pkt);
+    assert_redirect(&out, SECONDARY_HOST_IFINDEX, REDIRECT_PEER);
+    assert_eq!(
+        &out.data[0..6],
+        &SECONDARY_POD_MAC,
+        "to the destination pod's MAC"
+    );
+    assert_eq!(&out.data[6..12], &HOST_VETH_MAC, "from its host veth");
+    assert_hop(&out, &pkt);
+    assert_eq!(g.stats(Hook::FromPod).steer_pod, 1);
+}
+
+#[test]
+fn services_and_the_node_itself_go_to_the_stack_untouched() {
+    let g = steer_node();
+    for dst in [SERVICE_IP, NODE] {
+        let pkt = packets::tcp_syn(Flow::new(POD, dst, 40000, 80));
+        assert_pass_unchanged(&g.run(Hook::FromPod, &pkt), &pkt);
+    }
+    assert_eq!(g.stats(Hook::FromPod).to_stack, 2);
+}
+
+#[test]
+fn a_spent_ttl_is_left_to_the_stack_to_answer() {
+    let g = steer_node();
+    let mut pkt = packets::tcp_syn(Flow::new(POD, PEER, 40000, 443));
+    packets::set_ttl(&mut pkt, 1);
+    assert_pass_unchanged(&g.run(Hook::FromPod, &pkt), &pkt);
+}
+
+#[test]
+fn strict_branch_pods_go_tagged_out_of_the_trunk_for_everything() {
+    let g = steer_node();
+    for dst in [INET, PEER, NODE, POD] {
+        let pkt = packets::tcp_syn(Flow::new(BRANCH_POD, dst, 40000, 443));
+        let out = g.run(Hook::FromPod, &pkt);
+        assert_redirect(&out, TRUNK, REDIRECT_PLAIN);
+        assert_eq!(
+            out.vlan_pushed,
+            u32::from(BRANCH_VLAN),
+            "tagged with the branch VLAN ({dst:?})"
+        );
+        assert_eq!(&out.data[6..12], &BRANCH_MAC, "from the branch ENI's MAC");
+        assert_eq!(&out.data[0..6], &GATEWAY_MAC, "to the subnet gateway");
+        assert_eq!(
+            &out.data[L3_OFF + 12..L3_OFF + 16],
+            &BRANCH_POD,
+            "never SNATed"
+        );
+        assert_hop(&out, &pkt);
+    }
+}
+
+#[test]
+fn standard_mode_branch_pods_reach_the_node_directly_and_leave_the_vpc_snated() {
+    let mut g = steer_node();
+    fixture::set_config(
+        &mut g.dataplane,
+        Config {
+            node_ip: NODE,
+            primary_eni_ifindex: LO,
+            flags: CFG_F_SG_STANDARD,
+            ..Config::default()
+        },
+    );
+    let to_node = packets::tcp_syn(Flow::new(BRANCH_POD, NODE, 40000, 10250));
+    assert_pass_unchanged(&g.run(Hook::FromPod, &to_node), &to_node);
+    let out = g.run(
+        Hook::FromPod,
+        &packets::tcp_syn(Flow::new(BRANCH_POD, INET, 40000, 443)),
+    );
+    assert_redirect(&out, LO, REDIRECT_NEIGH);
+    let out = g.run(
+        Hook::FromPod,
+        &packets::tcp_syn(Flow::new(BRANCH_POD, PEER, 40000, 443)),
+    );
+    assert_redirect(&out, TRUNK, REDIRECT_PLAIN);
+    assert_eq!(out.vlan_pushed, u32::from(BRANCH_VLAN));
+}
+
+#[test]
+fn flows_that_came_through_the_stack_answer_through_it() {
+    let g = steer_node();
+    // kubelet-like probe from the node to the pod, delivered by the stack.
+    let probe = packets::tcp_syn(Flow::new(NODE, POD, 51000, 8080));
+    assert_pass_unchanged(&g.run(Hook::ToPod, &probe), &probe);
+    let key = CtKey::new(POD, NODE, 8080, 51000, 6);
+    let ct = fixture::ct(&g.dataplane, &key).expect("via-stack entry keyed from the pod's side");
+    assert_eq!(ct.flags & CT_F_VIA_STACK, CT_F_VIA_STACK);
+    assert_eq!(g.stats(Hook::ToPod).via_stack_new, 1);
+    // A NodePort client (after kube-proxy's DNAT) gets the same treatment,
+    // and the pod's answer goes back into the stack, not to an ENI.
+    let nodeport = packets::tcp_syn(Flow::new(INET, POD, 33000, 8080));
+    g.run(Hook::ToPod, &nodeport);
+    let answer = packets::tcp_syn(Flow::new(POD, INET, 8080, 33000));
+    assert_pass_unchanged(&g.run(Hook::FromPod, &answer), &answer);
+    // Same-node pods never create via-stack entries.
+    let peer_pod = packets::tcp_syn(Flow::new(SECONDARY_POD, POD, 34000, 8080));
+    g.run(Hook::ToPod, &peer_pod);
+    assert!(fixture::ct(
+        &g.dataplane,
+        &CtKey::new(POD, SECONDARY_POD, 8080, 34000, 6)
+    )
+    .is_none());
+}
+
+#[test]
+fn strict_branch_pods_refuse_what_did_not_come_through_the_trunk() {
+    let g = steer_node();
+    let probe = packets::tcp_syn(Flow::new(NODE, BRANCH_POD, 51000, 8080));
+    let out = g.run(Hook::ToPod, &probe);
+    assert_eq!(out.action, TC_ACT_SHOT);
+    assert_eq!(
+        out.verdict,
+        Some(VerdictRecord::Drop {
+            reason: DropReason::StrictNotTrunk as u32
+        })
+    );
+}
+
+#[test]
+fn vpc_traffic_for_a_local_pod_goes_straight_in() {
+    let g = steer_node();
+    let pkt = packets::udp(Flow::new(PEER, SECONDARY_POD, 5000, 53), b"q");
+    let out = g.run(Hook::FromEni, &pkt);
+    assert_redirect(&out, SECONDARY_HOST_IFINDEX, REDIRECT_PEER);
+    assert_eq!(&out.data[0..6], &SECONDARY_POD_MAC);
+    assert_hop(&out, &pkt);
+    // Untagged traffic for a strict branch pod is not delivered.
+    let pkt = packets::udp(Flow::new(PEER, BRANCH_POD, 5000, 53), b"q");
+    assert_pass_unchanged(&g.run(Hook::FromEni, &pkt), &pkt);
+}
+
+#[test]
+fn tagged_frames_from_the_trunk_reach_their_branch_pod_untagged() {
+    let g = steer_node();
+    let pkt = packets::udp_vlan(
+        Flow::new(PEER, BRANCH_POD, 5000, 53),
+        BRANCH_VLAN,
+        b"tagged",
+    );
+    let out = g.run(Hook::FromEni, &pkt);
+    assert_redirect(&out, BRANCH_HOST_IFINDEX, REDIRECT_PEER);
+    assert_eq!(
+        &out.data[12..14],
+        &[0x08, 0x00],
+        "the tag is gone: IPv4 follows the MACs"
+    );
+    assert_eq!(out.data.len(), pkt.len() - 4);
+    assert_eq!(&out.data[0..6], &BRANCH_POD_MAC);
+    assert_eq!(ttl(&out.data), ttl(&pkt[4..]) - 1);
+    assert_eq!(g.stats(Hook::FromEni).vlan_pop, 1);
+
+    // A VLAN no branch pod has, or a destination that is not the VLAN's pod.
+    for bad in [
+        packets::udp_vlan(Flow::new(PEER, BRANCH_POD, 5000, 53), 9, b"x"),
+        packets::udp_vlan(Flow::new(PEER, POD, 5000, 53), BRANCH_VLAN, b"x"),
+    ] {
+        let out = g.run(Hook::FromEni, &bad);
+        assert_eq!(out.action, TC_ACT_SHOT, "{out:?}");
+        assert_eq!(
+            out.verdict,
+            Some(VerdictRecord::Drop {
+                reason: DropReason::VlanUnknown as u32
+            })
+        );
+    }
+}
+
+#[test]
+fn stack_traffic_routed_out_of_an_eni_is_corrected() {
+    let g = steer_node();
+    // The stack sent a secondary-ENI pod's packet out of the primary (LO).
+    let pkt = packets::tcp_syn(Flow::new(SECONDARY_POD, PEER, 40000, 443));
+    assert_redirect(&g.run(Hook::ToEni, &pkt), SECONDARY_ENI, REDIRECT_NEIGH);
+    // The stack has no route to pods: a probe it sent out of the ENI goes into the pod.
+    let probe = packets::tcp_syn(Flow::new(NODE, POD, 51000, 8080));
+    let out = g.run(Hook::ToEni, &probe);
+    assert_redirect(&out, HOST_IFINDEX, REDIRECT_PLAIN);
+    assert_eq!(
+        (&out.data[0..6], &out.data[6..12]),
+        (&POD_MAC[..], &HOST_VETH_MAC[..])
+    );
+}
+
+#[test]
+fn plain_redirect_mode_delivers_through_the_host_veth() {
+    let mut g = steer_node();
+    fixture::set_config(
+        &mut g.dataplane,
+        Config {
+            node_ip: NODE,
+            primary_eni_ifindex: LO,
+            flags: CFG_F_REDIRECT_VIA_HOST_VETH,
+            ..Config::default()
+        },
+    );
+    let out = g.run(
+        Hook::FromEni,
+        &packets::udp(Flow::new(PEER, POD, 5000, 53), b"q"),
+    );
+    assert_redirect(&out, HOST_IFINDEX, REDIRECT_POD_VETH);
+}
