@@ -15,6 +15,7 @@ pub mod csum;
 pub mod maps;
 pub mod node;
 pub mod stats;
+pub mod testvpc;
 pub mod verdict;
 
 pub use config::{Config, SnatMode};

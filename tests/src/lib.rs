@@ -19,6 +19,7 @@ pub mod packets;
 pub mod skbuff;
 pub mod snat_node;
 pub mod traffic;
+pub mod vpc_trunk;
 
 /// A process-unique suffix for names of things a test creates.
 pub fn unique(tag: &str) -> String {

@@ -30,3 +30,14 @@ pub fn bytes() -> Vec<u8> {
     let p = path();
     std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
+
+/// The test-only VPC trunk fixture, built beside the data path object.
+pub fn testvpc_bytes() -> Vec<u8> {
+    let p = path().with_file_name("trunkline-testvpc");
+    std::fs::read(&p).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e} (built by `cargo xtask build-ebpf`)",
+            p.display()
+        )
+    })
+}
