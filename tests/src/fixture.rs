@@ -70,3 +70,9 @@ pub fn add_pass_to_stack(dp: &mut Dataplane, ip: Ipv4, prefix: u32, reason: u32)
     m.insert(&Key::new(prefix, ip), reason, 0)
         .expect("SERVICE_CIDRS insert");
 }
+
+pub fn put_snat_rev(dp: &mut Dataplane, reply: CtKey, orig: CtKey) {
+    let map = dp.map_mut(names::SNAT_REV).expect("SNAT_REV");
+    let mut m: HashMap<&mut MapData, CtKey, CtKey> = HashMap::try_from(map).expect("SNAT_REV type");
+    m.insert(reply, orig, 0).expect("SNAT_REV insert");
+}

@@ -1,0 +1,234 @@
+//! The aws-node environment variables trunkline honours for SNAT and
+//! security groups for pods, parsed with aws-node's defaults, so that a
+//! cluster migrates by changing the image, not the manifest.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `AWS_VPC_K8S_CNI_EXTERNALSNAT` | `false` | `true`: no SNAT at all (a NAT gateway translates) |
+//! | `AWS_VPC_K8S_CNI_RANDOMIZESNAT` | `prng` | `prng` = `--random-fully`, `hashrandom` = `--random`, `none` = keep the source port when free |
+//! | `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS` | empty | comma-separated IPv4 CIDRs never SNATed; invalid and IPv6 entries are skipped with a warning |
+//! | `POD_SECURITY_GROUP_ENFORCING_MODE` | `strict` | `strict` or `standard` |
+//! | `TRUNKLINE_SNAT_PORT_RANGE` | `32768-65535` minus the host's ephemeral range when it overlaps the top | `MIN-MAX` |
+
+use dataplane_common::SnatMode;
+use ipnet::Ipv4Net;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EnvError {
+    #[error("{name}={value:?}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SgMode {
+    Strict,
+    Standard,
+}
+
+/// What the environment says about SNAT and security-group enforcement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnatEnv {
+    pub mode: SnatMode,
+    pub excluded: Vec<Ipv4Net>,
+    /// Entries of `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS` that were skipped, with why.
+    pub skipped: Vec<String>,
+    pub port_range: (u16, u16),
+    pub sg_mode: SgMode,
+}
+
+pub const EXTERNALSNAT: &str = "AWS_VPC_K8S_CNI_EXTERNALSNAT";
+pub const RANDOMIZESNAT: &str = "AWS_VPC_K8S_CNI_RANDOMIZESNAT";
+pub const EXCLUDE_SNAT_CIDRS: &str = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS";
+pub const SG_ENFORCING_MODE: &str = "POD_SECURITY_GROUP_ENFORCING_MODE";
+pub const PORT_RANGE: &str = "TRUNKLINE_SNAT_PORT_RANGE";
+
+fn invalid(name: &'static str, value: &str, reason: &'static str) -> EnvError {
+    EnvError::Invalid {
+        name,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// Default SNAT ports: 32768–65535 minus the host's ephemeral range
+/// (`ip_local_port_range`) when that range covers the bottom of it, so
+/// node sockets and SNAT rarely want the same port (conflicts that remain
+/// are avoided per destination by the data path).
+pub fn default_port_range(host_ephemeral: Option<(u16, u16)>) -> (u16, u16) {
+    match host_ephemeral {
+        Some((lo, hi)) if lo <= 32768 && hi >= 32768 && hi < 65000 => (hi + 1, 65535),
+        _ => (32768, 65535),
+    }
+}
+
+/// Parses the environment through `get` (`std::env::var` in the agent).
+pub fn parse(
+    get: impl Fn(&str) -> Option<String>,
+    host_ephemeral: Option<(u16, u16)>,
+) -> Result<SnatEnv, EnvError> {
+    let external = match get(EXTERNALSNAT).as_deref().map(str::trim) {
+        None | Some("") | Some("false") | Some("False") | Some("FALSE") => false,
+        Some("true") | Some("True") | Some("TRUE") => true,
+        Some(v) => return Err(invalid(EXTERNALSNAT, v, "expected true or false")),
+    };
+    let mode = match get(RANDOMIZESNAT).as_deref().map(str::trim) {
+        None | Some("") | Some("prng") => SnatMode::Random,
+        Some("hashrandom") => SnatMode::Hash,
+        Some("none") => SnatMode::Sequential,
+        Some(v) => {
+            return Err(invalid(
+                RANDOMIZESNAT,
+                v,
+                "expected prng, hashrandom or none",
+            ))
+        }
+    };
+    let mut excluded = Vec::new();
+    let mut skipped = Vec::new();
+    for entry in get(EXCLUDE_SNAT_CIDRS)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        match entry.parse::<Ipv4Net>() {
+            Ok(net) => excluded.push(net.trunc()),
+            Err(_) if entry.contains(':') => skipped.push(format!("{entry}: IPv6 is not SNATed")),
+            Err(_) => skipped.push(format!("{entry}: not an IPv4 CIDR")),
+        }
+    }
+    let sg_mode = match get(SG_ENFORCING_MODE).as_deref().map(str::trim) {
+        None | Some("") | Some("strict") => SgMode::Strict,
+        Some("standard") => SgMode::Standard,
+        Some(v) => return Err(invalid(SG_ENFORCING_MODE, v, "expected strict or standard")),
+    };
+    let port_range = match get(PORT_RANGE) {
+        None => default_port_range(host_ephemeral),
+        Some(v) => parse_range(&v).ok_or_else(|| {
+            invalid(
+                PORT_RANGE,
+                &v,
+                "expected MIN-MAX with 1 <= MIN <= MAX <= 65535",
+            )
+        })?,
+    };
+    Ok(SnatEnv {
+        mode: if external { SnatMode::Off } else { mode },
+        excluded,
+        skipped,
+        port_range,
+        sg_mode,
+    })
+}
+
+fn parse_range(v: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = v.trim().split_once('-')?;
+    let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+    (lo >= 1 && lo <= hi).then_some((lo, hi))
+}
+
+/// The host's ephemeral port range, from `/proc/sys/net/ipv4/ip_local_port_range`.
+pub fn host_ephemeral_range() -> Option<(u16, u16)> {
+    let s = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((it.next()??, it.next()??))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn defaults_match_aws_node() {
+        let e = parse(env(&[]), Some((32768, 60999))).unwrap();
+        assert_eq!(e.mode, SnatMode::Random);
+        assert!(e.excluded.is_empty());
+        assert_eq!(e.sg_mode, SgMode::Strict);
+        assert_eq!(
+            e.port_range,
+            (61000, 65535),
+            "the host's ephemeral ports are left to it"
+        );
+        assert_eq!(parse(env(&[]), None).unwrap().port_range, (32768, 65535));
+    }
+
+    #[test]
+    fn external_snat_wins_over_the_randomisation() {
+        let e = parse(
+            env(&[(EXTERNALSNAT, "true"), (RANDOMIZESNAT, "hashrandom")]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(e.mode, SnatMode::Off);
+        assert_eq!(
+            parse(env(&[(RANDOMIZESNAT, "none")]), None).unwrap().mode,
+            SnatMode::Sequential
+        );
+        assert_eq!(
+            parse(env(&[(RANDOMIZESNAT, "hashrandom")]), None)
+                .unwrap()
+                .mode,
+            SnatMode::Hash
+        );
+    }
+
+    #[test]
+    fn exclusions_skip_invalid_and_ipv6_entries_with_a_reason() {
+        let e = parse(
+            env(&[(
+                EXCLUDE_SNAT_CIDRS,
+                "10.0.0.0/8, 2001:db8::/32,nonsense,172.16.5.7/16,,",
+            )]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            e.excluded,
+            vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "172.16.0.0/16".parse().unwrap()
+            ]
+        );
+        assert_eq!(e.skipped.len(), 2);
+        assert!(e.skipped[0].contains("IPv6"), "{:?}", e.skipped);
+        assert!(e.skipped[1].contains("nonsense"), "{:?}", e.skipped);
+    }
+
+    #[test]
+    fn unknown_values_are_errors_naming_the_variable() {
+        for (name, value) in [
+            (EXTERNALSNAT, "yes"),
+            (RANDOMIZESNAT, "random"),
+            (SG_ENFORCING_MODE, "lax"),
+            (PORT_RANGE, "9-3"),
+        ] {
+            let err = parse(env(&[(name, value)]), None).unwrap_err();
+            assert!(err.to_string().starts_with(name), "{err}");
+        }
+        assert_eq!(
+            parse(env(&[(PORT_RANGE, "40000-40099")]), None)
+                .unwrap()
+                .port_range,
+            (40000, 40099)
+        );
+        assert_eq!(
+            parse(env(&[(SG_ENFORCING_MODE, "standard")]), None)
+                .unwrap()
+                .sg_mode,
+            SgMode::Standard
+        );
+    }
+}

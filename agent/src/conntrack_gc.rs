@@ -1,0 +1,367 @@
+//! Conntrack garbage collection: the agent expires flows the way netfilter
+//! would (timeouts per protocol and state), always removing a flow's two
+//! entries together (`CT` and its `SNAT_REV`), repairs a reverse entry the
+//! LRU evicted, removes reverse entries whose flow the LRU evicted, and
+//! forgets host connections once their socket is gone. LRU eviction is
+//! the last resort; what GC finds of it is counted.
+
+use std::{collections::HashSet, path::Path, time::Duration};
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use dataplane_common::{
+    conntrack::{CT_F_SNAT, CT_STATE_CLOSING, CT_STATE_ESTABLISHED},
+    maps as names, CtEntry, CtKey, Ipv4,
+};
+
+/// `bpf_map_update_elem` flag: insert only if absent (linux/bpf.h).
+const BPF_NOEXIST: u64 = 1;
+
+/// Flow timeouts (netfilter's defaults).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub tcp_new: Duration,
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub udp_unreplied: Duration,
+    pub udp_stream: Duration,
+    pub icmp: Duration,
+    pub other: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp_new: Duration::from_secs(120),
+            tcp_established: Duration::from_secs(5 * 24 * 3600),
+            tcp_closing: Duration::from_secs(120),
+            udp_unreplied: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(180),
+            icmp: Duration::from_secs(30),
+            other: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn for_entry(&self, key: &CtKey, ct: &CtEntry) -> Duration {
+        match (key.proto, ct.state) {
+            (6, CT_STATE_ESTABLISHED) => self.tcp_established,
+            (6, CT_STATE_CLOSING) => self.tcp_closing,
+            (6, _) => self.tcp_new,
+            (17, CT_STATE_ESTABLISHED) | (17, CT_STATE_CLOSING) => self.udp_stream,
+            (17, _) => self.udp_unreplied,
+            (1, _) => self.icmp,
+            _ => self.other,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+fn err(name: &'static str) -> impl Fn(MapError) -> GcError {
+    move |source| GcError::Map { name, source }
+}
+
+fn is_not_found(e: &MapError) -> bool {
+    matches!(e, MapError::KeyNotFound | MapError::ElementNotFound)
+        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+/// `CT` and `SNAT_REV`, opened from their pins; only GC deletes from them
+/// in userspace.
+pub struct CtMaps {
+    ct: HashMap<MapData, CtKey, CtEntry>,
+    rev: HashMap<MapData, CtKey, CtKey>,
+}
+
+fn open(bpf_root: &Path, name: &'static str) -> Result<Map, GcError> {
+    let data = MapData::from_pin(bpf_root.join(name)).map_err(err(name))?;
+    Map::from_map_data(data).map_err(err(name))
+}
+
+impl CtMaps {
+    pub fn open(bpf_root: &Path) -> Result<Self, GcError> {
+        Ok(Self {
+            ct: HashMap::try_from(open(bpf_root, names::CT)?).map_err(err(names::CT))?,
+            rev: HashMap::try_from(open(bpf_root, names::SNAT_REV)?)
+                .map_err(err(names::SNAT_REV))?,
+        })
+    }
+
+    pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, GcError> {
+        self.ct
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(err(names::CT))
+    }
+
+    pub fn rev_entries(&self) -> Result<Vec<(CtKey, CtKey)>, GcError> {
+        self.rev
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(err(names::SNAT_REV))
+    }
+
+    fn remove_ct(&mut self, k: &CtKey) -> Result<(), GcError> {
+        match self.ct.remove(k) {
+            Err(e) if !is_not_found(&e) => Err(err(names::CT)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_rev(&mut self, k: &CtKey) -> Result<(), GcError> {
+        match self.rev.remove(k) {
+            Err(e) if !is_not_found(&e) => Err(err(names::SNAT_REV)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What one pass found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub ct_scanned: usize,
+    pub expired: usize,
+    /// SNAT flows whose reverse entry the LRU evicted: re-inserted.
+    pub rev_repaired: usize,
+    /// Reverse entries whose flow the LRU evicted (seen twice): removed.
+    pub rev_orphans_removed: usize,
+    /// Identity entries of host connections whose socket is gone: removed.
+    pub host_flows_removed: usize,
+    pub ct_entries: usize,
+    pub rev_entries: usize,
+}
+
+impl GcReport {
+    /// LRU evictions GC noticed (either half of a flow missing).
+    pub fn lru_evictions(&self) -> usize {
+        self.rev_repaired + self.rev_orphans_removed
+    }
+}
+
+/// Runs GC passes and keeps what must be seen twice before acting on it.
+#[derive(Default)]
+pub struct Collector {
+    pub timeouts: Timeouts,
+    /// Reverse entries without a flow at the last pass: a flow being created
+    /// inserts its reverse first, so one sighting is not enough.
+    suspect_orphans: HashSet<CtKey>,
+}
+
+impl Collector {
+    pub fn new(timeouts: Timeouts) -> Self {
+        Self {
+            timeouts,
+            suspect_orphans: HashSet::new(),
+        }
+    }
+
+    /// One pass at `now_ns` (CLOCK_MONOTONIC_COARSE, the data path's clock).
+    /// `host_sockets` are the node's live connections as `CT` keys
+    /// (node IP first), from [`host_sockets`].
+    pub fn collect(
+        &mut self,
+        maps: &mut CtMaps,
+        now_ns: u64,
+        node_ip: Ipv4,
+        host_sockets: &HashSet<CtKey>,
+    ) -> Result<GcReport, GcError> {
+        let mut report = GcReport::default();
+        let flows = maps.ct_entries()?;
+        report.ct_scanned = flows.len();
+        let mut live = HashSet::with_capacity(flows.len());
+        for (key, ct) in &flows {
+            let age = Duration::from_nanos(now_ns.saturating_sub(ct.last_seen_ns));
+            let reply = CtKey::new(key.dst_ip, ct.nat_ip, key.dst_port, ct.nat_port, key.proto);
+            if age > self.timeouts.for_entry(key, ct) {
+                // The reverse first: a reply arriving in between finds nothing
+                // and goes to the stack rather than to a half-removed flow.
+                if ct.flags & CT_F_SNAT != 0 {
+                    maps.remove_rev(&reply)?;
+                }
+                maps.remove_ct(key)?;
+                report.expired += 1;
+                continue;
+            }
+            live.insert(*key);
+            if ct.flags & CT_F_SNAT != 0 {
+                match maps.rev.get(&reply, 0) {
+                    Ok(_) => {}
+                    Err(e) if is_not_found(&e) => {
+                        // NOEXIST: a new flow may have taken the port meanwhile.
+                        if maps.rev.insert(reply, *key, BPF_NOEXIST).is_ok() {
+                            report.rev_repaired += 1;
+                        }
+                    }
+                    Err(e) => return Err(err(names::SNAT_REV)(e)),
+                }
+            }
+        }
+        let mut suspects = HashSet::new();
+        for (reply, orig) in maps.rev_entries()? {
+            if orig.src_ip == node_ip && orig.src_port == reply.dst_port {
+                if !host_sockets.contains(&orig) {
+                    maps.remove_rev(&reply)?;
+                    report.host_flows_removed += 1;
+                }
+            } else if !live.contains(&orig) {
+                if self.suspect_orphans.contains(&reply) {
+                    maps.remove_rev(&reply)?;
+                    report.rev_orphans_removed += 1;
+                } else {
+                    suspects.insert(reply);
+                }
+            }
+        }
+        self.suspect_orphans = suspects;
+        report.ct_entries = maps.ct_entries()?.len();
+        report.rev_entries = maps.rev_entries()?.len();
+        Ok(report)
+    }
+}
+
+/// The next interval: shorter when a pass removed much (the table churns),
+/// longer when it removed little; between `min` and `max`.
+pub fn next_interval(
+    current: Duration,
+    report: &GcReport,
+    min: Duration,
+    max: Duration,
+) -> Duration {
+    let removed = report.expired + report.rev_orphans_removed + report.host_flows_removed;
+    let next = if report.ct_scanned > 0 && removed * 4 >= report.ct_scanned {
+        current / 2
+    } else if removed * 20 <= report.ct_scanned.max(1) {
+        current * 2
+    } else {
+        current
+    };
+    next.clamp(min, max)
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of `CtEntry` timestamps.
+pub fn now_coarse_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The node's IPv4 TCP and UDP connections with a remote end, as `CT` keys
+/// from the node's side, read from `/proc/net/{tcp,udp}` of the agent's
+/// network namespace.
+pub fn host_sockets() -> HashSet<CtKey> {
+    let mut out = HashSet::new();
+    for (file, proto) in [("/proc/net/tcp", 6u8), ("/proc/net/udp", 17u8)] {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            out.extend(
+                text.lines()
+                    .skip(1)
+                    .filter_map(|l| parse_proc_net_line(l, proto)),
+            );
+        }
+    }
+    out
+}
+
+/// `  0: 0A0010AC:9C40 0A0071CB:01BB 01 ...` → key. Addresses are the raw
+/// network-order word printed in host order, ports in host order.
+fn parse_proc_net_line(line: &str, proto: u8) -> Option<CtKey> {
+    let mut cols = line.split_whitespace();
+    let local = cols.nth(1)?;
+    let remote = cols.next()?;
+    let endpoint = |s: &str| -> Option<(Ipv4, u16)> {
+        let (ip, port) = s.split_once(':')?;
+        Some((
+            u32::from_str_radix(ip, 16).ok()?.to_ne_bytes(),
+            u16::from_str_radix(port, 16).ok()?,
+        ))
+    };
+    let (lip, lport) = endpoint(local)?;
+    let (rip, rport) = endpoint(remote)?;
+    (rport != 0).then(|| CtKey::new(lip, rip, lport, rport, proto))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_lines_parse_to_node_side_keys() {
+        let ip = |a: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(a));
+        let line = format!(
+            "   3: {}:9C40 {}:01BB 01 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1",
+            ip([192, 168, 16, 10]),
+            ip([203, 0, 113, 10])
+        );
+        let k = parse_proc_net_line(&line, 6).unwrap();
+        assert_eq!(
+            k,
+            CtKey::new([192, 168, 16, 10], [203, 0, 113, 10], 40000, 443, 6)
+        );
+        let listen = format!("   0: {}:0050 00000000:0000 0A ...", ip([0, 0, 0, 0]));
+        assert_eq!(
+            parse_proc_net_line(&listen, 6),
+            None,
+            "listening sockets have no remote end"
+        );
+    }
+
+    #[test]
+    fn timeouts_follow_netfilter() {
+        let t = Timeouts::default();
+        let k = |p| CtKey::new([0; 4], [0; 4], 1, 2, p);
+        let e = |s| CtEntry {
+            state: s,
+            ..Default::default()
+        };
+        assert_eq!(
+            t.for_entry(&k(6), &e(CT_STATE_ESTABLISHED)),
+            Duration::from_secs(432_000)
+        );
+        assert_eq!(
+            t.for_entry(&k(6), &e(CT_STATE_CLOSING)),
+            Duration::from_secs(120)
+        );
+        assert_eq!(t.for_entry(&k(17), &e(0)), Duration::from_secs(30));
+        assert_eq!(
+            t.for_entry(&k(17), &e(CT_STATE_ESTABLISHED)),
+            Duration::from_secs(180)
+        );
+        assert_eq!(
+            t.for_entry(&k(1), &e(CT_STATE_ESTABLISHED)),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn interval_adapts_to_churn() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let churn = GcReport {
+            ct_scanned: 100,
+            expired: 50,
+            ..Default::default()
+        };
+        let calm = GcReport {
+            ct_scanned: 100,
+            expired: 1,
+            ..Default::default()
+        };
+        let d = Duration::from_secs(10);
+        assert_eq!(next_interval(d, &churn, min, max), Duration::from_secs(5));
+        assert_eq!(next_interval(d, &calm, min, max), Duration::from_secs(20));
+        assert_eq!(next_interval(Duration::from_secs(1), &churn, min, max), min);
+        assert_eq!(next_interval(Duration::from_secs(60), &calm, min, max), max);
+    }
+}

@@ -1,0 +1,154 @@
+//! Conntrack GC on the real pinned maps: flows expire by protocol and
+//! state with both halves removed together, LRU damage is repaired or
+//! cleaned, host connections are forgotten when their socket is gone, and
+//! a flow collected after its timeout leaves the data path working.
+
+use std::{collections::HashSet, time::Duration};
+
+use dataplane_common::{
+    conntrack::{CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_ESTABLISHED},
+    CtEntry, CtKey,
+};
+use testbed::{
+    bpffs::BpffsMount,
+    fixture, object,
+    snat_node::{SnatNode, SnatOptions, INET_IP, NODE_IP},
+    traffic,
+};
+use trunkline_agent::{
+    conntrack_gc::{now_coarse_ns, Collector, CtMaps, Timeouts},
+    dataplane::Dataplane,
+};
+
+const NODE: [u8; 4] = [192, 168, 16, 10];
+const POD: [u8; 4] = [192, 168, 31, 170];
+const INET: [u8; 4] = [203, 0, 113, 10];
+const SEC: u64 = 1_000_000_000;
+
+fn snat_flow(
+    dp: &mut Dataplane,
+    sport: u16,
+    proto: u8,
+    state: u8,
+    last_seen: u64,
+    nat_port: u16,
+) -> (CtKey, CtKey) {
+    let key = CtKey::new(POD, INET, sport, 443, proto);
+    let reply = CtKey::new(INET, NODE, 443, nat_port, proto);
+    let ct = CtEntry {
+        last_seen_ns: last_seen,
+        nat_ip: NODE,
+        nat_port,
+        state,
+        flags: CT_F_SNAT,
+        ..Default::default()
+    };
+    fixture::put_ct(dp, key, ct);
+    fixture::put_snat_rev(dp, reply, key);
+    (key, reply)
+}
+
+#[test]
+fn flows_expire_together_and_lru_damage_is_cleaned() {
+    let bpffs = BpffsMount::new().expect("bpffs");
+    let mut dp = Dataplane::load_pinned(&object::bytes(), bpffs.path()).expect("load");
+    let now = 1_000 * SEC;
+    // An idle UDP flow (30 s unreplied timeout) and a busy TCP one.
+    let (udp, udp_reply) = snat_flow(&mut dp, 5353, 17, 0, now - 31 * SEC, 40001);
+    let (tcp, tcp_reply) = snat_flow(&mut dp, 40000, 6, CT_STATE_ESTABLISHED, now - SEC, 40002);
+    // A live flow whose reverse the LRU evicted, and a reverse whose flow it evicted.
+    let key = CtKey::new(POD, INET, 40003, 443, 6);
+    let ct = CtEntry {
+        last_seen_ns: now,
+        nat_ip: NODE,
+        nat_port: 40003,
+        state: CT_STATE_ESTABLISHED,
+        flags: CT_F_SNAT,
+        ..Default::default()
+    };
+    fixture::put_ct(&mut dp, key, ct);
+    let orphan = CtKey::new(INET, NODE, 443, 40004, 6);
+    fixture::put_snat_rev(&mut dp, orphan, CtKey::new(POD, INET, 40004, 443, 6));
+    // A NodePort flow that came through the stack and went quiet.
+    let via = CtKey::new(POD, INET, 8080, 33000, 6);
+    fixture::put_ct(
+        &mut dp,
+        via,
+        CtEntry {
+            last_seen_ns: now - 121 * SEC,
+            flags: CT_F_VIA_STACK,
+            ..Default::default()
+        },
+    );
+    // Two host connections: one still open, one closed.
+    let open_host = CtKey::new(NODE, INET, 50001, 443, 6);
+    let closed_host = CtKey::new(NODE, INET, 50002, 443, 6);
+    for h in [open_host, closed_host] {
+        fixture::put_snat_rev(&mut dp, CtKey::new(INET, NODE, 443, h.src_port, 6), h);
+    }
+    let sockets: HashSet<CtKey> = [open_host].into();
+
+    let mut maps = CtMaps::open(bpffs.path()).expect("pinned CT maps");
+    let mut gc = Collector::new(Timeouts::default());
+    let r = gc.collect(&mut maps, now, NODE, &sockets).expect("gc");
+    assert_eq!(
+        (
+            r.ct_scanned,
+            r.expired,
+            r.rev_repaired,
+            r.host_flows_removed
+        ),
+        (4, 2, 1, 1),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.rev_orphans_removed, 0,
+        "an orphan is only suspected on first sight"
+    );
+    assert!(
+        fixture::ct(&dp, &udp).is_none() && fixture::snat_rev(&dp, &udp_reply).is_none(),
+        "both halves go"
+    );
+    assert!(fixture::ct(&dp, &via).is_none());
+    assert!(fixture::ct(&dp, &tcp).is_some() && fixture::snat_rev(&dp, &tcp_reply).is_some());
+    assert_eq!(
+        fixture::snat_rev(&dp, &CtKey::new(INET, NODE, 443, 40003, 6)),
+        Some(key),
+        "reverse repaired"
+    );
+    assert!(fixture::snat_rev(&dp, &CtKey::new(INET, NODE, 443, 50001, 6)).is_some());
+    assert!(fixture::snat_rev(&dp, &CtKey::new(INET, NODE, 443, 50002, 6)).is_none());
+
+    let r = gc.collect(&mut maps, now, NODE, &sockets).expect("gc");
+    assert_eq!((r.rev_orphans_removed, r.lru_evictions()), (1, 1), "{r:?}");
+    assert!(fixture::snat_rev(&dp, &orphan).is_none());
+    assert_eq!((r.ct_entries, r.rev_entries), (2, 3), "{r:?}");
+}
+
+#[test]
+fn a_collected_flow_is_replaced_by_a_working_new_one() {
+    let n = SnatNode::new(&object::bytes(), SnatOptions::default()).expect("node");
+    let first = traffic::udp_echo(&n.pod, &n.inet, INET_IP, 5300, 1).expect("udp");
+    assert_eq!(first.peer.ip(), std::net::IpAddr::V4(NODE_IP));
+    let mut maps = CtMaps::open(n.bpffs.path()).expect("maps");
+    let mut gc = Collector::new(Timeouts::default());
+    let now = now_coarse_ns();
+    let live = gc
+        .collect(&mut maps, now, NODE_IP.octets(), &HashSet::new())
+        .expect("gc now");
+    assert_eq!(live.expired, 0, "{live:?}");
+    assert!(live.ct_entries >= 1);
+    // Past the UDP stream timeout (180 s) the replied flow is collected.
+    let later = gc
+        .collect(
+            &mut maps,
+            now + Duration::from_secs(181).as_nanos() as u64,
+            NODE_IP.octets(),
+            &HashSet::new(),
+        )
+        .expect("gc later");
+    assert!(later.expired >= 1, "{later:?}");
+    assert_eq!((later.ct_entries, later.rev_entries), (0, 0), "{later:?}");
+    let again = traffic::udp_echo(&n.pod, &n.inet, INET_IP, 5300, 1).expect("udp after GC");
+    assert_eq!(again.peer.ip(), std::net::IpAddr::V4(NODE_IP));
+}
