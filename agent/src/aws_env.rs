@@ -60,7 +60,7 @@ fn invalid(name: &'static str, value: &str, reason: &'static str) -> EnvError {
 /// are avoided per destination by the data path).
 pub fn default_port_range(host_ephemeral: Option<(u16, u16)>) -> (u16, u16) {
     match host_ephemeral {
-        Some((lo, hi)) if lo <= 32768 && hi >= 32768 && hi < 65000 => (hi + 1, 65535),
+        Some((lo, hi)) if lo <= 32768 && (32768..65000).contains(&hi) => (hi + 1, 65535),
         _ => (32768, 65535),
     }
 }
