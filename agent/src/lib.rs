@@ -6,3 +6,4 @@ pub mod aws_env;
 pub mod conntrack_gc;
 pub mod dataplane;
 pub mod inspect;
+pub mod inspect_ct;
