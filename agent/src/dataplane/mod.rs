@@ -3,7 +3,9 @@
 
 mod attach;
 mod bpffs;
+mod links;
 mod maps;
+mod node_maps;
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +14,9 @@ use dataplane_common::{maps as names, Hook};
 
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::{ensure_bpffs_dir, is_bpffs};
+pub use links::{links_dir, list_link_pins, remove_link_pin, LinkPin, LINKS_DIR};
 pub use maps::{read_stats, PinnedStats, StatsByHook};
+pub use node_maps::{EnisMap, NodeMaps, PodsMap};
 
 /// Errors of the loader, with the object, path or interface they concern.
 #[derive(Debug, thiserror::Error)]

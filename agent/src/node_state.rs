@@ -1,0 +1,141 @@
+//! The node's desired state in local mode: ENIs from the node file and the
+//! `CONFIG`/`ENIS`/`NO_SNAT`/`SERVICE_CIDRS` contents derived from it, and
+//! the reconciler that writes them.
+
+use std::collections::BTreeMap;
+
+use dataplane_common::{maps as names, Config, EniEntry, EniRole, Hook};
+use ipnet::Ipv4Net;
+
+use crate::{
+    dataplane::{Dataplane, NodeMaps},
+    netif,
+    node_file::{gateway_of, NodeFile, Role},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeStateError {
+    #[error(
+        "ENI interface {0:?} of the node file does not exist in the agent's network namespace"
+    )]
+    MissingEni(String),
+    #[error(transparent)]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
+}
+
+/// An ENI resolved in the agent's namespace.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Eni {
+    pub interface: String,
+    pub ifindex: u32,
+    pub role: Role,
+    pub mac: String,
+    pub primary_ip: std::net::Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub gateway: std::net::Ipv4Addr,
+}
+
+pub fn role_of(r: Role) -> EniRole {
+    match r {
+        Role::Primary => EniRole::Primary,
+        Role::Secondary => EniRole::Secondary,
+        Role::Trunk => EniRole::Trunk,
+    }
+}
+
+/// Resolves every ENI of the node file to its ifindex.
+pub fn resolve_enis(node: &NodeFile) -> Result<BTreeMap<String, Eni>, NodeStateError> {
+    let mut out = BTreeMap::new();
+    for e in &node.eni {
+        let name = e.interface.get_ref().clone();
+        let ifindex =
+            netif::ifindex(&name).ok_or_else(|| NodeStateError::MissingEni(name.clone()))?;
+        out.insert(
+            name.clone(),
+            Eni {
+                interface: name,
+                ifindex,
+                role: e.role,
+                mac: e.mac.to_string(),
+                primary_ip: e.primary_ip,
+                subnet: *e.subnet.get_ref(),
+                gateway: gateway_of(e.subnet.get_ref()),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `NO_SNAT` as the node file asks: the VPC CIDRs.
+pub fn no_snat(node: &NodeFile) -> Vec<(Ipv4Net, u32)> {
+    node.node
+        .vpc_cidrs
+        .iter()
+        .map(|n| (n.trunc(), names::NO_SNAT_VPC_CIDR))
+        .collect()
+}
+
+/// Writes ENIS, CONFIG, NO_SNAT and SERVICE_CIDRS and attaches from_eni /
+/// to_eni to every ENI (pinned links; already-pinned ones are kept as they
+/// are, so a restart does not disturb forwarding).
+pub fn reconcile_node(
+    node: &NodeFile,
+    enis: &BTreeMap<String, Eni>,
+    dp: &mut Dataplane,
+    maps: &mut NodeMaps,
+) -> Result<(), NodeStateError> {
+    let node_files = node.eni.iter().map(|e| (e.interface.get_ref(), e));
+    for (name, file_eni) in node_files {
+        let Some(eni) = enis.get(name) else {
+            return Err(NodeStateError::MissingEni(name.clone()));
+        };
+        let entry = EniEntry {
+            role: role_of(eni.role) as u32,
+            primary_ip: eni.primary_ip.octets(),
+            gateway_ip: eni.gateway.octets(),
+            mac: file_eni.mac.0,
+            gateway_mac: [0; 6],
+        };
+        maps.put_eni(eni.ifindex, &entry)?;
+        for hook in [Hook::FromEni, Hook::ToEni] {
+            if dp.attach_pinned(&eni.interface, eni.ifindex, hook)? {
+                tracing::info!(eni = %eni.interface, ifindex = eni.ifindex, program = hook.program_name(), "attached");
+            }
+        }
+    }
+    // ENIS entries of interfaces that are no longer ENIs.
+    for (ifindex, _) in maps.enis()? {
+        if !enis.values().any(|e| e.ifindex == ifindex) {
+            tracing::info!(ifindex, "removing stale ENIS entry");
+            maps.remove_eni(ifindex)?;
+        }
+    }
+    let primary = enis
+        .values()
+        .find(|e| e.role == Role::Primary)
+        .ok_or_else(|| NodeStateError::MissingEni("<primary>".into()))?;
+    let want = Config {
+        node_ip: node.node.primary_ip.octets(),
+        primary_eni_ifindex: primary.ifindex,
+        ..Config::default()
+    };
+    // Keep what the data path already has for fields local mode does not
+    // set (SNAT mode, ports, flags), so a restart changes nothing.
+    let have = maps.config()?;
+    let config = if have.primary_eni_ifindex == 0 {
+        want
+    } else {
+        Config {
+            node_ip: want.node_ip,
+            primary_eni_ifindex: want.primary_eni_ifindex,
+            ..have
+        }
+    };
+    if config != have {
+        maps.put_config(&config)?;
+    }
+    maps.sync_no_snat(&no_snat(node))?;
+    let services: Vec<Ipv4Net> = node.node.service_cidrs.iter().map(|n| n.trunc()).collect();
+    maps.sync_service_cidrs(&services)?;
+    Ok(())
+}
