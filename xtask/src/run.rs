@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -66,14 +66,40 @@ fn leftovers() -> Result<BTreeSet<String>> {
     Ok(found)
 }
 
+/// The env vars through which end-to-end tests and the demo find the real
+/// binaries (`tests/src/binaries.rs`).
+pub const AGENT_BIN_ENV: &str = "TRUNKLINE_AGENT_BIN";
+pub const CNI_BIN_ENV: &str = "TRUNKLINE_CNI_BIN";
+
+/// Builds trunkline-agent and trunkline-cni (debug) and returns their paths.
+pub fn build_binaries(obj: &Path) -> Result<(PathBuf, PathBuf)> {
+    checked(
+        cargo()
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "trunkline-agent",
+                "-p",
+                "trunkline-cni",
+            ])
+            .env(OBJECT_ENV, obj),
+    )?;
+    let dir = paths::target_dir().join("debug");
+    Ok((dir.join("trunkline-agent"), dir.join("trunkline-cni")))
+}
+
 pub fn test(extra: &[String]) -> Result<()> {
     packages::ensure()?;
     let obj = ebpf::build(true)?;
+    let (agent, cni) = build_binaries(&obj)?;
     let before = leftovers()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"])
         .args(extra)
-        .env(OBJECT_ENV, &obj);
+        .env(OBJECT_ENV, &obj)
+        .env(AGENT_BIN_ENV, &agent)
+        .env(CNI_BIN_ENV, &cni);
     let result = checked(&mut cmd);
     // Every test cleans up after itself, also when it fails; check that.
     let after = leftovers()?;
