@@ -100,7 +100,14 @@ pub fn test(extra: &[String]) -> Result<()> {
         .env(OBJECT_ENV, &obj)
         .env(AGENT_BIN_ENV, &agent)
         .env(CNI_BIN_ENV, &cni);
+    let latency = paths::target_dir().join("trunkline-cni-add-latency.txt");
+    let _ = std::fs::remove_file(&latency);
+    cmd.env("TRUNKLINE_LATENCY_REPORT", &latency);
     let result = checked(&mut cmd);
+    // Written by tests/tests/e2e_scale.rs (reported, not asserted).
+    if let Ok(report) = std::fs::read_to_string(&latency) {
+        println!("xtask: {report}");
+    }
     // Every test cleans up after itself, also when it fails; check that.
     let after = leftovers()?;
     let leaked: Vec<&String> = after.difference(&before).collect();
