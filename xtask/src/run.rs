@@ -122,6 +122,7 @@ pub fn test(extra: &[String]) -> Result<()> {
 pub fn demo() -> Result<()> {
     packages::ensure()?;
     let obj = ebpf::build(true)?;
+    let (agent, cni) = build_binaries(&obj)?;
     checked(cargo().args([
         "build",
         "--quiet",
@@ -131,5 +132,10 @@ pub fn demo() -> Result<()> {
         "trunkline-demo",
     ]))?;
     let bin = paths::target_dir().join("debug").join("trunkline-demo");
-    checked(Command::new(&bin).env(OBJECT_ENV, &obj))
+    checked(
+        Command::new(&bin)
+            .env(OBJECT_ENV, &obj)
+            .env(AGENT_BIN_ENV, &agent)
+            .env(CNI_BIN_ENV, &cni),
+    )
 }
