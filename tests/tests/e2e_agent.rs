@@ -1,0 +1,86 @@
+//! `trunkline-agent run` itself: start-up checks, the socket, clean stop.
+
+use std::os::unix::fs::PermissionsExt as _;
+
+use testbed::sim_node::{node_file, pod_ips, SimNode};
+
+#[test]
+fn a_bad_node_file_is_rejected_with_file_line_and_reason() {
+    let node = SimNode::build().expect("sim node");
+    let good = node_file(&pod_ips("eth0"), &[]);
+    let cases = [
+        (
+            good.replace("role = \"secondary\"", "role = \"secondary\"\nspeed = 10"),
+            "unknown field `speed`",
+        ),
+        (
+            good.replacen("mac = \"02:a5:ee:3d:4a:c9\"", "mac = \"02:a5:ee:3d:4a\"", 1),
+            "is not a MAC address",
+        ),
+        (good.replace("vlan = 1", "vlan = 0"), "is not a VLAN id"),
+    ];
+    for (text, reason) in cases {
+        std::fs::write(node.node_file(), &text).expect("write");
+        let bad_line = text
+            .lines()
+            .position(|l| {
+                l.contains("speed") || l.contains("02:a5:ee:3d:4a\"") || l.contains("vlan = 0")
+            })
+            .expect("line")
+            + 1;
+        let out = node
+            .node
+            .exec(
+                &testbed::binaries::agent().to_string_lossy(),
+                &[
+                    "run",
+                    "--node-file",
+                    &node.node_file().to_string_lossy(),
+                    "--bpf-root",
+                    &node.bpf_root().to_string_lossy(),
+                    "--socket",
+                    &node.socket().to_string_lossy(),
+                    "--state-dir",
+                    &node.state_dir().to_string_lossy(),
+                    "--ebpf-object",
+                    &testbed::object::path().to_string_lossy(),
+                ],
+            )
+            .expect("run agent");
+        assert!(!out.status.success(), "agent accepted:\n{text}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let want = format!("{}:{bad_line}: ", node.node_file().display());
+        assert!(
+            stderr.contains(&want) && stderr.contains(reason),
+            "want {want:?} and {reason:?} in:\n{stderr}"
+        );
+        assert!(
+            !node.socket().exists(),
+            "agent opened its socket with a bad node file"
+        );
+    }
+}
+
+#[test]
+fn socket_is_root_only_and_sigterm_stops_without_detaching() {
+    let mut node = SimNode::new().expect("sim node");
+    let mode = std::fs::metadata(node.socket())
+        .expect("socket")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let pins = node.link_pins().expect("pins");
+    assert_eq!(pins.len(), 6, "{pins:?}");
+    let status = node.agent.as_mut().expect("agent").stop().expect("stop");
+    assert!(status.success(), "{status}");
+    assert!(!node.socket().exists(), "socket left behind");
+    assert_eq!(
+        node.link_pins().expect("pins"),
+        pins,
+        "links were removed on stop"
+    );
+    assert_eq!(
+        node.inspect("enis").expect("enis").as_array().map(Vec::len),
+        Some(3)
+    );
+}
