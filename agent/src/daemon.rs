@@ -26,7 +26,8 @@ pub struct RunConfig {
     pub state_dir: PathBuf,
     pub metrics_addr: String,
     pub introspection_addr: String,
-    pub ebpf_object: PathBuf,
+    /// `None`: the object embedded at build time.
+    pub ebpf_object: Option<PathBuf>,
     pub mtu: u32,
     pub ip_cooldown: Duration,
 }
@@ -52,8 +53,7 @@ impl Agent {
     pub fn start(config: RunConfig) -> anyhow::Result<(Self, RestoreReport)> {
         use anyhow::Context as _;
         let node = NodeFile::load(&config.node_file)?;
-        let object = std::fs::read(&config.ebpf_object)
-            .with_context(|| format!("reading the eBPF object {}", config.ebpf_object.display()))?;
+        let object = crate::object::load(config.ebpf_object.as_deref())?;
         let mut dp = Dataplane::load_pinned(&object, &config.bpf_root).with_context(|| {
             format!(
                 "loading the data path pinned under {}",

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod netif;
 pub mod node_file;
 pub mod node_state;
+pub mod object;
 pub mod pods;
 pub mod run;
 pub mod service;

@@ -73,10 +73,11 @@ struct RunArgs {
         default_value = "127.0.0.1:61679"
     )]
     introspection_addr: String,
-    /// The kernel object (`cargo xtask build-ebpf --release` prints its path).
-    /// This build embeds no object, so it is required.
+    /// The kernel object (`cargo xtask build-ebpf --release` prints its
+    /// path). Default: the object embedded at build time, when the build
+    /// had TRUNKLINE_EBPF_OBJECT set (cargo xtask build/test/demo do).
     #[arg(long, env = "TRUNKLINE_EBPF_OBJECT")]
-    ebpf_object: PathBuf,
+    ebpf_object: Option<PathBuf>,
     /// MTU the CNI plugin gives pods when its config sets none.
     #[arg(long, env = "TRUNKLINE_MTU", default_value_t = 9001)]
     mtu: u32,

@@ -97,10 +97,9 @@ pub fn reconcile_node(
             gateway_mac: [0; 6],
         };
         maps.put_eni(eni.ifindex, &entry)?;
-        for hook in [Hook::FromEni, Hook::ToEni] {
-            if dp.attach_pinned(&eni.interface, eni.ifindex, hook)? {
-                tracing::info!(eni = %eni.interface, ifindex = eni.ifindex, program = hook.program_name(), "attached");
-            }
+        let made = dp.attach_pinned(&eni.interface, eni.ifindex, &[Hook::FromEni, Hook::ToEni])?;
+        if made > 0 {
+            tracing::info!(eni = %eni.interface, ifindex = eni.ifindex, links = made, "attached from_eni/to_eni");
         }
     }
     // ENIS entries of interfaces that are no longer ENIs.

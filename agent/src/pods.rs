@@ -144,9 +144,7 @@ impl Pods {
     /// Links and `PODS` entry of `r` (idempotent).
     fn wire(&self, r: &PodRecord, dp: &mut Dataplane, maps: &mut NodeMaps) -> Result<(), PodError> {
         let entry = self.entry_for(r)?;
-        for hook in [Hook::FromPod, Hook::ToPod] {
-            dp.attach_pinned(&r.host_veth, r.host_ifindex, hook)?;
-        }
+        dp.attach_pinned(&r.host_veth, r.host_ifindex, &[Hook::FromPod, Hook::ToPod])?;
         crash::point("add-attached");
         if maps.pod(r.ip)? != Some(entry) {
             maps.put_pod(r.ip, &entry)?;
@@ -256,8 +254,11 @@ impl Pods {
             host_ifindex,
             pod_mac: req.pod_mac,
         };
+        let t0 = std::time::Instant::now();
         self.records.insert(k.clone(), record.clone());
-        if let Err(e) = self.save() {
+        let saved = self.save();
+        let t_save = t0.elapsed();
+        if let Err(e) = saved {
             self.records.remove(&k);
             self.ipam.release(ip, now_secs());
             return Err(e.into());
@@ -271,6 +272,11 @@ impl Pods {
             let _ = self.save();
             return Err(e);
         }
+        tracing::debug!(
+            checkpoint_us = t_save.as_micros() as u64,
+            wire_us = (t0.elapsed() - t_save).as_micros() as u64,
+            "AddPod timings"
+        );
         tracing::info!(pod = %format!("{}/{}", record.namespace, record.name), container = %record.container_id, ip = %ip, eni = %record.eni, vlan, veth = %record.host_veth, "pod added");
         Ok(record)
     }

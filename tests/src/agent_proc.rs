@@ -36,6 +36,10 @@ impl AgentProc {
             .arg("run")
             .args(args)
             .env("RUST_LOG", "info")
+            // Only what the test passes: not the object path xtask exports
+            // for the tests themselves, nor a stray fault injection.
+            .env_remove("TRUNKLINE_EBPF_OBJECT")
+            .env_remove("TRUNKLINE_CRASH_AT")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);

@@ -84,3 +84,32 @@ fn socket_is_root_only_and_sigterm_stops_without_detaching() {
         Some(3)
     );
 }
+
+#[test]
+fn the_agent_built_by_xtask_runs_with_its_embedded_object() {
+    let node = SimNode::build().expect("sim node");
+    std::fs::write(node.node_file(), node_file(&pod_ips("eth0"), &[])).expect("write");
+    let args: Vec<String> = [
+        "--node-file",
+        &node.node_file().to_string_lossy(),
+        "--bpf-root",
+        &node.bpf_root().to_string_lossy(),
+        "--socket",
+        &node.socket().to_string_lossy(),
+        "--state-dir",
+        &node.state_dir().to_string_lossy(),
+        "--metrics-addr",
+        "127.0.0.1:0",
+        "--introspection-addr",
+        "127.0.0.1:0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = node.dir.path().join("embedded.log");
+    let agent =
+        testbed::agent_proc::AgentProc::start(node.node.name(), &args, &[], &node.socket(), &log)
+            .expect("agent without --ebpf-object (cargo xtask builds it with the object embedded)");
+    assert_eq!(node.link_pins().expect("pins").len(), 6);
+    drop(agent);
+}
