@@ -216,6 +216,23 @@ impl Pods {
             return Ok(r);
         }
 
+        // Records of earlier sandboxes whose veth (same name: same pod) the
+        // plugin has replaced: their pod is gone, release them now.
+        let replaced: Vec<Key> = self
+            .records
+            .iter()
+            .filter(|(rk, r)| {
+                **rk != k
+                    && r.host_veth == req.host_veth
+                    && !netif::is_live(&r.host_veth, r.host_ifindex)
+            })
+            .map(|(rk, _)| rk.clone())
+            .collect();
+        for (c, i) in replaced {
+            tracing::info!(container = %c, veth = %req.host_veth, "releasing the pod's earlier sandbox");
+            self.del(&c, &i, dp, maps)?;
+        }
+
         let owner = format!("{}/{}", req.container_id, req.ifname);
         let (ip, eni, vlan, branch_mac) = match self.node.branch_for(&req.namespace, &req.name) {
             Some(b) => {

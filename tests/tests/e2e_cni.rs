@@ -443,3 +443,47 @@ fn agent_serves_metrics_and_introspection() {
         node.socket().to_string_lossy().as_ref()
     );
 }
+
+#[test]
+fn a_new_sandbox_of_the_same_pod_replaces_the_old_one() {
+    let node = SimNode::with_pools(&[Ipv4Addr::new(192, 168, 31, 170)], &[]).expect("sim node");
+    let old = Netns::new("pod").expect("pod ns");
+    let old_path = netns_path(&old);
+    ok(
+        &node,
+        &call("ADD", "sandbox-1", &old_path, ("default", "web")),
+        &conf(&node, None),
+    );
+    // The runtime never DELs sandbox-1; a new sandbox of default/web comes.
+    // Its veth name is the same, so the old veth is replaced and the old
+    // sandbox's IP (the node's only one) is released for the new one.
+    let new = Netns::new("pod").expect("pod ns");
+    let new_path = netns_path(&new);
+    let r = ok(
+        &node,
+        &call("ADD", "sandbox-2", &new_path, ("default", "web")),
+        &conf(&node, None),
+    );
+    assert_eq!(r["ips"][0]["address"], "192.168.31.170/32");
+    let pods = pods_map(&node);
+    assert_eq!(pods.len(), 1);
+    assert_eq!(
+        pods[0]["host_ifindex"],
+        node.node.ifindex("eni68caf03a5f4").expect("veth")
+    );
+    let cp = node.checkpoint_pods().expect("checkpoint");
+    assert_eq!(cp.len(), 1);
+    assert_eq!(cp[0]["container_id"], "sandbox-2");
+    // The late DEL of the old sandbox touches nothing of the new one.
+    ok(
+        &node,
+        &call("DEL", "sandbox-1", &old_path, ("default", "web")),
+        &conf(&node, None),
+    );
+    assert_eq!(pods_map(&node).len(), 1);
+    ok(
+        &node,
+        &call("CHECK", "sandbox-2", &new_path, ("default", "web")),
+        &conf(&node, Some(&r)),
+    );
+}
