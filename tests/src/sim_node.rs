@@ -123,6 +123,8 @@ pub struct SimNode {
     pub dir: TempDir,
     /// Extra env for the next agent start (fault injection).
     agent_env: Vec<(String, String)>,
+    /// `--ip-cooldown` of the next agent start (0 unless a test sets it).
+    pub ip_cooldown_secs: u64,
 }
 
 impl SimNode {
@@ -161,6 +163,7 @@ impl SimNode {
             bpffs,
             dir,
             agent_env: Vec::new(),
+            ip_cooldown_secs: 0,
         })
     }
 
@@ -188,6 +191,7 @@ impl SimNode {
     }
 
     pub fn start_agent(&mut self) -> Result<()> {
+        let cooldown = self.ip_cooldown_secs.to_string();
         let args: Vec<String> = [
             "--node-file",
             &self.node_file().to_string_lossy(),
@@ -204,7 +208,7 @@ impl SimNode {
             "--ebpf-object",
             &crate::object::path().to_string_lossy(),
             "--ip-cooldown",
-            "0",
+            &cooldown,
         ]
         .iter()
         .map(|s| s.to_string())

@@ -270,3 +270,36 @@ fn sigkill_at_every_point_of_add_and_del_leaks_nothing() {
         node.kill_agent();
     }
 }
+
+#[test]
+fn a_released_ip_cools_down_also_across_a_restart() {
+    let ips = [
+        Ipv4Addr::new(192, 168, 31, 170),
+        Ipv4Addr::new(192, 168, 31, 171),
+    ];
+    let mut node = SimNode::build().expect("sim node");
+    std::fs::write(node.node_file(), testbed::sim_node::node_file(&ips, &[])).expect("node file");
+    node.ip_cooldown_secs = 600;
+    node.start_agent().expect("start");
+    let a = Netns::new("pod").expect("pod");
+    let a_path = netns_path(&a);
+    let r = ok(&node, &call("ADD", "cool-a", &a_path, "cool-a"), None);
+    assert_eq!(r["ips"][0]["address"], "192.168.31.170/32");
+    ok(&node, &call("DEL", "cool-a", &a_path, "cool-a"), None);
+    // .170 cools down: the next pod gets .171.
+    let b = Netns::new("pod").expect("pod");
+    let b_path = netns_path(&b);
+    let r = ok(&node, &call("ADD", "cool-b", &b_path, "cool-b"), None);
+    assert_eq!(r["ips"][0]["address"], "192.168.31.171/32");
+    // The cooldown is in the checkpoint: after a restart .170 is still not given out.
+    node.kill_agent();
+    node.start_agent().expect("restart");
+    let c = Netns::new("pod").expect("pod");
+    let out = run(
+        &node,
+        &call("ADD", "cool-c", &netns_path(&c), "cool-c"),
+        None,
+    );
+    assert_eq!(out.code(), Some(11), "{}", out.stdout);
+    assert!(out.stdout.contains("1 in cooldown"), "{}", out.stdout);
+}
