@@ -6,12 +6,14 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use dataplane_common::{node::POD_F_STRICT, Hook, PodEntry};
 
+mod restore;
+
+pub use restore::RestoreReport;
+
 use crate::{
     checkpoint::{Checkpoint, CheckpointError, CheckpointFile, PodRecord},
     crash,
-    dataplane::{
-        links_dir, list_link_pins, remove_link_pin, Dataplane, DataplaneError, LinkPin, NodeMaps,
-    },
+    dataplane::{links_dir, remove_link_pin, Dataplane, DataplaneError, LinkPin, NodeMaps},
     ipam::{now_secs, Ipam, IpamError},
     netif,
     node_file::{MacAddr, NodeFile},
@@ -60,15 +62,6 @@ pub struct Pods {
     ipam: Ipam,
     records: BTreeMap<Key, PodRecord>,
     checkpoint: CheckpointFile,
-}
-
-/// What a restart found and did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RestoreReport {
-    pub kept: usize,
-    pub removed_records: usize,
-    pub removed_entries: usize,
-    pub removed_links: usize,
 }
 
 impl Pods {
@@ -186,8 +179,8 @@ impl Pods {
         req.pod_mac
             .parse::<MacAddr>()
             .map_err(|e| PodError::Invalid(format!("pod_mac: {e}")))?;
-        match netif::ifindex(&req.host_veth) {
-            Some(i) if req.host_ifindex == 0 || i == req.host_ifindex => {}
+        let host_ifindex = match netif::ifindex(&req.host_veth) {
+            Some(i) if req.host_ifindex == 0 || i == req.host_ifindex => i,
             Some(i) => {
                 return Err(PodError::Invalid(format!(
                     "host veth {} has ifindex {i} here, the request says {}",
@@ -195,9 +188,7 @@ impl Pods {
                 )))
             }
             None => return Err(PodError::NoVeth(req.host_veth.clone())),
-        }
-        let host_ifindex = netif::ifindex(&req.host_veth)
-            .ok_or_else(|| PodError::NoVeth(req.host_veth.clone()))?;
+        };
         let k = key(&req.container_id, &req.ifname);
 
         // A repeated ADD: same answer, re-wired onto the current veth.
@@ -371,73 +362,5 @@ impl Pods {
             self.del(c, i, dp, maps)?;
         }
         Ok(stale.len())
-    }
-
-    /// On start: rebuild from the checkpoint, the pinned maps and links and
-    /// the live veths. Live pods keep their map entry and links untouched;
-    /// whatever belongs to a veth that is gone is removed.
-    pub fn restore(
-        &mut self,
-        cp: Checkpoint,
-        dp: &mut Dataplane,
-        maps: &mut NodeMaps,
-    ) -> Result<RestoreReport, PodError> {
-        let mut report = RestoreReport::default();
-        for r in cp.pods {
-            let k = key(&r.container_id, &r.ifname);
-            let claimed = if r.is_branch() {
-                Ok(())
-            } else {
-                self.ipam
-                    .claim(r.ip, &format!("{}/{}", r.container_id, r.ifname))
-            };
-            if netif::is_live(&r.host_veth, r.host_ifindex) && claimed.is_ok() {
-                self.wire(&r, dp, maps)?;
-                self.records.insert(k, r);
-                report.kept += 1;
-            } else {
-                tracing::info!(container = %r.container_id, ip = %r.ip, veth = %r.host_veth, "pod's veth is gone: releasing");
-                self.unwire(&r, dp, maps)?;
-                if claimed.is_ok() && !r.is_branch() {
-                    self.ipam.release(r.ip, now_secs());
-                }
-                report.removed_records += 1;
-            }
-        }
-        let now = now_secs();
-        for (ip, at) in cp.cooling {
-            self.ipam.restore_cooling(ip, at);
-        }
-        let _ = now;
-        // PODS entries no record explains (e.g. written before a crash whose
-        // checkpoint never made it).
-        for (ip, e) in maps.pods()? {
-            let known = self
-                .records
-                .values()
-                .any(|r| r.ip == ip && r.host_ifindex == e.host_ifindex);
-            if !known {
-                maps.remove_pod(ip)?;
-                report.removed_entries += 1;
-            }
-        }
-        // Pod links no record explains.
-        if let Some(root) = dp.bpf_root().map(|p| p.to_path_buf()) {
-            for pin in list_link_pins(&root)? {
-                if !matches!(pin.hook, Hook::FromPod | Hook::ToPod) {
-                    continue;
-                }
-                let known = self
-                    .records
-                    .values()
-                    .any(|r| r.host_veth == pin.iface && r.host_ifindex == pin.ifindex);
-                if !known {
-                    remove_link_pin(&pin.path)?;
-                    report.removed_links += 1;
-                }
-            }
-        }
-        self.save()?;
-        Ok(report)
     }
 }
