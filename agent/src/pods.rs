@@ -13,7 +13,7 @@ pub use restore::RestoreReport;
 use crate::{
     checkpoint::{Checkpoint, CheckpointError, CheckpointFile, PodRecord},
     crash,
-    dataplane::{links_dir, remove_link_pin, Dataplane, DataplaneError, LinkPin, NodeMaps},
+    dataplane::{detach_pod, Dataplane, DataplaneError, NodeMaps},
     ipam::{now_secs, Ipam, IpamError},
     netif,
     node_file::{MacAddr, NodeFile},
@@ -51,6 +51,9 @@ pub struct AddPod {
 }
 
 type Key = (String, String);
+
+/// The programs on a pod's host veth.
+const POD_HOOKS: [Hook; 2] = [Hook::FromPod, Hook::ToPod];
 
 fn key(container_id: &str, ifname: &str) -> Key {
     (container_id.to_string(), ifname.to_string())
@@ -137,7 +140,10 @@ impl Pods {
     /// Links and `PODS` entry of `r` (idempotent).
     fn wire(&self, r: &PodRecord, dp: &mut Dataplane, maps: &mut NodeMaps) -> Result<(), PodError> {
         let entry = self.entry_for(r)?;
-        dp.attach_pinned(&r.host_veth, r.host_ifindex, &[Hook::FromPod, Hook::ToPod])?;
+        if !netif::is_live(&r.host_veth, r.host_ifindex) {
+            return Err(PodError::NoVeth(r.host_veth.clone()));
+        }
+        dp.attach_pod(&r.host_veth, &POD_HOOKS)?;
         crash::point("add-attached");
         if maps.pod(r.ip)? != Some(entry) {
             maps.put_pod(r.ip, &entry)?;
@@ -147,19 +153,15 @@ impl Pods {
     }
 
     /// Removes the `PODS` entry (if it is still this pod's) and the links of `r`.
-    fn unwire(&self, r: &PodRecord, dp: &Dataplane, maps: &mut NodeMaps) -> Result<(), PodError> {
+    fn unwire(&self, r: &PodRecord, maps: &mut NodeMaps) -> Result<(), PodError> {
         if let Some(e) = maps.pod(r.ip)? {
             if e.host_ifindex == r.host_ifindex {
                 maps.remove_pod(r.ip)?;
             }
         }
         crash::point("del-unmapped");
-        if let Some(root) = dp.bpf_root() {
-            for hook in [Hook::FromPod, Hook::ToPod] {
-                let pin =
-                    links_dir(root).join(LinkPin::file_name(&r.host_veth, r.host_ifindex, hook));
-                remove_link_pin(&pin)?;
-            }
+        if netif::is_live(&r.host_veth, r.host_ifindex) {
+            detach_pod(&r.host_veth, &POD_HOOKS)?;
         }
         crash::point("del-detached");
         Ok(())
@@ -199,7 +201,7 @@ impl Pods {
             r.pod_mac = req.pod_mac.clone();
             r.netns = req.netns.clone();
             if r != old {
-                self.unwire(&old, dp, maps)?;
+                self.unwire(&old, maps)?;
                 self.records.insert(k.clone(), r.clone());
                 self.save()?;
             }
@@ -221,7 +223,7 @@ impl Pods {
             .collect();
         for (c, i) in replaced {
             tracing::info!(container = %c, veth = %req.host_veth, "releasing the pod's earlier sandbox");
-            self.del(&c, &i, dp, maps)?;
+            self.del(&c, &i, maps)?;
         }
 
         let owner = format!("{}/{}", req.container_id, req.ifname);
@@ -274,7 +276,7 @@ impl Pods {
         crash::point("add-checkpointed");
         if let Err(e) = self.wire(&record, dp, maps) {
             tracing::warn!(ip = %ip, error = %e, "wiring the pod failed; undoing");
-            let _ = self.unwire(&record, dp, maps);
+            let _ = self.unwire(&record, maps);
             self.records.remove(&k);
             self.ipam.release(ip, now_secs());
             let _ = self.save();
@@ -294,14 +296,13 @@ impl Pods {
         &mut self,
         container_id: &str,
         ifname: &str,
-        dp: &Dataplane,
         maps: &mut NodeMaps,
     ) -> Result<Option<PodRecord>, PodError> {
         let k = key(container_id, ifname);
         let Some(r) = self.records.get(&k).cloned() else {
             return Ok(None);
         };
-        self.unwire(&r, dp, maps)?;
+        self.unwire(&r, maps)?;
         self.records.remove(&k);
         if !r.is_branch() {
             self.ipam.release(r.ip, now_secs());
@@ -349,7 +350,6 @@ impl Pods {
     pub fn gc(
         &mut self,
         valid: &[(String, String)],
-        dp: &Dataplane,
         maps: &mut NodeMaps,
     ) -> Result<usize, PodError> {
         let stale: Vec<Key> = self
@@ -359,7 +359,7 @@ impl Pods {
             .cloned()
             .collect();
         for (c, i) in &stale {
-            self.del(c, i, dp, maps)?;
+            self.del(c, i, maps)?;
         }
         Ok(stale.len())
     }

@@ -88,7 +88,7 @@ impl v1::agent_server::Agent for AgentService {
             let mut guard = lock(&self.agent);
             let a = &mut *guard;
             a.pods
-                .del(&r.container_id, &r.ifname, &a.dp, &mut a.maps)
+                .del(&r.container_id, &r.ifname, &mut a.maps)
                 .map(|rec| v1::DelPodReply {
                     released: rec.is_some(),
                     ip: rec.map(|r| r.ip.to_string()).unwrap_or_default(),
@@ -160,7 +160,7 @@ impl v1::agent_server::Agent for AgentService {
             let mut guard = lock(&self.agent);
             let a = &mut *guard;
             a.pods
-                .gc(&valid, &a.dp, &mut a.maps)
+                .gc(&valid, &mut a.maps)
                 .map(|n| v1::GcReply {
                     released: u32::try_from(n).unwrap_or(u32::MAX),
                 })

@@ -273,6 +273,18 @@ impl SimNode {
         Ok(v)
     }
 
+    /// `tc filter show` of `veth`'s ingress and egress in the node namespace
+    /// (the pod programs: name, program id, priority, handle).
+    pub fn pod_filters(&self, veth: &str) -> Result<String> {
+        let ingress = self
+            .node
+            .exec_ok("tc", &["filter", "show", "dev", veth, "ingress"])?;
+        let egress = self
+            .node
+            .exec_ok("tc", &["filter", "show", "dev", veth, "egress"])?;
+        Ok(format!("ingress:\n{ingress}egress:\n{egress}"))
+    }
+
     /// The pods of the checkpoint file.
     pub fn checkpoint_pods(&self) -> Result<Vec<serde_json::Value>> {
         let text = std::fs::read_to_string(self.checkpoint()).context("reading the checkpoint")?;

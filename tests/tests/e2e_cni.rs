@@ -136,14 +136,22 @@ fn add_check_del_wire_the_pod_exactly_and_leave_the_host_routing_alone() {
     assert_eq!(pods[0]["eni_ifindex"], eth0_ifindex);
     assert_eq!(pods[0]["mac"], mac_of(&pod, "eth0").as_str());
     assert_eq!(pods[0]["vlan_id"], 0);
-    let mut pins = node.link_pins().expect("pins");
-    pins.retain(|p| !pins_before.contains(p));
-    assert_eq!(
-        pins,
-        [
-            format!("from_pod-{host_ifindex}-{host_veth}"),
-            format!("to_pod-{host_ifindex}-{host_veth}")
-        ]
+    // from_pod/to_pod are cls_bpf filters at trunkline's priority and
+    // handle on the host veth; no link is pinned for a pod.
+    assert_eq!(node.link_pins().expect("pins"), pins_before);
+    let filters = node.pod_filters(host_veth).expect("tc filter show");
+    let (ingress, egress) = filters.split_once("egress:").expect("both");
+    assert!(
+        ingress.contains("from_pod") && ingress.contains("pref 20000"),
+        "{filters}"
+    );
+    assert!(
+        ingress.contains("handle 0x7431") || ingress.contains("handle 7431:1"),
+        "{filters}"
+    );
+    assert!(
+        egress.contains("to_pod") && egress.contains("pref 20000"),
+        "{filters}"
     );
     // The pinned links run: traffic from the pod hits from_pod, traffic the
     // host sends to the pod hits to_pod.

@@ -92,7 +92,19 @@ fn sigkill_and_restart_keeps_maps_links_and_pods_and_new_adds_work() {
     let pods_before = node.inspect("pods").expect("pods");
     let enis_before = node.inspect("enis").expect("enis");
     let links_before = link_identities(&node);
-    assert_eq!(links_before.len(), 6 + 6, "{links_before:?}");
+    assert_eq!(links_before.len(), 6, "{links_before:?}");
+    let veths = node.links_with_prefix("eni").expect("veths");
+    assert_eq!(veths.len(), 3);
+    let filters = |node: &SimNode| -> Vec<String> {
+        veths
+            .iter()
+            .map(|v| node.pod_filters(v).expect("filters"))
+            .collect()
+    };
+    let filters_before = filters(&node);
+    assert!(filters_before
+        .iter()
+        .all(|f| f.contains("from_pod") && f.contains("to_pod")));
     let checkpoint_before = node.checkpoint_pods().expect("checkpoint");
 
     node.kill_agent();

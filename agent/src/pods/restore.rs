@@ -45,7 +45,7 @@ impl Pods {
                 report.kept += 1;
             } else {
                 tracing::info!(container = %r.container_id, ip = %r.ip, veth = %r.host_veth, "pod's veth is gone: releasing");
-                self.unwire(&r, dp, maps)?;
+                self.unwire(&r, maps)?;
                 if claimed.is_ok() && !r.is_branch() {
                     self.ipam.release(r.ip, now_secs());
                 }
@@ -67,17 +67,11 @@ impl Pods {
                 report.removed_entries += 1;
             }
         }
-        // Pod links no record explains.
+        // Pod programs are cls_bpf filters, never pinned links: a pod-hook
+        // pin under links/ is stale (never made by this agent) and goes.
         if let Some(root) = dp.bpf_root().map(|p| p.to_path_buf()) {
             for pin in list_link_pins(&root)? {
-                if !matches!(pin.hook, Hook::FromPod | Hook::ToPod) {
-                    continue;
-                }
-                let known = self
-                    .records
-                    .values()
-                    .any(|r| r.host_veth == pin.iface && r.host_ifindex == pin.ifindex);
-                if !known {
+                if matches!(pin.hook, Hook::FromPod | Hook::ToPod) {
                     remove_link_pin(&pin.path)?;
                     report.removed_links += 1;
                 }
