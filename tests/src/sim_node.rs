@@ -1,9 +1,12 @@
 //! The simulated EKS node of `test-topology.md` for the agent and the CNI
-//! plugin: a "vpc" namespace (the subnet as a bridge, gateway 192.168.0.1),
-//! a "node" namespace with three ENI links (eth0 primary, eth1 secondary,
-//! eth2 trunk) toward it, a private bpffs, a state dir, and the real
-//! `trunkline-agent` running inside the node namespace in local mode.
-//! Pods are namespaces the tests create and wire with `trunkline-cni`.
+//! plugin: a "vpc" namespace (the node subnet as a bridge, gateway
+//! 192.168.0.1, routing to a "peer" namespace in another VPC subnet and an
+//! "inet" namespace), a "node" namespace with three ENI links (eth0
+//! primary, eth1 secondary, eth2 trunk) toward it, a private bpffs, a state
+//! dir, and the real `trunkline-agent` running inside the node namespace in
+//! local mode. Pods are namespaces the tests create and wire with
+//! `trunkline-cni`. (The VPC's per-ENI source check and the trunk's branch
+//! ENI emulation come with the traffic issues.)
 //!
 //! Drop order: the agent is killed first, then the namespaces go (and with
 //! them every veth), then the bpffs mount (and with it every pinned map and
@@ -118,6 +121,10 @@ impl Drop for TempDir {
 pub struct SimNode {
     pub agent: Option<AgentProc>,
     pub node: Netns,
+    /// Another VPC subnet (192.168.64.0/24), routed by "vpc".
+    pub peer: Netns,
+    /// The internet side (203.0.113.0/24), routed by "vpc".
+    pub inet: Netns,
     pub vpc: Netns,
     pub bpffs: BpffsMount,
     pub dir: TempDir,
@@ -156,9 +163,35 @@ impl SimNode {
             vpc.ip(&["link", "set", &port, "master", "br0"])?;
         }
         node.ip(&["addr", "add", &format!("{NODE_IP}/19"), "dev", "eth0"])?;
+        let peer = Netns::new("peer")?;
+        let inet = Netns::new("inet")?;
+        for (ns, vpc_end, vpc_ip, ip, gw) in [
+            (
+                &peer,
+                "to-peer",
+                "192.168.64.1/24",
+                "192.168.64.10/24",
+                "192.168.64.1",
+            ),
+            (
+                &inet,
+                "to-inet",
+                "203.0.113.1/24",
+                "203.0.113.10/24",
+                "203.0.113.1",
+            ),
+        ] {
+            veth(&vpc, vpc_end, ns, "eth0")?;
+            vpc.ip(&["addr", "add", vpc_ip, "dev", vpc_end])?;
+            ns.ip(&["addr", "add", ip, "dev", "eth0"])?;
+            ns.ip(&["route", "add", "default", "via", gw])?;
+        }
+        vpc.sysctl("net.ipv4.ip_forward", "1")?;
         Ok(Self {
             agent: None,
             node,
+            peer,
+            inet,
             vpc,
             bpffs,
             dir,

@@ -19,7 +19,7 @@ use testbed::{
     mini_node::*,
     netns::Netns,
     object,
-    sim_node::{SimNode, BRANCH_POD},
+    sim_node::{pod_ips, SimNode, BRANCH_POD},
     traffic,
 };
 use trunkline_agent::{dataplane::read_stats, inspect};
@@ -98,7 +98,7 @@ fn main() -> Result<()> {
     step(
         "simulated node: vpc + node namespaces, ENIs eth0/eth1/eth2, trunkline-agent in local mode",
     )?;
-    let sim = SimNode::new()?;
+    let sim = SimNode::with_pools(&pod_ips("eth0")[..4], &pod_ips("eth1")[..4])?;
     println!(
         "node namespace {}, agent socket {}, maps pinned under {}",
         sim.node.name(),
