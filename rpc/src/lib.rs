@@ -25,14 +25,13 @@ pub enum ConnectError {
     },
 }
 
-/// A client of the agent over the unix socket at `path`. The connection is
-/// made eagerly, so a missing or dead socket fails here.
-pub async fn connect(
-    path: &str,
-) -> Result<v1::agent_client::AgentClient<tonic::transport::Channel>, ConnectError> {
+/// A channel to the agent over the unix socket at `path` (for the Agent
+/// service and the standard gRPC health service). The connection is made
+/// eagerly, so a missing or dead socket fails here.
+pub async fn channel(path: &str) -> Result<tonic::transport::Channel, ConnectError> {
     let socket = path.to_string();
     // The URI is required by the API but unused: the connector dials the socket.
-    let channel = tonic::transport::Endpoint::from_static("http://trunkline-agent")
+    tonic::transport::Endpoint::from_static("http://trunkline-agent")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
             async move {
@@ -44,6 +43,12 @@ pub async fn connect(
         .map_err(|source| ConnectError::Transport {
             path: path.to_string(),
             source,
-        })?;
-    Ok(v1::agent_client::AgentClient::new(channel))
+        })
+}
+
+/// A client of the agent over the unix socket at `path`.
+pub async fn connect(
+    path: &str,
+) -> Result<v1::agent_client::AgentClient<tonic::transport::Channel>, ConnectError> {
+    Ok(v1::agent_client::AgentClient::new(channel(path).await?))
 }

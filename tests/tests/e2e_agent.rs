@@ -113,3 +113,39 @@ fn the_agent_built_by_xtask_runs_with_its_embedded_object() {
     assert_eq!(node.link_pins().expect("pins").len(), 6);
     drop(agent);
 }
+
+#[test]
+fn the_socket_serves_the_standard_grpc_health_service() {
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    let node = SimNode::new().expect("sim node");
+    let socket = node.socket().to_string_lossy().into_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let status = rt.block_on(async {
+        let channel = trunkline_rpc::channel(&socket).await.expect("connect");
+        let mut health = HealthClient::new(channel);
+        let check = |service: &str| HealthCheckRequest {
+            service: service.to_string(),
+        };
+        let agent = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            health.check(check("trunkline.v1.Agent")),
+        )
+        .await
+        .expect("answer in time")
+        .expect("health check")
+        .into_inner()
+        .status;
+        let unknown = health.check(check("no.such.Service")).await;
+        (agent, unknown.map(|r| r.into_inner().status))
+    });
+    assert_eq!(status.0, ServingStatus::Serving as i32);
+    assert_eq!(
+        status.1.expect_err("unknown service").code(),
+        tonic::Code::NotFound
+    );
+}
