@@ -251,12 +251,6 @@ impl NodeFile {
                 ));
             }
         }
-        if !self.branch.is_empty() && !self.eni.iter().any(|e| e.role == Role::Trunk) {
-            return Err((
-                self.branch[0].pod.span().start,
-                "[[branch]] pods need an [[eni]] with role = \"trunk\"".into(),
-            ));
-        }
         Ok(())
     }
 
@@ -321,12 +315,42 @@ vlan = 1
 subnet = "192.168.0.0/19"
 "#;
 
+    /// The example of the issue, verbatim: a branch without a trunk ENI is
+    /// accepted (AddPod for that pod says what is missing).
+    const ISSUE: &str = r#"[node]
+primary_ip = "192.168.31.166"
+vpc_cidrs = ["192.168.0.0/16", "100.64.0.0/16"]
+service_cidrs = ["10.100.0.0/16"]
+[[eni]]
+interface = "eth0"            # link name in the agent's namespace
+role = "primary"              # primary | secondary | trunk
+mac = "02:a5:ee:3d:4a:c9"
+primary_ip = "192.168.31.166"
+subnet = "192.168.0.0/19"
+pod_ips = ["192.168.31.170", "192.168.31.171"]   # the IPs this ENI may give pods
+[[branch]]                    # what the pod-eni annotation says on AWS
+pod = "default/aws-cli"
+eni_id = "eni-09a7a909e06fc4be6"
+mac = "02:b0:01:6c:b5:79"
+ip = "192.168.26.162"
+vlan = 1
+subnet = "192.168.0.0/19"
+"#;
+
+    #[test]
+    fn the_issue_example_parses_verbatim() {
+        let f = parse(ISSUE).expect("valid");
+        assert!(f.trunk_eni().is_none());
+        assert_eq!(f.branch.len(), 1);
+        assert_eq!(f.node.service_cidrs.len(), 1);
+    }
+
     fn parse(s: &str) -> Result<NodeFile, NodeFileError> {
         NodeFile::parse(Path::new("node.toml"), s)
     }
 
     #[test]
-    fn the_issue_example_parses() {
+    fn a_node_with_a_trunk_parses() {
         let f = parse(GOOD).expect("valid");
         assert_eq!(f.node.primary_ip, Ipv4Addr::new(192, 168, 31, 166));
         assert_eq!(f.primary_eni().interface.get_ref(), "eth0");

@@ -240,7 +240,12 @@ impl Pods {
                     .node
                     .trunk_eni()
                     .map(|t| t.interface.get_ref().clone())
-                    .ok_or_else(|| PodError::Conflict("no trunk ENI".into()))?;
+                    .ok_or_else(|| {
+                        PodError::Conflict(format!(
+                            "{}/{} has a [[branch]] entry but the node file has no [[eni]] with role = \"trunk\"",
+                            req.namespace, req.name
+                        ))
+                    })?;
                 (ip, trunk, *b.vlan.get_ref(), Some(b.mac.to_string()))
             }
             None => {
