@@ -210,6 +210,9 @@ mod tests {
         let top = ports_by_destination(&flows);
         assert_eq!(top[0], ((Ipv4Addr::new(203, 0, 113, 10), 443, 6), 2));
         let t = nat_table(&flows, (50000, 50099), 10);
-        assert!(t.contains("tcp    203.0.113.10:443              2    2.0%"), "{t}");
+        assert!(
+            t.contains("tcp    203.0.113.10:443              2    2.0%"),
+            "{t}"
+        );
     }
 }

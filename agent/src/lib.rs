@@ -1,9 +1,23 @@
 //! trunkline-agent: the node daemon. It loads and pins the data path, owns
-//! every map, and (in later modules) runs IPAM, the CNI RPC server, EC2 and
-//! Kubernetes reconcilers.
+//! every map, runs IPAM from the node file (local mode), serves the CNI
+//! RPC, checkpoints its state, and exposes metrics and introspection.
 
 pub mod aws_env;
+pub mod checkpoint;
 pub mod conntrack_gc;
+pub mod crash;
+pub mod daemon;
 pub mod dataplane;
+pub mod http;
 pub mod inspect;
 pub mod inspect_ct;
+pub mod inspect_maps;
+pub mod ipam;
+pub mod metrics;
+pub mod netif;
+pub mod node_file;
+pub mod node_state;
+pub mod object;
+pub mod pods;
+pub mod run;
+pub mod service;

@@ -1,9 +1,10 @@
 //! trunkline-agent: the node daemon's command line.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use trunkline_agent::daemon::RunConfig;
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +19,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent: load and pin the data path, attach it to the ENIs,
+    /// serve the CNI plugin on a unix socket. Manages the interfaces of the
+    /// network namespace it is started in.
+    Run(RunArgs),
     /// Print the pinned maps (works while the agent is down).
     Inspect {
         #[command(subcommand)]
@@ -36,8 +41,61 @@ enum Command {
     },
 }
 
+#[derive(Args)]
+struct RunArgs {
+    /// Local mode: the node's ENIs, IPs and branch pods from a TOML file.
+    #[arg(long, env = "TRUNKLINE_NODE_FILE")]
+    node_file: PathBuf,
+    /// The bpffs directory maps and links are pinned under.
+    #[arg(
+        long,
+        env = "TRUNKLINE_BPF_ROOT",
+        default_value = "/sys/fs/bpf/trunkline"
+    )]
+    bpf_root: PathBuf,
+    /// The unix socket trunkline-cni connects to (created 0600).
+    #[arg(long, env = "TRUNKLINE_SOCKET", default_value = trunkline_rpc::DEFAULT_AGENT_SOCKET)]
+    socket: PathBuf,
+    /// Where the checkpoint lives.
+    #[arg(
+        long,
+        env = "TRUNKLINE_STATE_DIR",
+        default_value = "/var/lib/trunkline"
+    )]
+    state_dir: PathBuf,
+    /// Prometheus metrics listen address (GET /metrics).
+    #[arg(long, env = "TRUNKLINE_METRICS_ADDR", default_value = "0.0.0.0:61678")]
+    metrics_addr: String,
+    /// Introspection API listen address (GET /v1/pods, /v1/enis, /v1/config).
+    #[arg(
+        long,
+        env = "TRUNKLINE_INTROSPECTION_ADDR",
+        default_value = "127.0.0.1:61679"
+    )]
+    introspection_addr: String,
+    /// The kernel object (`cargo xtask build-ebpf --release` prints its
+    /// path). Default: the object embedded at build time, when the build
+    /// had TRUNKLINE_EBPF_OBJECT set (cargo xtask build/test/demo do).
+    #[arg(long, env = "TRUNKLINE_EBPF_OBJECT")]
+    ebpf_object: Option<PathBuf>,
+    /// MTU the CNI plugin gives pods when its config sets none.
+    #[arg(long, env = "TRUNKLINE_MTU", default_value_t = 9001)]
+    mtu: u32,
+    /// Seconds a released pod IP waits before it is handed out again.
+    #[arg(long, env = "TRUNKLINE_IP_COOLDOWN", default_value_t = 30)]
+    ip_cooldown: u64,
+}
+
 #[derive(Subcommand, Clone, Copy)]
 enum InspectWhat {
+    /// PODS: pod IP → host veth, pod MAC, owning ENI, VLAN, branch MAC.
+    Pods,
+    /// ENIS: ifindex → role, MAC, primary IP, gateway.
+    Enis,
+    /// CT: the conntrack table.
+    Ct,
+    /// SNAT_REV: reply tuple → original tuple.
+    Nat,
     /// Packet counters by program: verdicts, what the parser saw, drops by reason.
     Stats,
 }
@@ -49,16 +107,33 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(a) => trunkline_agent::run::run(RunConfig {
+            node_file: a.node_file,
+            bpf_root: a.bpf_root,
+            socket: a.socket,
+            state_dir: a.state_dir,
+            metrics_addr: a.metrics_addr,
+            introspection_addr: a.introspection_addr,
+            ebpf_object: a.ebpf_object,
+            mtu: a.mtu,
+            ip_cooldown: Duration::from_secs(a.ip_cooldown),
+        })?,
         Command::Inspect {
             what,
             bpf_root,
             json,
         } => {
+            use trunkline_agent::{inspect, inspect_maps};
             let out = match what {
-                InspectWhat::Stats => trunkline_agent::inspect::stats(&bpf_root, json),
+                InspectWhat::Pods => inspect_maps::pods(&bpf_root, json),
+                InspectWhat::Enis => inspect_maps::enis(&bpf_root, json),
+                InspectWhat::Ct => inspect_maps::ct(&bpf_root, json),
+                InspectWhat::Nat => inspect_maps::nat(&bpf_root, json),
+                InspectWhat::Stats => inspect::stats(&bpf_root, json),
             }
             .with_context(|| format!("reading maps pinned under {}", bpf_root.display()))?;
             println!("{out}");

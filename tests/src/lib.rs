@@ -6,9 +6,14 @@
 //! - [`packets`]: build the packets those tests feed in (etherparse);
 //! - [`netns`]: network namespaces, veths and bpffs mounts as guards that
 //!   remove themselves on drop, also when a test panics;
-//! - [`mini_node`]: the smallest real topology, pod ↔ node ↔ peer.
+//! - [`mini_node`]: the smallest real topology, pod ↔ node ↔ peer;
+//! - [`sim_node`]: the simulated EKS node running the real agent, with
+//!   [`cni`] to call the real CNI plugin as a runtime does.
 
+pub mod agent_proc;
+pub mod binaries;
 pub mod bpffs;
+pub mod cni;
 pub mod fixture;
 pub mod golden;
 pub mod legacy;
@@ -16,6 +21,7 @@ pub mod mini_node;
 pub mod netns;
 pub mod object;
 pub mod packets;
+pub mod sim_node;
 pub mod skbuff;
 pub mod snat_node;
 pub mod traffic;

@@ -6,8 +6,10 @@ use anyhow::{bail, Result};
 
 use crate::run::checked;
 
-/// (command that must exist, Debian package that provides it)
+/// (command, or absolute file path, that must exist; Debian package that provides it)
 const NEEDED: &[(&str, &str)] = &[
+    // The reference CNI plugins (tuning, bandwidth) the chaining tests run.
+    ("/usr/lib/cni/tuning", "containernetworking-plugins"),
     ("ip", "iproute2"),
     ("bpftool", "bpftool"),
     ("tcpdump", "tcpdump"),
@@ -15,9 +17,13 @@ const NEEDED: &[(&str, &str)] = &[
     ("nft", "nftables"),
     ("iptables", "iptables"),
     ("ping", "iputils-ping"),
+    ("curl", "curl"),
 ];
 
 fn has(cmd: &str) -> bool {
+    if cmd.starts_with('/') {
+        return std::path::Path::new(cmd).exists();
+    }
     Command::new("sh")
         .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
         .status()

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -39,8 +39,22 @@ pub fn cargo_build_workspace(obj: &Path, release: bool) -> Result<()> {
     checked(&mut cmd)
 }
 
+/// The pid a test bed name carries (`tl-<tag>-<pid>-<n>`).
+fn creator_pid(name: &str) -> Option<u32> {
+    let mut parts = name.rsplit('-');
+    parts.next()?;
+    parts.next()?.parse().ok()
+}
+
+/// Whether the object was made by a process that is gone: only then is it
+/// left behind (a live process, e.g. another test run, may still own it).
+fn orphaned(name: &str) -> bool {
+    creator_pid(name).is_none_or(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// What the tests may leave behind if a guard failed: our network
-/// namespaces (`tl-*`) and our bpffs mounts (`tl-bpffs-*`).
+/// namespaces (`tl-*`) and our bpffs mounts (`tl-bpffs-*`) whose creating
+/// process has exited.
 fn leftovers() -> Result<BTreeSet<String>> {
     let mut found = BTreeSet::new();
     let out = Command::new("ip")
@@ -50,7 +64,7 @@ fn leftovers() -> Result<BTreeSet<String>> {
         .context("ip netns list")?;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         if let Some(name) = line.split_whitespace().next() {
-            if name.starts_with("tl-") {
+            if name.starts_with("tl-") && orphaned(name) {
                 found.insert(format!("netns {name}"));
             }
         }
@@ -58,7 +72,7 @@ fn leftovers() -> Result<BTreeSet<String>> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     for line in mounts.lines() {
         if let Some(dir) = line.split_whitespace().nth(1) {
-            if dir.contains("/tl-bpffs-") {
+            if dir.contains("/tl-bpffs-") && orphaned(dir) {
                 found.insert(format!("bpffs mount {dir}"));
             }
         }
@@ -66,15 +80,48 @@ fn leftovers() -> Result<BTreeSet<String>> {
     Ok(found)
 }
 
+/// The env vars through which end-to-end tests and the demo find the real
+/// binaries (`tests/src/binaries.rs`).
+pub const AGENT_BIN_ENV: &str = "TRUNKLINE_AGENT_BIN";
+pub const CNI_BIN_ENV: &str = "TRUNKLINE_CNI_BIN";
+
+/// Builds trunkline-agent and trunkline-cni (debug) and returns their paths.
+pub fn build_binaries(obj: &Path) -> Result<(PathBuf, PathBuf)> {
+    checked(
+        cargo()
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "trunkline-agent",
+                "-p",
+                "trunkline-cni",
+            ])
+            .env(OBJECT_ENV, obj),
+    )?;
+    let dir = paths::target_dir().join("debug");
+    Ok((dir.join("trunkline-agent"), dir.join("trunkline-cni")))
+}
+
 pub fn test(extra: &[String]) -> Result<()> {
     packages::ensure()?;
     let obj = ebpf::build(true)?;
+    let (agent, cni) = build_binaries(&obj)?;
     let before = leftovers()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"])
         .args(extra)
-        .env(OBJECT_ENV, &obj);
+        .env(OBJECT_ENV, &obj)
+        .env(AGENT_BIN_ENV, &agent)
+        .env(CNI_BIN_ENV, &cni);
+    let latency = paths::target_dir().join("trunkline-cni-add-latency.txt");
+    let _ = std::fs::remove_file(&latency);
+    cmd.env("TRUNKLINE_LATENCY_REPORT", &latency);
     let result = checked(&mut cmd);
+    // Written by tests/tests/e2e_scale.rs (reported, not asserted).
+    if let Ok(report) = std::fs::read_to_string(&latency) {
+        println!("xtask: {report}");
+    }
     // Every test cleans up after itself, also when it fails; check that.
     let after = leftovers()?;
     let leaked: Vec<&String> = after.difference(&before).collect();
@@ -89,6 +136,7 @@ pub fn test(extra: &[String]) -> Result<()> {
 pub fn demo() -> Result<()> {
     packages::ensure()?;
     let obj = ebpf::build(true)?;
+    let (agent, cni) = build_binaries(&obj)?;
     checked(cargo().args([
         "build",
         "--quiet",
@@ -98,7 +146,12 @@ pub fn demo() -> Result<()> {
         "trunkline-demo",
     ]))?;
     let bin = paths::target_dir().join("debug").join("trunkline-demo");
-    checked(Command::new(&bin).env(OBJECT_ENV, &obj))
+    checked(
+        Command::new(&bin)
+            .env(OBJECT_ENV, &obj)
+            .env(AGENT_BIN_ENV, &agent)
+            .env(CNI_BIN_ENV, &cni),
+    )
 }
 
 pub fn bench() -> Result<()> {

@@ -3,7 +3,10 @@
 
 mod attach;
 mod bpffs;
+mod links;
 mod maps;
+mod node_maps;
+mod pod_attach;
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +15,10 @@ use dataplane_common::{maps as names, Hook};
 
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::{ensure_bpffs_dir, is_bpffs};
+pub use links::{links_dir, list_link_pins, remove_link_pin, LinkPin, LINKS_DIR};
 pub use maps::{read_stats, PinnedStats, StatsByHook};
+pub use node_maps::{EnisMap, NodeMaps, PodsMap};
+pub use pod_attach::detach_pod;
 
 /// Errors of the loader, with the object, path or interface they concern.
 #[derive(Debug, thiserror::Error)]

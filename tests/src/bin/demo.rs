@@ -1,6 +1,9 @@
-//! `cargo xtask demo`: a pod, a node and a peer in network namespaces, the
-//! data path attached, real traffic through it, the counters and a bpftool
-//! dump printed, everything removed at the end, also on Ctrl-C.
+//! `cargo xtask demo`: first a pod, a node and a peer in network namespaces,
+//! the data path attached, real traffic through it, the counters and a
+//! bpftool dump printed; then a simulated EKS node with the real agent in
+//! local mode and three pods added through trunkline-cni exactly as a
+//! container runtime would, `inspect pods` and the bpftool dump of PODS.
+//! Everything is removed at the end, also on Ctrl-C.
 
 use std::{
     process::Command,
@@ -11,7 +14,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use testbed::{mini_node::*, object, traffic};
+use testbed::{
+    cni::{self, Call},
+    mini_node::*,
+    netns::Netns,
+    object,
+    sim_node::{pod_ips, SimNode, BRANCH_POD},
+    traffic,
+};
 use trunkline_agent::{dataplane::read_stats, inspect};
 
 fn main() -> Result<()> {
@@ -81,8 +91,90 @@ fn main() -> Result<()> {
     }
     println!("... ({} lines in all)", dump.lines().count());
 
-    step("tearing down")?;
+    step("tearing down the mini node")?;
     drop(node);
     println!("namespaces, links and the bpffs mount removed");
+
+    step(
+        "simulated node: vpc + node namespaces, ENIs eth0/eth1/eth2, trunkline-agent in local mode",
+    )?;
+    let sim = SimNode::with_pools(&pod_ips("eth0")[..4], &pod_ips("eth1")[..4])?;
+    println!(
+        "node namespace {}, agent socket {}, maps pinned under {}",
+        sim.node.name(),
+        sim.socket().display(),
+        sim.bpf_root().display()
+    );
+    println!("node file:\n{}", std::fs::read_to_string(sim.node_file())?);
+
+    let pods = [("default", "web"), ("shop", "cart"), BRANCH_POD];
+    let mut netns = Vec::new();
+    for (i, (ns, name)) in pods.iter().enumerate() {
+        step(&format!(
+            "CNI ADD {ns}/{name} (trunkline-cni, env + stdin as a runtime passes them)"
+        ))?;
+        let pod = Netns::new("pod")?;
+        let path = format!("/run/netns/{}", pod.name());
+        let cid = format!("demo-{i}");
+        let call = Call {
+            command: "ADD",
+            container_id: &cid,
+            netns: &path,
+            ifname: "eth0",
+            pod: (ns, name),
+        };
+        let out = cni::trunkline(
+            sim.node.name(),
+            &call,
+            &cni::trunkline_conf("1.1.0", &sim.socket(), None),
+        )?;
+        if !out.success {
+            bail!("ADD {ns}/{name} failed: {} {}", out.stdout, out.stderr);
+        }
+        println!("{}", out.stdout.trim());
+        println!("(took {:.1} ms)", out.took.as_secs_f64() * 1000.0);
+        netns.push((pod, path, cid, *ns, *name));
+    }
+
+    step("trunkline-agent inspect pods")?;
+    let out = Command::new(testbed::binaries::agent())
+        .args(["inspect", "pods", "--bpf-root"])
+        .arg(sim.bpf_root())
+        .output()
+        .context("running trunkline-agent inspect")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step("bpftool map dump pinned <bpf-root>/PODS")?;
+    let out = Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(sim.bpf_root().join("PODS"))
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        bail!("bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    step("CNI DEL of the three pods; tearing down the simulated node")?;
+    for (_pod, path, cid, ns, name) in &netns {
+        let call = Call {
+            command: "DEL",
+            container_id: cid,
+            netns: path,
+            ifname: "eth0",
+            pod: (ns, name),
+        };
+        let out = cni::trunkline(
+            sim.node.name(),
+            &call,
+            &cni::trunkline_conf("1.1.0", &sim.socket(), None),
+        )?;
+        if !out.success {
+            bail!("DEL {ns}/{name} failed: {}", out.stdout);
+        }
+    }
+    drop(netns);
+    drop(sim);
+    println!("agent stopped; namespaces, links, pins and the state dir removed");
     Ok(())
 }

@@ -1,0 +1,107 @@
+//! The running agent: the data path, the maps it owns and the pods, behind
+//! one lock that the gRPC service, the metrics and the introspection API
+//! share.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use crate::{
+    aws_env::{self, SnatEnv},
+    checkpoint::CheckpointFile,
+    dataplane::{list_link_pins, remove_link_pin, Dataplane, NodeMaps},
+    netif,
+    node_file::NodeFile,
+    node_state::{reconcile_node, resolve_enis},
+    pods::{Pods, RestoreReport},
+};
+
+/// What `trunkline-agent run` was told.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunConfig {
+    pub node_file: PathBuf,
+    pub bpf_root: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics_addr: String,
+    pub introspection_addr: String,
+    /// `None`: the object embedded at build time.
+    pub ebpf_object: Option<PathBuf>,
+    pub mtu: u32,
+    pub ip_cooldown: Duration,
+}
+
+pub struct Agent {
+    pub config: RunConfig,
+    /// SNAT and security-group settings from the aws-node environment.
+    pub snat: SnatEnv,
+    pub dp: Dataplane,
+    pub maps: NodeMaps,
+    pub pods: Pods,
+}
+
+pub type Shared = Arc<Mutex<Agent>>;
+
+/// Locks the agent; a panic elsewhere while holding the lock does not make
+/// the state unusable (every operation leaves it consistent or undone).
+pub fn lock(a: &Shared) -> MutexGuard<'_, Agent> {
+    a.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Agent {
+    /// The node IP (the SNAT source).
+    pub fn pods_node_ip(&self) -> dataplane_common::Ipv4 {
+        self.pods.node_ip().octets()
+    }
+
+    /// Loads the node file and the data path (re-using pinned maps and
+    /// links), programs the node maps and ENIs, and restores the pods.
+    pub fn start(config: RunConfig) -> anyhow::Result<(Self, RestoreReport)> {
+        use anyhow::Context as _;
+        let node = NodeFile::load(&config.node_file)?;
+        let snat = aws_env::parse(|k| std::env::var(k).ok(), aws_env::host_ephemeral_range())
+            .context("reading the aws-node environment")?;
+        for skipped in &snat.skipped {
+            tracing::warn!(variable = aws_env::EXCLUDE_SNAT_CIDRS, entry = %skipped, "skipped");
+        }
+        let object = crate::object::load(config.ebpf_object.as_deref())?;
+        let mut dp = Dataplane::load_pinned(&object, &config.bpf_root).with_context(|| {
+            format!(
+                "loading the data path pinned under {}",
+                config.bpf_root.display()
+            )
+        })?;
+        let mut maps = NodeMaps::open(&config.bpf_root).context("opening the pinned maps")?;
+        let enis = resolve_enis(&node)?;
+        // ENI links pinned for an interface instance that is gone.
+        for pin in list_link_pins(&config.bpf_root)? {
+            let is_eni_hook = matches!(
+                pin.hook,
+                dataplane_common::Hook::FromEni | dataplane_common::Hook::ToEni
+            );
+            if is_eni_hook && !netif::is_live(&pin.iface, pin.ifindex) {
+                remove_link_pin(&pin.path)?;
+            }
+        }
+        reconcile_node(&node, &snat, &enis, &mut dp, &mut maps)
+            .context("programming the node's ENIs and maps")?;
+        let checkpoint = CheckpointFile::new(&config.state_dir);
+        let saved = checkpoint.load()?;
+        let mut pods = Pods::new(node, enis, checkpoint, config.ip_cooldown);
+        let report = pods
+            .restore(saved, &mut dp, &mut maps)
+            .context("restoring pods from the checkpoint")?;
+        Ok((
+            Self {
+                config,
+                snat,
+                dp,
+                maps,
+                pods,
+            },
+            report,
+        ))
+    }
+}

@@ -1,0 +1,247 @@
+//! Prometheus metrics (text format). RPC latencies and errors are recorded
+//! as they happen; pod, IP, map and data-path gauges are refreshed from the
+//! agent's state and the pinned maps at each scrape.
+
+use std::time::Duration;
+
+use dataplane_common::{maps as names, Stats};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{conntrack_gc::GcReport, daemon::Agent, dataplane::read_stats, ipam::now_secs};
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn rpc_histogram() -> Histogram {
+    // 0.25 ms .. ~4 s
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.00025, 2.0, 15,
+    ))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pods: Gauge,
+    eni_ips: Family<Labels, Gauge>,
+    rpc_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    rpc_errors: Family<Labels, Counter>,
+    map_entries: Family<Labels, Gauge>,
+    map_capacity: Family<Labels, Gauge>,
+    datapath: Family<Labels, Gauge>,
+    drops: Family<Labels, Gauge>,
+    nat_alloc_failures: Gauge,
+    nat_allocations: Family<Labels, Gauge>,
+    ct_expired: Counter,
+    ct_lru_evictions: Counter,
+    ct_host_flows_removed: Counter,
+    ct_gc_interval: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("trunkline");
+        let m = Self {
+            registry: Registry::default(),
+            pods: Gauge::default(),
+            eni_ips: Family::default(),
+            rpc_seconds: Family::new_with_constructor(rpc_histogram as fn() -> Histogram),
+            rpc_errors: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            datapath: Family::default(),
+            drops: Family::default(),
+            nat_alloc_failures: Gauge::default(),
+            nat_allocations: Family::default(),
+            ct_expired: Counter::default(),
+            ct_lru_evictions: Counter::default(),
+            ct_host_flows_removed: Counter::default(),
+            ct_gc_interval: Gauge::default(),
+        };
+        registry.register("pods", "Pods wired on this node", m.pods.clone());
+        registry.register(
+            "eni_ips",
+            "Pod IPs per ENI by state (free, used, cooling)",
+            m.eni_ips.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "CNI RPC latency by method",
+            m.rpc_seconds.clone(),
+        );
+        registry.register(
+            "rpc_errors",
+            "CNI RPCs that failed, by method",
+            m.rpc_errors.clone(),
+        );
+        registry.register(
+            "map_entries",
+            "Entries in each agent-owned map",
+            m.map_entries.clone(),
+        );
+        registry.register(
+            "map_capacity",
+            "max_entries of each map",
+            m.map_capacity.clone(),
+        );
+        registry.register(
+            "datapath_packets",
+            "Data-path counters from STATS (all programs, all CPUs)",
+            m.datapath.clone(),
+        );
+        registry.register(
+            "drops",
+            "Packets the data path dropped, by reason",
+            m.drops.clone(),
+        );
+        registry.register(
+            "nat_allocation_failures",
+            "SNAT port allocations that failed (counted drops)",
+            m.nat_alloc_failures.clone(),
+        );
+        registry.register(
+            "nat_allocations",
+            "New SNAT mappings by the attempts they needed (1, 2-4, 5-16, 17+)",
+            m.nat_allocations.clone(),
+        );
+        registry.register(
+            "conntrack_expired",
+            "Flows conntrack GC removed after their timeout",
+            m.ct_expired.clone(),
+        );
+        registry.register(
+            "conntrack_lru_evictions",
+            "Flows the LRU maps evicted before their timeout, as GC found them (map pressure)",
+            m.ct_lru_evictions.clone(),
+        );
+        registry.register(
+            "conntrack_host_flows_removed",
+            "Host connections forgotten by GC once their socket was gone",
+            m.ct_host_flows_removed.clone(),
+        );
+        registry.register(
+            "conntrack_gc_interval_seconds",
+            "Current conntrack GC interval (adapts to churn)",
+            m.ct_gc_interval.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    /// What a conntrack GC pass found.
+    pub fn observe_gc(&self, r: &GcReport, interval: Duration) {
+        self.ct_expired.inc_by(r.expired as u64);
+        self.ct_lru_evictions.inc_by(r.lru_evictions() as u64);
+        self.ct_host_flows_removed
+            .inc_by(r.host_flows_removed as u64);
+        self.ct_gc_interval.set(interval.as_secs() as i64);
+        for (name, n) in [(names::CT, r.ct_entries), (names::SNAT_REV, r.rev_entries)] {
+            self.map_entries
+                .get_or_create(&labels(&[("map", name)]))
+                .set(n as i64);
+        }
+    }
+
+    pub fn observe_rpc(&self, method: &str, took: Duration, ok: bool) {
+        let l = labels(&[("method", method)]);
+        self.rpc_seconds
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
+        if !ok {
+            self.rpc_errors.get_or_create(&l).inc();
+        }
+    }
+
+    fn refresh(&self, agent: &mut Agent) {
+        let count = agent.pods.records().count();
+        self.pods.set(count as i64);
+        for u in agent.pods.ipam_mut().usage(now_secs()) {
+            for (state, v) in [("free", u.free), ("used", u.used), ("cooling", u.cooling)] {
+                self.eni_ips
+                    .get_or_create(&labels(&[("eni", &u.eni), ("state", state)]))
+                    .set(v as i64);
+            }
+        }
+        let counts = [
+            (
+                names::PODS,
+                agent.maps.pods().map(|v| v.len()),
+                names::PODS_MAX,
+            ),
+            (
+                names::ENIS,
+                agent.maps.enis().map(|v| v.len()),
+                names::ENIS_MAX,
+            ),
+        ];
+        for (name, n, cap) in counts {
+            if let Ok(n) = n {
+                self.map_entries
+                    .get_or_create(&labels(&[("map", name)]))
+                    .set(n as i64);
+            }
+            self.map_capacity
+                .get_or_create(&labels(&[("map", name)]))
+                .set(cap as i64);
+        }
+        for (name, cap) in [
+            (names::NO_SNAT, names::NO_SNAT_MAX),
+            (names::SERVICE_CIDRS, names::SERVICE_CIDRS_MAX),
+            (names::CT, names::CT_MAX),
+            (names::SNAT_REV, names::SNAT_REV_MAX),
+        ] {
+            self.map_capacity
+                .get_or_create(&labels(&[("map", name)]))
+                .set(cap as i64);
+        }
+        if let Ok(stats) = read_stats(&agent.config.bpf_root) {
+            let total = stats.total();
+            let mut nat_fail = 0u64;
+            for (name, v) in Stats::NAMES.iter().zip(total.values()) {
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                self.datapath
+                    .get_or_create(&labels(&[("counter", name)]))
+                    .set(v);
+                if let Some(reason) = name.strip_prefix("drop_") {
+                    self.drops
+                        .get_or_create(&labels(&[("reason", reason)]))
+                        .set(v);
+                }
+                if *name == "drop_nat_no_port" {
+                    nat_fail = nat_fail.saturating_add(v as u64);
+                }
+                if let Some(bucket) = name.strip_prefix("nat_alloc_try_") {
+                    self.nat_allocations
+                        .get_or_create(&labels(&[("attempts", &bucket.replace('_', "-"))]))
+                        .set(v);
+                }
+            }
+            self.nat_alloc_failures
+                .set(i64::try_from(nat_fail).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The text exposition, refreshed from `agent`.
+    pub fn render(&self, agent: &mut Agent) -> String {
+        self.refresh(agent);
+        let mut out = String::new();
+        if let Err(e) = encode(&mut out, &self.registry) {
+            tracing::warn!(error = %e, "encoding metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,32 @@
+//! Interfaces of the agent's own network namespace, by name.
+
+use std::ffi::CString;
+
+/// The ifindex of `name` in the calling thread's namespace, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (idx != 0).then_some(idx)
+}
+
+/// Whether the interface `name` exists and is still the one with `index`
+/// (a re-created interface gets a new ifindex).
+pub fn is_live(name: &str, index: u32) -> bool {
+    ifindex(name) == Some(index)
+}
+
+/// The MAC address of `name` in the agent's namespace (from sysfs, which
+/// the agent sees for its own network namespace).
+pub fn mac(name: &str) -> Option<[u8; 6]> {
+    if name.contains('/') || name.is_empty() {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
+    let mut mac = [0u8; 6];
+    let mut parts = text.trim().split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}

@@ -1,0 +1,162 @@
+//! The node's desired state in local mode: ENIs from the node file and the
+//! `CONFIG`/`ENIS`/`NO_SNAT`/`SERVICE_CIDRS` contents derived from it, and
+//! the reconciler that writes them.
+
+use std::collections::BTreeMap;
+
+use dataplane_common::{config::CFG_F_SG_STANDARD, maps as names, Config, EniEntry, EniRole, Hook};
+use ipnet::Ipv4Net;
+
+use crate::{
+    aws_env::{SgMode, SnatEnv},
+    dataplane::{Dataplane, NodeMaps},
+    netif,
+    node_file::{gateway_of, NodeFile, Role},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeStateError {
+    #[error(
+        "ENI interface {0:?} of the node file does not exist in the agent's network namespace"
+    )]
+    MissingEni(String),
+    #[error(transparent)]
+    Dataplane(#[from] crate::dataplane::DataplaneError),
+}
+
+/// An ENI resolved in the agent's namespace.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Eni {
+    pub interface: String,
+    pub ifindex: u32,
+    pub role: Role,
+    pub mac: String,
+    pub primary_ip: std::net::Ipv4Addr,
+    pub subnet: Ipv4Net,
+    pub gateway: std::net::Ipv4Addr,
+}
+
+pub fn role_of(r: Role) -> EniRole {
+    match r {
+        Role::Primary => EniRole::Primary,
+        Role::Secondary => EniRole::Secondary,
+        Role::Trunk => EniRole::Trunk,
+    }
+}
+
+/// Resolves every ENI of the node file to its ifindex.
+pub fn resolve_enis(node: &NodeFile) -> Result<BTreeMap<String, Eni>, NodeStateError> {
+    let mut out = BTreeMap::new();
+    for e in &node.eni {
+        let name = e.interface.get_ref().clone();
+        let ifindex =
+            netif::ifindex(&name).ok_or_else(|| NodeStateError::MissingEni(name.clone()))?;
+        out.insert(
+            name.clone(),
+            Eni {
+                interface: name,
+                ifindex,
+                role: e.role,
+                mac: e.mac.to_string(),
+                primary_ip: e.primary_ip,
+                subnet: *e.subnet.get_ref(),
+                gateway: gateway_of(e.subnet.get_ref()),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// `NO_SNAT`: the VPC CIDRs and `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`.
+pub fn no_snat(node: &NodeFile, snat: &SnatEnv) -> Vec<(Ipv4Net, u32)> {
+    let vpc = node
+        .node
+        .vpc_cidrs
+        .iter()
+        .map(|n| (n.trunc(), names::NO_SNAT_VPC_CIDR));
+    let excluded = snat.excluded.iter().map(|n| (*n, names::NO_SNAT_EXCLUDED));
+    vpc.chain(excluded).collect()
+}
+
+/// `SERVICE_CIDRS`: the service CIDRs (kube-proxy) and every address of the
+/// node itself, all handed to the host stack by `from_pod`.
+pub fn pass_to_stack(node: &NodeFile, enis: &BTreeMap<String, Eni>) -> Vec<(Ipv4Net, u32)> {
+    let services = node
+        .node
+        .service_cidrs
+        .iter()
+        .map(|n| (n.trunc(), names::PASS_SERVICE_CIDR));
+    let local = enis
+        .values()
+        .filter_map(|e| Ipv4Net::new(e.primary_ip, 32).ok())
+        .map(|n| (n, names::PASS_NODE_LOCAL));
+    services.chain(local).collect()
+}
+
+/// `CONFIG` from the node file and the aws-node environment.
+pub fn config(node: &NodeFile, primary_ifindex: u32, snat: &SnatEnv) -> Config {
+    Config {
+        node_ip: node.node.primary_ip.octets(),
+        primary_eni_ifindex: primary_ifindex,
+        port_min: snat.port_range.0,
+        port_max: snat.port_range.1,
+        snat_mode: snat.mode as u8,
+        flags: if snat.sg_mode == SgMode::Standard {
+            CFG_F_SG_STANDARD
+        } else {
+            0
+        },
+        ..Config::default()
+    }
+}
+
+/// Writes ENIS, CONFIG, NO_SNAT and SERVICE_CIDRS and attaches from_eni /
+/// to_eni to every ENI (pinned links; already-pinned ones are kept as they
+/// are, so a restart does not disturb forwarding).
+pub fn reconcile_node(
+    node: &NodeFile,
+    snat: &SnatEnv,
+    enis: &BTreeMap<String, Eni>,
+    dp: &mut Dataplane,
+    maps: &mut NodeMaps,
+) -> Result<(), NodeStateError> {
+    let node_files = node.eni.iter().map(|e| (e.interface.get_ref(), e));
+    for (name, file_eni) in node_files {
+        let Some(eni) = enis.get(name) else {
+            return Err(NodeStateError::MissingEni(name.clone()));
+        };
+        let entry = EniEntry {
+            role: role_of(eni.role) as u32,
+            primary_ip: eni.primary_ip.octets(),
+            gateway_ip: eni.gateway.octets(),
+            mac: file_eni.mac.0,
+            gateway_mac: file_eni.gateway_mac.map(|m| m.0).unwrap_or_default(),
+        };
+        maps.put_eni(eni.ifindex, &entry)?;
+        let made = dp.attach_pinned(&eni.interface, eni.ifindex, &[Hook::FromEni, Hook::ToEni])?;
+        if made > 0 {
+            tracing::info!(eni = %eni.interface, ifindex = eni.ifindex, links = made, "attached from_eni/to_eni");
+        }
+    }
+    // ENIS entries of interfaces that are no longer ENIs.
+    for (ifindex, _) in maps.enis()? {
+        if !enis.values().any(|e| e.ifindex == ifindex) {
+            tracing::info!(ifindex, "removing stale ENIS entry");
+            maps.remove_eni(ifindex)?;
+        }
+    }
+    let primary = enis
+        .values()
+        .find(|e| e.role == Role::Primary)
+        .ok_or_else(|| NodeStateError::MissingEni("<primary>".into()))?;
+    // Written only when it differs, so a restart with the same settings
+    // leaves the data path untouched; a changed setting applies to new flows
+    // (established ones keep their translation).
+    let want = config(node, primary.ifindex, snat);
+    if maps.config()? != want {
+        maps.put_config(&want)?;
+    }
+    maps.sync_no_snat(&no_snat(node, snat))?;
+    maps.sync_service_cidrs(&pass_to_stack(node, enis))?;
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! `trunkline-agent run`: start the agent and serve until SIGTERM/SIGINT.
+//! Exiting detaches nothing: maps and links stay pinned and keep forwarding.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+use trunkline_rpc::v1::agent_server::AgentServer;
+
+use crate::{
+    conntrack_gc::{self, Collector, CtMaps, Timeouts},
+    daemon::{Agent, RunConfig},
+    http::{self, Endpoint},
+    metrics::Metrics,
+    service::AgentService,
+};
+
+/// Binds the unix socket with mode 0600 from the start (no window where
+/// another user could connect), replacing a stale one.
+fn bind_socket(path: &std::path::Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()))
+        }
+    }
+    // SAFETY: umask has no memory-safety preconditions; we restore it at once.
+    let old = unsafe { libc::umask(0o177) };
+    let listener = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let listener = listener.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod 0600 {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+pub fn run(config: RunConfig) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(serve(config))
+}
+
+async fn serve(config: RunConfig) -> Result<()> {
+    let (agent, report) = Agent::start(config.clone())?;
+    tracing::info!(
+        kept = report.kept,
+        removed_records = report.removed_records,
+        removed_entries = report.removed_entries,
+        removed_links = report.removed_links,
+        bpf_root = %config.bpf_root.display(),
+        "agent started"
+    );
+    let node_ip = agent.pods_node_ip();
+    let agent = Arc::new(Mutex::new(agent));
+    let metrics = Arc::new(Metrics::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let gc = spawn_conntrack_gc(
+        config.bpf_root.clone(),
+        node_ip,
+        metrics.clone(),
+        stop.clone(),
+    )?;
+
+    let metrics_l = TcpListener::bind(&config.metrics_addr)
+        .await
+        .with_context(|| format!("binding --metrics-addr {}", config.metrics_addr))?;
+    let intro_l = TcpListener::bind(&config.introspection_addr)
+        .await
+        .with_context(|| format!("binding --introspection-addr {}", config.introspection_addr))?;
+    tokio::spawn(http::serve(
+        metrics_l,
+        Endpoint::Metrics,
+        agent.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(http::serve(
+        intro_l,
+        Endpoint::Introspection,
+        agent.clone(),
+        metrics.clone(),
+    ));
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<AgentServer<AgentService>>().await;
+    let listener = bind_socket(&config.socket)?;
+    tracing::info!(socket = %config.socket.display(), metrics = %config.metrics_addr, introspection = %config.introspection_addr, "serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(AgentServer::new(AgentService::new(agent.clone(), metrics)))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .await;
+    let _ = std::fs::remove_file(&config.socket);
+    stop.store(true, Ordering::Relaxed);
+    let _ = gc.join();
+    result.context("serving gRPC")?;
+    tracing::info!("stopped; maps and links stay pinned");
+    Ok(())
+}
+
+/// Conntrack GC on its own thread (a pass over a full table takes long
+/// enough that it must not stall the RPC server), at an interval that
+/// adapts to churn, until `stop`.
+fn spawn_conntrack_gc(
+    bpf_root: PathBuf,
+    node_ip: dataplane_common::Ipv4,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+) -> Result<JoinHandle<()>> {
+    let mut maps = CtMaps::open(&bpf_root).context("opening CT and SNAT_REV for GC")?;
+    let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+    let handle = std::thread::Builder::new()
+        .name("conntrack-gc".into())
+        .spawn(move || {
+            let mut collector = Collector::new(Timeouts::default());
+            let mut interval = Duration::from_secs(10);
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                let sockets = conntrack_gc::host_sockets();
+                match collector.collect(&mut maps, conntrack_gc::now_coarse_ns(), node_ip, &sockets) {
+                    Ok(report) => {
+                        interval = conntrack_gc::next_interval(interval, &report, min, max);
+                        metrics.observe_gc(&report, interval);
+                        tracing::debug!(?report, took = ?started.elapsed(), next = ?interval, "conntrack GC");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "conntrack GC pass failed"),
+                }
+                let until = Instant::now() + interval;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+        })
+        .context("starting the conntrack GC thread")?;
+    Ok(handle)
+}

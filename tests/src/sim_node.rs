@@ -1,0 +1,353 @@
+//! The simulated EKS node of `test-topology.md` for the agent and the CNI
+//! plugin: a "vpc" namespace (the node subnet as a bridge, gateway
+//! 192.168.0.1, routing to a "peer" namespace in another VPC subnet and an
+//! "inet" namespace), a "node" namespace with three ENI links (eth0
+//! primary, eth1 secondary, eth2 trunk) toward it, a private bpffs, a state
+//! dir, and the real `trunkline-agent` running inside the node namespace in
+//! local mode. Pods are namespaces the tests create and wire with
+//! `trunkline-cni`. (The VPC's per-ENI source check and the trunk's branch
+//! ENI emulation come with the traffic issues.)
+//!
+//! Drop order: the agent is killed first, then the namespaces go (and with
+//! them every veth), then the bpffs mount (and with it every pinned map and
+//! link), then the state dir.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    agent_proc::AgentProc,
+    bpffs::BpffsMount,
+    netns::{veth, Netns},
+};
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 31, 166);
+pub const SUBNET: &str = "192.168.0.0/19";
+pub const VPC_GATEWAY: &str = "192.168.0.1/19";
+pub const BRANCH_POD: (&str, &str) = ("default", "aws-cli");
+pub const BRANCH_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 26, 162);
+pub const BRANCH_MAC: &str = "02:b0:01:6c:b5:79";
+pub const BRANCH_VLAN: u16 = 1;
+
+/// (link, role, MAC, primary IP, first pod IP's last octet)
+pub const ENIS: [(&str, &str, &str, Ipv4Addr); 3] = [
+    (
+        "eth0",
+        "primary",
+        "02:a5:ee:3d:4a:c9",
+        Ipv4Addr::new(192, 168, 31, 166),
+    ),
+    (
+        "eth1",
+        "secondary",
+        "02:a5:ee:3d:4a:ca",
+        Ipv4Addr::new(192, 168, 30, 10),
+    ),
+    (
+        "eth2",
+        "trunk",
+        "02:a5:ee:3d:4a:cb",
+        Ipv4Addr::new(192, 168, 29, 10),
+    ),
+];
+
+/// Pod IPs per ENI: eth0 192.168.31.170.., eth1 192.168.30.20..
+pub const IPS_PER_ENI: u8 = 64;
+
+pub fn pod_ips(eni: &str) -> Vec<Ipv4Addr> {
+    match eni {
+        "eth0" => (0..IPS_PER_ENI)
+            .map(|i| Ipv4Addr::new(192, 168, 31, 170 + i))
+            .collect(),
+        "eth1" => (0..IPS_PER_ENI)
+            .map(|i| Ipv4Addr::new(192, 168, 30, 20 + i))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The node file, in the format of the issue.
+pub fn node_file(eth0_ips: &[Ipv4Addr], eth1_ips: &[Ipv4Addr]) -> String {
+    let list = |ips: &[Ipv4Addr]| {
+        ips.iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut s = format!(
+        "[node]\nprimary_ip = \"{NODE_IP}\"\nvpc_cidrs = [\"192.168.0.0/16\", \"100.64.0.0/16\"]\nservice_cidrs = [\"10.100.0.0/16\"]\n"
+    );
+    for (link, role, mac, ip) in ENIS {
+        let ips = match link {
+            "eth0" => list(eth0_ips),
+            "eth1" => list(eth1_ips),
+            _ => String::new(),
+        };
+        s.push_str(&format!(
+            "[[eni]]\ninterface = \"{link}\"\nrole = \"{role}\"\nmac = \"{mac}\"\nprimary_ip = \"{ip}\"\nsubnet = \"{SUBNET}\"\npod_ips = [{ips}]\n"
+        ));
+    }
+    s.push_str(&format!(
+        "[[branch]]\npod = \"{}/{}\"\neni_id = \"eni-09a7a909e06fc4be6\"\nmac = \"{BRANCH_MAC}\"\nip = \"{BRANCH_IP}\"\nvlan = {BRANCH_VLAN}\nsubnet = \"{SUBNET}\"\n",
+        BRANCH_POD.0, BRANCH_POD.1
+    ));
+    s
+}
+
+/// A directory under the temp dir removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("tl-{}", crate::unique(tag)));
+        std::fs::create_dir_all(&p).with_context(|| format!("mkdir {}", p.display()))?;
+        Ok(Self(p))
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct SimNode {
+    pub agent: Option<AgentProc>,
+    pub node: Netns,
+    /// Another VPC subnet (192.168.64.0/24), routed by "vpc".
+    pub peer: Netns,
+    /// The internet side (203.0.113.0/24), routed by "vpc".
+    pub inet: Netns,
+    pub vpc: Netns,
+    pub bpffs: BpffsMount,
+    pub dir: TempDir,
+    /// Extra env for the next agent start (fault injection).
+    agent_env: Vec<(String, String)>,
+    /// `--ip-cooldown` of the next agent start (0 unless a test sets it).
+    pub ip_cooldown_secs: u64,
+}
+
+impl SimNode {
+    /// Builds the namespaces and starts the agent with the default pools.
+    pub fn new() -> Result<Self> {
+        Self::with_pools(&pod_ips("eth0"), &pod_ips("eth1"))
+    }
+
+    pub fn with_pools(eth0: &[Ipv4Addr], eth1: &[Ipv4Addr]) -> Result<Self> {
+        let mut n = Self::build()?;
+        std::fs::write(n.node_file(), node_file(eth0, eth1))?;
+        n.start_agent()?;
+        Ok(n)
+    }
+
+    /// Namespaces, links and dirs; no agent yet.
+    pub fn build() -> Result<Self> {
+        let dir = TempDir::new("sim")?;
+        let bpffs = BpffsMount::new()?;
+        let vpc = Netns::new("vpc")?;
+        let node = Netns::new("node")?;
+        vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
+        vpc.ip(&["addr", "add", VPC_GATEWAY, "dev", "br0"])?;
+        vpc.ip(&["link", "set", "br0", "up"])?;
+        for (link, _, mac, _) in ENIS {
+            let port = format!("n-{link}");
+            veth(&node, link, &vpc, &port)?;
+            node.ip(&["link", "set", link, "address", mac])?;
+            vpc.ip(&["link", "set", &port, "master", "br0"])?;
+        }
+        node.ip(&["addr", "add", &format!("{NODE_IP}/19"), "dev", "eth0"])?;
+        let peer = Netns::new("peer")?;
+        let inet = Netns::new("inet")?;
+        for (ns, vpc_end, vpc_ip, ip, gw) in [
+            (
+                &peer,
+                "to-peer",
+                "192.168.64.1/24",
+                "192.168.64.10/24",
+                "192.168.64.1",
+            ),
+            (
+                &inet,
+                "to-inet",
+                "203.0.113.1/24",
+                "203.0.113.10/24",
+                "203.0.113.1",
+            ),
+        ] {
+            veth(&vpc, vpc_end, ns, "eth0")?;
+            vpc.ip(&["addr", "add", vpc_ip, "dev", vpc_end])?;
+            ns.ip(&["addr", "add", ip, "dev", "eth0"])?;
+            ns.ip(&["route", "add", "default", "via", gw])?;
+        }
+        vpc.sysctl("net.ipv4.ip_forward", "1")?;
+        Ok(Self {
+            agent: None,
+            node,
+            peer,
+            inet,
+            vpc,
+            bpffs,
+            dir,
+            agent_env: Vec::new(),
+            ip_cooldown_secs: 0,
+        })
+    }
+
+    pub fn node_file(&self) -> PathBuf {
+        self.dir.path().join("node.toml")
+    }
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+    pub fn checkpoint(&self) -> PathBuf {
+        self.state_dir().join("checkpoint.json")
+    }
+    pub fn bpf_root(&self) -> &Path {
+        self.bpffs.path()
+    }
+
+    pub fn set_agent_env(&mut self, env: &[(&str, &str)]) {
+        self.agent_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    pub fn start_agent(&mut self) -> Result<()> {
+        let cooldown = self.ip_cooldown_secs.to_string();
+        let args: Vec<String> = [
+            "--node-file",
+            &self.node_file().to_string_lossy(),
+            "--bpf-root",
+            &self.bpf_root().to_string_lossy(),
+            "--socket",
+            &self.socket().to_string_lossy(),
+            "--state-dir",
+            &self.state_dir().to_string_lossy(),
+            "--metrics-addr",
+            "127.0.0.1:61678",
+            "--introspection-addr",
+            "127.0.0.1:61679",
+            "--ebpf-object",
+            &crate::object::path().to_string_lossy(),
+            "--ip-cooldown",
+            &cooldown,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let env: Vec<(&str, &str)> = self
+            .agent_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let n = self.agent.as_ref().map(|_| 1).unwrap_or(0);
+        let log = self
+            .dir
+            .path()
+            .join(format!("agent-{}.log", crate::unique(&n.to_string())));
+        let agent = AgentProc::start(self.node.name(), &args, &env, &self.socket(), &log)?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// SIGKILL the agent (the data path stays pinned).
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.kill();
+        }
+    }
+
+    /// The agent's log so far (for failure messages).
+    pub fn agent_log(&self) -> String {
+        self.agent
+            .as_ref()
+            .map(AgentProc::log_text)
+            .unwrap_or_default()
+    }
+
+    /// `trunkline-agent inspect <what> --json` through the binary.
+    pub fn inspect(&self, what: &str) -> Result<serde_json::Value> {
+        let out = std::process::Command::new(crate::binaries::agent())
+            .args(["inspect", what, "--json", "--bpf-root"])
+            .arg(self.bpf_root())
+            .output()
+            .context("running trunkline-agent inspect")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "inspect {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).context("inspect output is not JSON")
+    }
+
+    /// Names of the link pins under `<bpf-root>/links`.
+    pub fn link_pins(&self) -> Result<Vec<String>> {
+        let dir = self.bpf_root().join("links");
+        let mut v: Vec<String> = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e).context("reading links dir"),
+        };
+        v.sort();
+        Ok(v)
+    }
+
+    /// `tc filter show` of `veth`'s ingress and egress in the node namespace
+    /// (the pod programs: name, program id, priority, handle).
+    pub fn pod_filters(&self, veth: &str) -> Result<String> {
+        let ingress = self
+            .node
+            .exec_ok("tc", &["filter", "show", "dev", veth, "ingress"])?;
+        let egress = self
+            .node
+            .exec_ok("tc", &["filter", "show", "dev", veth, "egress"])?;
+        Ok(format!("ingress:\n{ingress}egress:\n{egress}"))
+    }
+
+    /// The pods of the checkpoint file.
+    pub fn checkpoint_pods(&self) -> Result<Vec<serde_json::Value>> {
+        let text = std::fs::read_to_string(self.checkpoint()).context("reading the checkpoint")?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        Ok(v["pods"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Links in the node namespace whose name starts with `prefix`.
+    pub fn links_with_prefix(&self, prefix: &str) -> Result<Vec<String>> {
+        let out = self.node.exec_ok("ip", &["-o", "link", "show"])?;
+        Ok(out
+            .lines()
+            .filter_map(|l| l.split(": ").nth(1))
+            .map(|n| n.split('@').next().unwrap_or(n).to_string())
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+
+    /// `ip rule` + `ip route show table all` in the node namespace.
+    pub fn host_routing(&self) -> Result<String> {
+        let rules = self.node.exec_ok("ip", &["rule"])?;
+        let routes = self
+            .node
+            .exec_ok("ip", &["route", "show", "table", "all"])?;
+        Ok(format!("{rules}\n{routes}"))
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        self.kill_agent();
+    }
+}
