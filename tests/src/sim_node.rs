@@ -33,7 +33,7 @@ pub const BRANCH_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 26, 162);
 pub const BRANCH_MAC: &str = "02:b0:01:6c:b5:79";
 pub const BRANCH_VLAN: u16 = 1;
 
-/// (link, role, MAC, primary IP, first pod IP's last octet)
+/// (link, role, MAC, primary IP) of the node's ENIs.
 pub const ENIS: [(&str, &str, &str, Ipv4Addr); 3] = [
     (
         "eth0",
