@@ -34,8 +34,11 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     if strict_branch(cfg, &pod) {
         return Verdict::Drop(DropReason::StrictNotTrunk);
     }
-    // Same-node pods reach each other directly: never "via stack".
-    if maps::pod(&pkt.src).is_some() || !opens_flow(pkt) {
+    // Everything here came through the stack, also from a pod on this node
+    // (a ClusterIP DNATed to this pod): its replies must go back through
+    // the stack to be un-DNATed. Direct pod-to-pod deliveries never get
+    // here (peer redirect), or carry our record (plain redirect).
+    if !opens_flow(pkt) {
         return Verdict::Pass;
     }
     let Ok(key) = conntrack::flow_key(pkt) else {

@@ -25,6 +25,7 @@ pub mod sim_node;
 pub mod skbuff;
 pub mod snat_node;
 pub mod traffic;
+pub mod vpc_fabric;
 pub mod vpc_trunk;
 
 /// A process-unique suffix for names of things a test creates.

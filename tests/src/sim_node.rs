@@ -32,6 +32,8 @@ pub const BRANCH_POD: (&str, &str) = ("default", "aws-cli");
 pub const BRANCH_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 26, 162);
 pub const BRANCH_MAC: &str = "02:b0:01:6c:b5:79";
 pub const BRANCH_VLAN: u16 = 1;
+/// The subnet gateway's MAC (the "vpc" bridge).
+pub const VPC_GATEWAY_MAC: &str = "02:00:00:fe:fe:01";
 
 /// (link, role, MAC, primary IP) of the node's ENIs.
 pub const ENIS: [(&str, &str, &str, Ipv4Addr); 3] = [
@@ -90,6 +92,9 @@ pub fn node_file(eth0_ips: &[Ipv4Addr], eth1_ips: &[Ipv4Addr]) -> String {
         s.push_str(&format!(
             "[[eni]]\ninterface = \"{link}\"\nrole = \"{role}\"\nmac = \"{mac}\"\nprimary_ip = \"{ip}\"\nsubnet = \"{SUBNET}\"\npod_ips = [{ips}]\n"
         ));
+        if role == "trunk" {
+            s.push_str(&format!("gateway_mac = \"{VPC_GATEWAY_MAC}\"\n"));
+        }
     }
     s.push_str(&format!(
         "[[branch]]\npod = \"{}/{}\"\neni_id = \"eni-09a7a909e06fc4be6\"\nmac = \"{BRANCH_MAC}\"\nip = \"{BRANCH_IP}\"\nvlan = {BRANCH_VLAN}\nsubnet = \"{SUBNET}\"\n",
@@ -154,6 +159,8 @@ impl SimNode {
         let vpc = Netns::new("vpc")?;
         let node = Netns::new("node")?;
         vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
+        // A fixed gateway MAC: the node file gives it for the trunk.
+        vpc.ip(&["link", "set", "br0", "address", VPC_GATEWAY_MAC])?;
         vpc.ip(&["addr", "add", VPC_GATEWAY, "dev", "br0"])?;
         vpc.ip(&["link", "set", "br0", "up"])?;
         for (link, _, mac, _) in ENIS {

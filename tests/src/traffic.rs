@@ -33,9 +33,23 @@ pub fn tcp_echo(
     port: u16,
     payload: &[u8],
 ) -> Result<Seen> {
+    let at = SocketAddr::V4(SocketAddrV4::new(server_ip, port));
+    tcp_echo_via(client, server, at, at, payload)
+}
+
+/// Like [`tcp_echo`], with the server bound at `bind` and the client
+/// connecting to `connect` (a NodePort or service address that something
+/// in between translates).
+pub fn tcp_echo_via(
+    client: &Netns,
+    server: &Netns,
+    bind: SocketAddr,
+    connect: SocketAddr,
+    payload: &[u8],
+) -> Result<Seen> {
     let listener = server
-        .run_in(|| TcpListener::bind((server_ip, port)))
-        .with_context(|| format!("binding {server_ip}:{port} in {}", server.name()))?;
+        .run_in(|| TcpListener::bind(bind))
+        .with_context(|| format!("binding {bind} in {}", server.name()))?;
     listener.set_nonblocking(true)?;
     let len = payload.len();
     let srv = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
@@ -61,8 +75,7 @@ pub fn tcp_echo(
     });
     let payload = payload.to_vec();
     let echoed = client.run_in(move || -> Result<Vec<u8>> {
-        let addr = SocketAddr::V4(SocketAddrV4::new(server_ip, port));
-        let mut s = TcpStream::connect_timeout(&addr, TIMEOUT)?;
+        let mut s = TcpStream::connect_timeout(&connect, TIMEOUT)?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.write_all(&payload)?;
         let mut back = vec![0u8; payload.len()];

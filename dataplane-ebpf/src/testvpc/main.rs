@@ -75,7 +75,11 @@ pub fn vpc_trunk_in(ctx: TcContext) -> i32 {
     let (Some(src_mac), Some(ethertype)) = (bytes::<6>(&ctx, 6), bytes::<2>(&ctx, l3 - 2)) else {
         return reject();
     };
-    let src_ip = if u16::from_be_bytes(ethertype) == ETH_P_IP { bytes::<4>(&ctx, l3 + 12) } else { None };
+    let src_ip = if u16::from_be_bytes(ethertype) == ETH_P_IP {
+        bytes::<4>(&ctx, l3 + 12)
+    } else {
+        None
+    };
     if src_mac != branch.mac || src_ip != Some(branch.ip) {
         return reject();
     }
@@ -100,7 +104,8 @@ fn reject() -> i32 {
 /// Frames to the node.
 #[classifier]
 pub fn vpc_trunk_out(ctx: TcContext) -> i32 {
-    let (Some(ethertype), Some(dst)) = (bytes::<2>(&ctx, 12), bytes::<4>(&ctx, ETH_HLEN + 16)) else {
+    let (Some(ethertype), Some(dst)) = (bytes::<2>(&ctx, 12), bytes::<4>(&ctx, ETH_HLEN + 16))
+    else {
         return TC_ACT_OK;
     };
     if u16::from_be_bytes(ethertype) != ETH_P_IP {
