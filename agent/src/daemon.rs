@@ -51,6 +51,20 @@ pub fn lock(a: &Shared) -> MutexGuard<'_, Agent> {
 }
 
 impl Agent {
+    /// Re-reads the node file and re-programs what it describes of the node
+    /// (VPC and service CIDRs, ENIs): a changed VPC CIDR reaches `NO_SNAT`
+    /// at once, while established flows keep their translation. Pod pools
+    /// are read at start only.
+    pub fn reload_node_file(&mut self) -> anyhow::Result<()> {
+        use anyhow::Context as _;
+        let node = NodeFile::load(&self.config.node_file)?;
+        let enis = resolve_enis(&node)?;
+        reconcile_node(&node, &self.snat, &enis, &mut self.dp, &mut self.maps)
+            .context("re-programming the node's maps")?;
+        tracing::info!(vpc_cidrs = ?node.node.vpc_cidrs, "node file reloaded");
+        Ok(())
+    }
+
     /// The node IP (the SNAT source).
     pub fn pods_node_ip(&self) -> dataplane_common::Ipv4 {
         self.pods.node_ip().octets()

@@ -3,7 +3,6 @@
 
 use std::{net::Ipv4Addr, path::Path};
 
-use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{maps as names, CtEntry, CtKey, EniEntry, EniRole, PodEntry};
 use serde_json::{json, Value};
 
@@ -120,54 +119,52 @@ pub fn enis(bpf_root: &Path, as_json: bool) -> Result<String> {
     })
 }
 
-fn open_hash<K: aya::Pod, V: aya::Pod>(
-    bpf_root: &Path,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>> {
-    let err = |source| DataplaneError::Map { name, source };
-    let data = MapData::from_pin(bpf_root.join(name)).map_err(err)?;
-    let map = Map::from_map_data(data).map_err(err)?;
-    HashMap::try_from(map).map_err(err)
+fn flows(bpf_root: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
+    let open_err = |e: crate::conntrack_gc::GcError| DataplaneError::Io {
+        path: bpf_root.join(names::CT),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let maps = crate::conntrack_gc::CtMaps::open(bpf_root).map_err(open_err)?;
+    maps.ct_entries().map_err(open_err)
 }
 
-/// Conntrack and NAT maps printed generically (their layout is the
-/// conntrack issue's to refine).
-fn generic<K: aya::Pod + std::fmt::Debug, V: aya::Pod + std::fmt::Debug>(
-    bpf_root: &Path,
-    name: &'static str,
-    as_json: bool,
-) -> Result<String> {
-    let map = open_hash::<K, V>(bpf_root, name)?;
-    let entries: Vec<(K, V)> = map
-        .iter()
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|source| DataplaneError::Map { name, source })?;
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|(k, v)| vec![format!("{k:?}"), format!("{v:?}")])
-        .collect();
+/// `inspect ct`: conntrack as `conntrack -L` prints it.
+pub fn ct(bpf_root: &Path, as_json: bool) -> Result<String> {
+    let flows = flows(bpf_root)?;
+    let (now, t) = (
+        crate::conntrack_gc::now_coarse_ns(),
+        crate::conntrack_gc::Timeouts::default(),
+    );
     Ok(if as_json {
-        Value::Array(
-            rows.iter()
-                .map(|r| json!({"key": r[0], "value": r[1]}))
-                .collect(),
-        )
-        .to_string()
+        crate::inspect_ct::ct_json(&flows, now, &t).to_string()
     } else {
-        format!(
-            "{}\n({} entries in {name})",
-            table(&["KEY", "VALUE"], &rows),
-            rows.len()
-        )
+        crate::inspect_ct::ct_lines(&flows, now, &t)
     })
 }
 
-pub fn ct(bpf_root: &Path, as_json: bool) -> Result<String> {
-    generic::<CtKey, CtEntry>(bpf_root, names::CT, as_json)
-}
-
+/// `inspect nat`: every SNAT mapping and the destinations using most ports.
 pub fn nat(bpf_root: &Path, as_json: bool) -> Result<String> {
-    generic::<CtKey, CtKey>(bpf_root, names::SNAT_REV, as_json)
+    let flows = flows(bpf_root)?;
+    let config = crate::dataplane::NodeMaps::open(bpf_root)?.config()?;
+    let range = (config.port_min, config.port_max);
+    Ok(if as_json {
+        let mappings: Vec<Value> =
+            crate::inspect_ct::ct_json(&flows, 0, &crate::conntrack_gc::Timeouts::default())
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|f| f["snat"] == true)
+                .cloned()
+                .collect();
+        let top: Vec<Value> = crate::inspect_ct::ports_by_destination(&flows)
+            .into_iter()
+            .map(|((ip, port, proto), n)| json!({"destination": format!("{ip}:{port}"), "proto": proto, "ports": n}))
+            .collect();
+        json!({"port_range": [range.0, range.1], "mappings": mappings, "top_destinations": top})
+            .to_string()
+    } else {
+        crate::inspect_ct::nat_table(&flows, range, 10)
+    })
 }
 
 #[cfg(test)]

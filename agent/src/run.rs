@@ -49,6 +49,23 @@ fn bind_socket(path: &std::path::Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// SIGHUP: re-read the node file (e.g. a VPC CIDR was added).
+async fn reload_on_sighup(agent: crate::daemon::Shared) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler; restart to reload the node file");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        if let Err(e) = crate::daemon::lock(&agent).reload_node_file() {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "node file reload failed; keeping the running configuration"
+            );
+        }
+    }
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
@@ -111,6 +128,8 @@ async fn serve(config: RunConfig) -> Result<()> {
         agent.clone(),
         metrics.clone(),
     ));
+
+    tokio::spawn(reload_on_sighup(agent.clone()));
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AgentServer<AgentService>>().await;

@@ -124,3 +124,15 @@ impl Drop for AgentProc {
         self.kill();
     }
 }
+
+impl AgentProc {
+    /// Sends SIGHUP (reload the node file).
+    pub fn hangup(&self) -> Result<()> {
+        let pid = self.pid().context("agent not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .context("SIGHUP")
+    }
+}
