@@ -4,6 +4,7 @@
 //! - source/destination check: an nft bridge rule per ENI port drops
 //!   frames whose source IP the port's ENI does not own (counted);
 //! - the trunk port plays EC2's branch ENIs ([`VpcTrunk`]).
+//!
 //! Also gives the node its default route via the subnet gateway, as any
 //! node has. Pods are added with the real CNI plugin ([`CniPod`]).
 

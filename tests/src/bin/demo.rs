@@ -6,6 +6,7 @@
 //! Everything is removed at the end, also on Ctrl-C.
 
 use std::{
+    net::Ipv4Addr,
     process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -21,6 +22,7 @@ use testbed::{
     object,
     sim_node::{pod_ips, SimNode, BRANCH_POD},
     traffic,
+    vpc_fabric::{own, Fabric},
 };
 use trunkline_agent::{dataplane::read_stats, inspect};
 
@@ -98,7 +100,8 @@ fn main() -> Result<()> {
     step(
         "simulated node: vpc + node namespaces, ENIs eth0/eth1/eth2, trunkline-agent in local mode",
     )?;
-    let sim = SimNode::with_pools(&pod_ips("eth0")[..4], &pod_ips("eth1")[..4])?;
+    // One eth0 address, so the second pod gets a secondary-ENI address.
+    let sim = SimNode::with_pools(&pod_ips("eth0")[..1], &pod_ips("eth1")[..4])?;
     println!(
         "node namespace {}, agent socket {}, maps pinned under {}",
         sim.node.name(),
@@ -135,6 +138,58 @@ fn main() -> Result<()> {
         println!("(took {:.1} ms)", out.took.as_secs_f64() * 1000.0);
         netns.push((pod, path, cid, *ns, *name));
     }
+
+    step("traffic from the three pods through a VPC that checks source addresses per ENI")?;
+    let fabric = Fabric::install(&sim)?;
+    let ip_of = |i: usize| -> Result<Ipv4Addr> {
+        let out = netns[i]
+            .0
+            .exec_ok("ip", &["-4", "-o", "addr", "show", "dev", "eth0"])?;
+        let word = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .context("no pod IP")?;
+        Ok(word.split('/').next().unwrap_or_default().parse()?)
+    };
+    let (web, cart) = (ip_of(0)?, ip_of(1)?);
+    own(&sim, "eth0", web)?;
+    own(&sim, "eth1", cart)?;
+    let inet_ip = Ipv4Addr::new(203, 0, 113, 10);
+    let peer_ip = Ipv4Addr::new(192, 168, 64, 10);
+    let seen = traffic::udp_echo(&netns[0].0, &sim.inet, inet_ip, 7000, 3)?;
+    println!(
+        "default/web  {web} -> internet {inet_ip}: the internet saw {} (SNAT to the node IP)",
+        seen.peer.ip()
+    );
+    let seen = traffic::udp_echo(&netns[1].0, &sim.peer, peer_ip, 7001, 3)?;
+    let (passed, dropped) = fabric.source_check(&sim, "eth1")?;
+    println!(
+        "shop/cart    {cart} -> VPC peer {peer_ip}: the peer saw {} (left by eth1; VPC source check passed {passed}, dropped {dropped})",
+        seen.peer.ip()
+    );
+    let seen = traffic::udp_echo(&netns[2].0, &sim.peer, peer_ip, 7002, 3)?;
+    let t = fabric.trunk.stats()?;
+    println!(
+        "default/aws-cli (branch ENI, VLAN 1) -> VPC peer: the peer saw {}; EC2's trunk accepted {} tagged frames, rejected {}, tagged {} replies",
+        seen.peer.ip(),
+        t.accepted,
+        t.rejected,
+        t.tagged
+    );
+    let seen = traffic::tcp_echo(&netns[0].0, &netns[1].0, cart, 8080, b"hello cart")?;
+    println!(
+        "default/web -> shop/cart on the same node: cart saw {} (one redirect, no stack)",
+        seen.peer.ip()
+    );
+
+    step("trunkline-agent inspect nat")?;
+    let out = Command::new(testbed::binaries::agent())
+        .args(["inspect", "nat", "--bpf-root"])
+        .arg(sim.bpf_root())
+        .output()
+        .context("running trunkline-agent inspect")?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
 
     step("trunkline-agent inspect pods")?;
     let out = Command::new(testbed::binaries::agent())
