@@ -39,8 +39,14 @@ enum Command {
     },
     /// Build what is missing and run the demo: a simulated node with real traffic.
     Demo,
-    /// Measure the data path: per-packet program cost (BPF_PROG_TEST_RUN).
-    Bench,
+    /// Measure trunkline against the legacy plumbing and plain routing in one
+    /// run (throughput, pps, connection rate, latency) and the per-packet
+    /// program cost; results under bench/results/.
+    Bench {
+        /// Short measurements (2 s each).
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Test { args } => run::test(&args)?,
         Command::Demo => run::demo()?,
-        Command::Bench => run::bench()?,
+        Command::Bench { quick } => run::bench(quick)?,
     }
     Ok(())
 }

@@ -1,0 +1,217 @@
+//! `cargo xtask bench`: trunkline against the plumbing it replaces and
+//! against plain routing, side by side in one run on the same topology
+//! (the edge of the simulated VPC: pod → node → router → internet host).
+//!
+//! - baseline: the node routes, no NAT, no rules;
+//! - legacy: aws-node's iptables SNAT chain (`AWS-SNAT-CHAIN-0`);
+//! - trunkline: the eBPF data path.
+//!
+//! Ratios matter, not absolute figures: the machine is shared.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use dataplane_common::SnatMode;
+use serde_json::{json, Value};
+use testbed::{
+    object,
+    snat_node::{Plumbing, SnatNode, SnatOptions, INET_IP},
+    traffic::Background,
+};
+
+struct Setup {
+    name: &'static str,
+    opts: SnatOptions,
+}
+
+fn setups() -> Vec<Setup> {
+    let d = SnatOptions::default();
+    vec![
+        Setup {
+            name: "baseline",
+            opts: SnatOptions {
+                plumbing: Plumbing::Legacy,
+                mode: SnatMode::Off,
+                ..d
+            },
+        },
+        Setup {
+            name: "legacy",
+            opts: SnatOptions {
+                plumbing: Plumbing::Legacy,
+                ..d
+            },
+        },
+        Setup {
+            name: "trunkline",
+            opts: d,
+        },
+    ]
+}
+
+fn iperf(n: &SnatNode, args: &[&str], secs: u64) -> Result<Value> {
+    let server = Background::spawn(
+        &n.inet,
+        "iperf3",
+        &["-s", "-1", "-B", &INET_IP.to_string(), "-p", "5201"],
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let t = secs.to_string();
+    let mut a = vec!["-c", "203.0.113.10", "-p", "5201", "-t", &t, "-J"];
+    a.extend_from_slice(args);
+    let out = n.pod.exec("iperf3", &a)?;
+    drop(server);
+    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    Ok(v)
+}
+
+fn tcp_gbps(n: &SnatNode, streams: u32, secs: u64) -> Result<f64> {
+    let p = streams.to_string();
+    let v = iperf(n, &["-P", &p], secs)?;
+    Ok(v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e9)
+}
+
+fn udp_kpps(n: &SnatNode, secs: u64) -> Result<f64> {
+    let v = iperf(n, &["-u", "-l", "64", "-b", "0"], secs)?;
+    let sum = &v["end"]["sum"];
+    let delivered =
+        sum["packets"].as_f64().unwrap_or(0.0) - sum["lost_packets"].as_f64().unwrap_or(0.0);
+    Ok(delivered / sum["seconds"].as_f64().unwrap_or(secs as f64) / 1e3)
+}
+
+/// Short TCP connections (connect, 64-byte request, 64-byte response,
+/// close) from the pod for `secs`: connections per second and latency
+/// percentiles of the whole exchange, in µs.
+fn conn_rate(n: &SnatNode, secs: u64) -> Result<(f64, f64, f64)> {
+    let listener = n.inet.run_in(|| TcpListener::bind((INET_IP, 7100)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_srv = stop.clone();
+    listener.set_nonblocking(true)?;
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !stop_srv.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut c, _)) => {
+                    let _ = c.set_nonblocking(false);
+                    let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                    if c.read_exact(&mut buf).is_ok() {
+                        let _ = c.write_all(&buf);
+                    }
+                }
+                Err(_) => std::thread::sleep(Duration::from_micros(50)),
+            }
+        }
+    });
+    let dst = SocketAddr::from((INET_IP, 7100));
+    let mut lat = n.pod.run_in(move || -> Result<Vec<u64>> {
+        let mut lat = Vec::new();
+        let end = Instant::now() + Duration::from_secs(secs);
+        let mut buf = [0u8; 64];
+        while Instant::now() < end {
+            let t = Instant::now();
+            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(&[7u8; 64])?;
+            s.read_exact(&mut buf)?;
+            drop(s);
+            lat.push(t.elapsed().as_micros() as u64);
+        }
+        Ok(lat)
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+    };
+    Ok((lat.len() as f64 / secs as f64, pct(0.50), pct(0.99)))
+}
+
+fn uname() -> String {
+    std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn main() -> Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let secs = if quick { 2 } else { 5 };
+    let object = object::bytes();
+    let mut rows = Vec::new();
+    for s in setups() {
+        eprintln!("bench: {} ...", s.name);
+        let n = SnatNode::new(&object, s.opts)?;
+        let tcp1 = tcp_gbps(&n, 1, secs)?;
+        let tcp4 = tcp_gbps(&n, 4, secs)?;
+        let udp = udp_kpps(&n, secs)?;
+        let (cps, p50, p99) = conn_rate(&n, secs)?;
+        rows.push((s.name, tcp1, tcp4, udp, cps, p50, p99));
+    }
+    let by = |name: &str| rows.iter().find(|r| r.0 == name).copied();
+    let (Some(base), Some(legacy), Some(tl)) = (by("baseline"), by("legacy"), by("trunkline"))
+    else {
+        bail!("missing a setup");
+    };
+    let mut md = format!(
+        "# trunkline benchmark\n\nkernel {}, {} CPUs, {} s per measurement{}\n\n",
+        uname(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        secs,
+        if quick { " (--quick)" } else { "" }
+    );
+    md.push_str("| setup | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B kpps | TCP conn/s | conn p50 µs | conn p99 µs |\n|---|---|---|---|---|---|---|\n");
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
+            r.0, r.1, r.2, r.3, r.4, r.5, r.6
+        ));
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+    md.push_str(&format!(
+        "\n| trunkline vs | TCP 1 | TCP 4 | UDP pps | conn/s | p99 latency |\n|---|---|---|---|---|---|\n| legacy | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |\n| baseline | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |\n",
+        ratio(tl.1, legacy.1), ratio(tl.2, legacy.2), ratio(tl.3, legacy.3), ratio(tl.4, legacy.4), ratio(tl.6, legacy.6),
+        ratio(tl.1, base.1), ratio(tl.2, base.2), ratio(tl.3, base.3), ratio(tl.4, base.4), ratio(tl.6, base.6),
+    ));
+    let json = json!({
+        "kernel": uname(),
+        "seconds": secs,
+        "quick": quick,
+        "setups": rows.iter().map(|r| json!({"name": r.0, "tcp1_gbps": r.1, "tcp4_gbps": r.2, "udp64_kpps": r.3, "conn_per_s": r.4, "conn_p50_us": r.5, "conn_p99_us": r.6})).collect::<Vec<_>>(),
+    });
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = std::process::Command::new("date")
+        .arg("+%Y%m%dT%H%M%SZ")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "run".into());
+    std::fs::write(dir.join(format!("{stamp}.md")), &md)?;
+    std::fs::write(
+        dir.join(format!("{stamp}.json")),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    print!("{md}");
+    println!("\nwritten to bench/results/{stamp}.{{md,json}}");
+    Ok(())
+}
