@@ -20,9 +20,6 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     let Some(cfg) = maps::config() else {
         return Verdict::Pass;
     };
-    if cfg.primary_eni_ifindex == 0 {
-        return Verdict::Pass;
-    }
     if pkt.vlan_id != 0 {
         return from_trunk(ctx, cfg, pkt, stats);
     }

@@ -59,9 +59,6 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     let Some(cfg) = maps::config() else {
         return Verdict::Pass;
     };
-    if cfg.primary_eni_ifindex == 0 {
-        return Verdict::Pass;
-    }
     let t = decide(cfg, pkt);
     if t.via == Via::Stack || !deliver::hop(ctx, pkt.l3_off) {
         stats.to_stack += 1;

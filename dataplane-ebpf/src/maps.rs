@@ -63,8 +63,9 @@ pub fn no_snat(ip: Ipv4) -> bool {
     NO_SNAT.get(&Key::new(32, ip)).is_some()
 }
 
-/// `CONFIG[0]`.
+/// `CONFIG[0]` once the agent has configured the node (before that,
+/// every program passes everything to the stack).
 #[inline(always)]
 pub fn config() -> Option<&'static Config> {
-    CONFIG.get(0)
+    CONFIG.get(0).filter(|c| c.primary_eni_ifindex != 0)
 }

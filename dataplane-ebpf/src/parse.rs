@@ -71,24 +71,29 @@ impl Parsed {
     }
 }
 
-/// A reference to a `T` at `off` bytes into the packet, or `None` if the
-/// packet is shorter. The single bounds check of the data path.
+/// The address of a `T` at `off` bytes into the packet, if the packet
+/// holds it: the single bounds check of the data path.
 #[inline(always)]
-pub fn header<T>(ctx: &TcContext, off: usize) -> Option<&T> {
+fn checked<T>(ctx: &TcContext, off: usize) -> Option<usize> {
     // Bounds the offset for the verifier even when the compiler has spilled
     // it to the stack and reloaded it wider (no header lies this deep).
     if off > MAX_HDR_OFF {
         return None;
     }
     let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
+    if start + off + size_of::<T>() > ctx.data_end() {
         return None;
     }
-    // SAFETY: the range [start+off, start+off+size_of::<T>()) is inside the
-    // packet (checked above, and the verifier checks it again); every T here
-    // is a plain header struct valid for any bytes.
-    Some(unsafe { &*((start + off) as *const T) })
+    Some(start + off)
+}
+
+/// A reference to a `T` at `off` bytes into the packet.
+#[inline(always)]
+pub fn header<T>(ctx: &TcContext, off: usize) -> Option<&T> {
+    // SAFETY: `checked` proved the bytes are inside the packet (and the
+    // verifier proves it again); every T here is a plain header struct
+    // valid for any bytes.
+    checked::<T>(ctx, off).map(|p| unsafe { &*(p as *const T) })
 }
 
 /// Like [`header`], writable (direct packet access; the verifier unclones
@@ -96,16 +101,8 @@ pub fn header<T>(ctx: &TcContext, off: usize) -> Option<&T> {
 /// may move packet data must not be reused: call this again.
 #[inline(always)]
 pub fn header_mut<T>(ctx: &TcContext, off: usize) -> Option<&mut T> {
-    if off > MAX_HDR_OFF {
-        return None;
-    }
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + off + size_of::<T>() > end {
-        return None;
-    }
     // SAFETY: as in `header`; the only reference to these bytes.
-    Some(unsafe { &mut *((start + off) as *mut T) })
+    checked::<T>(ctx, off).map(|p| unsafe { &mut *(p as *mut T) })
 }
 
 #[inline(always)]

@@ -23,9 +23,6 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     let Some(cfg) = maps::config() else {
         return Verdict::Pass;
     };
-    if cfg.primary_eni_ifindex == 0 {
-        return Verdict::Pass; // not configured yet
-    }
     // The host stack has no routes to pods: what it sends to one (probes,
     // NodePort after kube-proxy's DNAT) leaves by the default route and is
     // turned into the pod here. Strict branch pods are reached through

@@ -165,6 +165,9 @@ fn counted_snat(n: &SnatNode) {
         "{s:?}"
     );
     assert_eq!(s.total().drop, 0, "{:?}", s.total());
+    // The pod's packets went straight to the ENI, not through the node's stack.
+    let from_pod = s.hook(Hook::FromPod);
+    assert!(from_pod.steer_eni > 0, "{from_pod:?}");
 }
 
 fn counted_no_snat(n: &SnatNode) {

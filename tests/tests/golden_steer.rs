@@ -180,14 +180,18 @@ fn flows_that_came_through_the_stack_answer_through_it() {
     g.run(Hook::ToPod, &nodeport);
     let answer = packets::tcp_syn(Flow::new(POD, INET, 8080, 33000));
     assert_pass_unchanged(&g.run(Hook::FromPod, &answer), &answer);
-    // Same-node pods never create via-stack entries.
-    let peer_pod = packets::tcp_syn(Flow::new(SECONDARY_POD, POD, 34000, 8080));
-    g.run(Hook::ToPod, &peer_pod);
-    assert!(fixture::ct(
-        &g.dataplane,
-        &CtKey::new(POD, SECONDARY_POD, 8080, 34000, 6)
-    )
-    .is_none());
+    // A pod on this node reaching this one through the stack (a ClusterIP
+    // kube-proxy DNATed) is via stack too: the answer must be un-DNATed.
+    let via_service = packets::tcp_syn(Flow::new(SECONDARY_POD, POD, 34000, 8080));
+    g.run(Hook::ToPod, &via_service);
+    let key = CtKey::new(POD, SECONDARY_POD, 8080, 34000, 6);
+    assert!(fixture::ct(&g.dataplane, &key).is_some());
+    // Mid-flow packets (no SYN) open nothing.
+    let mut mid = packets::tcp_syn(Flow::new(INET, POD, 33001, 8080));
+    mid[L3_OFF + 20 + 13] = 0x10; // ACK only
+    g.run(Hook::ToPod, &mid);
+    let key = CtKey::new(POD, INET, 8080, 33001, 6);
+    assert!(fixture::ct(&g.dataplane, &key).is_none());
 }
 
 #[test]

@@ -154,7 +154,8 @@ pub fn demo() -> Result<()> {
     )
 }
 
-pub fn bench() -> Result<()> {
+pub fn bench(quick: bool) -> Result<()> {
+    packages::ensure()?;
     let obj = ebpf::build(true)?;
     checked(cargo().args([
         "build",
@@ -164,9 +165,15 @@ pub fn bench() -> Result<()> {
         "trunkline-tests",
         "--bin",
         "trunkline-pktcost",
+        "--bin",
+        "trunkline-bench",
     ]))?;
-    let bin = paths::target_dir()
-        .join("release")
-        .join("trunkline-pktcost");
-    checked(Command::new(&bin).env(OBJECT_ENV, &obj))
+    let release = paths::target_dir().join("release");
+    checked(Command::new(release.join("trunkline-pktcost")).env(OBJECT_ENV, &obj))?;
+    let mut bench = Command::new(release.join("trunkline-bench"));
+    bench.env(OBJECT_ENV, &obj);
+    if quick {
+        bench.arg("--quick");
+    }
+    checked(&mut bench)
 }
