@@ -179,3 +179,146 @@ fn a_vpc_cidr_added_at_runtime_keeps_established_flows() {
     client.read_exact(&mut buf).expect("client reads the echo");
     assert_eq!(&buf, b"still here");
 }
+
+fn stat(sim: &SimNode, hook: &str, counter: &str) -> u64 {
+    let s = sim.inspect("stats").expect("inspect stats");
+    s[hook][counter]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {hook}.{counter}"))
+}
+
+#[test]
+fn frag_needed_and_time_exceeded_reach_the_pod_through_the_agent() {
+    let sim = node(&[], &pod_ips("eth0"), &[]);
+    let _fabric = Fabric::install(&sim).expect("fabric");
+    let a = pod(&sim, "pod-a", "eth0");
+    // The VPC's link towards the internet is 1280; the internet host's is 1500.
+    sim.vpc
+        .ip(&["link", "set", "to-inet", "mtu", "1280"])
+        .expect("mtu");
+    let seen = traffic::tcp_echo(&a.ns, &sim.inet, INET_IP, 6300, &vec![0x42; 1 << 20])
+        .expect("1 MiB across the 1280 hop");
+    assert_eq!(seen.peer.ip(), IpAddr::V4(NODE_IP));
+    assert_eq!(seen.echoed.len(), 1 << 20);
+    let route =
+        a.ns.exec_ok("ip", &["route", "get", &INET_IP.to_string()])
+            .expect("route get");
+    assert!(
+        route.contains("mtu 1280"),
+        "the pod learnt the path MTU: {route}"
+    );
+    assert!(stat(&sim, "from_eni", "icmp_error_xlated") >= 1);
+    // TTL 2: the node is a hop (1), the VPC router cannot forward (0).
+    let out =
+        a.ns.exec(
+            "ping",
+            &["-n", "-c", "1", "-t", "2", "-W", "2", &INET_IP.to_string()],
+        )
+        .expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("From 192.168.0.1 icmp_seq=1 Time to live exceeded"),
+        "{text}"
+    );
+}
+
+fn raise_fd_limit(n: u64) {
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: plain syscall on this process's own limit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+}
+
+fn sockets(ns: &testbed::netns::Netns, count: usize) -> Vec<std::net::UdpSocket> {
+    ns.run_in(|| {
+        (0..count)
+            .map(|_| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind"))
+            .collect()
+    })
+}
+
+#[test]
+fn two_thousand_flows_get_distinct_ports_and_a_small_range_drops_only_the_excess() {
+    raise_fd_limit(8192);
+    let sim = node(&[], &pod_ips("eth0"), &[]);
+    let _fabric = Fabric::install(&sim).expect("fabric");
+    let a = pod(&sim, "pod-a", "eth0");
+    let server = sim
+        .inet
+        .run_in(|| std::net::UdpSocket::bind((INET_IP, 7000)))
+        .expect("server");
+    let dst = std::net::SocketAddr::from((INET_IP, 7000));
+    let results =
+        traffic::udp_exchanges(&server, &sockets(&a.ns, 2000), dst, Duration::from_secs(2))
+            .expect("2000 flows");
+    assert!(
+        results.iter().all(|(s, ok)| s.is_some() && *ok),
+        "every flow answered"
+    );
+    let ports: std::collections::HashSet<u16> = results
+        .iter()
+        .filter_map(|(s, _)| s.map(|a| a.port()))
+        .collect();
+    assert_eq!(ports.len(), 2000);
+
+    // TRUNKLINE_SNAT_PORT_RANGE of 100 ports: the 101st flow is a counted drop.
+    let sim = node(
+        &[("TRUNKLINE_SNAT_PORT_RANGE", "40000-40099")],
+        &pod_ips("eth0"),
+        &[],
+    );
+    let _fabric = Fabric::install(&sim).expect("fabric");
+    let a = pod(&sim, "pod-a", "eth0");
+    let server = sim
+        .inet
+        .run_in(|| std::net::UdpSocket::bind((INET_IP, 7001)))
+        .expect("server");
+    let dst = std::net::SocketAddr::from((INET_IP, 7001));
+    let clients = sockets(&a.ns, 101);
+    let first =
+        traffic::udp_exchanges(&server, &clients[..100], dst, Duration::from_secs(2)).expect("100");
+    assert!(first
+        .iter()
+        .all(|(s, ok)| s.is_some_and(|a| (40000..=40099).contains(&a.port())) && *ok));
+    let last = traffic::udp_exchanges(&server, &clients[100..], dst, Duration::from_millis(500))
+        .expect("101st");
+    assert_eq!(last[0], (None, false), "the 101st flow is dropped");
+    assert_eq!(stat(&sim, "to_eni", "drop_nat_no_port"), 1);
+    let again = traffic::udp_exchanges(&server, &clients[..100], dst, Duration::from_secs(2))
+        .expect("again");
+    assert!(
+        again.iter().all(|(s, ok)| s.is_some() && *ok),
+        "the first 100 keep working"
+    );
+}
+
+#[test]
+fn iperf3_through_the_agent() {
+    let sim = node(&[], &pod_ips("eth0"), &[]);
+    let _fabric = Fabric::install(&sim).expect("fabric");
+    let a = pod(&sim, "pod-a", "eth0");
+    let server = testbed::traffic::Background::spawn(
+        &sim.inet,
+        "iperf3",
+        &["-s", "-1", "-J", "-B", "203.0.113.10", "-p", "5201"],
+    )
+    .expect("iperf3 server");
+    std::thread::sleep(Duration::from_millis(300));
+    let client =
+        a.ns.exec_ok(
+            "iperf3",
+            &["-c", "203.0.113.10", "-p", "5201", "-t", "1", "-J"],
+        )
+        .expect("iperf3 client");
+    let client: serde_json::Value = serde_json::from_str(&client).expect("client JSON");
+    assert!(client["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 1 << 20);
+    let server: serde_json::Value =
+        serde_json::from_str(&server.finish(Duration::from_secs(10)).expect("server"))
+            .expect("server JSON");
+    assert_eq!(
+        server["start"]["connected"][0]["remote_host"],
+        NODE_IP.to_string()
+    );
+}
