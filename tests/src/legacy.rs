@@ -104,3 +104,170 @@ pub fn install_snat_chain(ns: &Netns, cfg: &LegacySnat) -> Result<()> {
     }
     Ok(())
 }
+
+/// Wires a pod the way aws-node's CNI does: veth `host_veth` ↔ `pod:eth0`,
+/// pod side as trunkline-cni does it, and on the host the plumbing
+/// trunkline replaces: a `/32` main-table route to the host veth, rule 512
+/// `to <pod> lookup main`, and for a secondary-ENI pod rule 1536
+/// `from <pod> lookup <table>` with the ENI's table (gateway + default).
+pub fn wire_pod(
+    node: &Netns,
+    pod: &Netns,
+    host_veth: &str,
+    ip: std::net::Ipv4Addr,
+    eni: Option<(&str, u32)>,
+) -> Result<()> {
+    crate::netns::veth(pod, "eth0", node, host_veth)?;
+    crate::mini_node::wire_pod(pod, node, host_veth, ip)?;
+    let cidr = format!("{ip}/32");
+    node.ip(&["route", "add", &cidr, "dev", host_veth, "scope", "link"])?;
+    node.ip(&[
+        "rule", "add", "to", &cidr, "lookup", "main", "priority", "512",
+    ])?;
+    if let Some((link, table)) = eni {
+        let t = table.to_string();
+        // Created once per ENI; a second pod finds them there.
+        let _ = node.ip(&[
+            "route",
+            "add",
+            "192.168.0.1",
+            "dev",
+            link,
+            "scope",
+            "link",
+            "table",
+            &t,
+        ]);
+        let _ = node.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            "192.168.0.1",
+            "dev",
+            link,
+            "table",
+            &t,
+        ]);
+        node.ip(&[
+            "rule", "add", "from", &cidr, "lookup", &t, "priority", "1536",
+        ])?;
+    }
+    Ok(())
+}
+
+/// The connmark machinery that makes NodePort replies and SNATed traffic
+/// leave by the primary ENI: connections arriving on eth0 for a local
+/// address, and new connections from pods to outside the VPC, are marked
+/// 0x80, the mark is restored on packets from pod veths, and rule 1024
+/// sends marked packets by the main table; `rp_filter=2` on eth0.
+pub fn install_connmark(node: &Netns, vpc_cidrs: &[&str]) -> Result<()> {
+    // New connections from pod veths leaving the VPC are marked too, so they
+    // take the main table to the primary ENI, where they are SNATed.
+    ipt(node, &["-t", "mangle", "-N", "AWS-CONNMARK-CHAIN-0"])?;
+    ipt(
+        node,
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "eni+",
+            "-m",
+            "comment",
+            "--comment",
+            "AWS, outbound connections",
+            "-m",
+            "state",
+            "--state",
+            "NEW",
+            "-j",
+            "AWS-CONNMARK-CHAIN-0",
+        ],
+    )?;
+    for cidr in vpc_cidrs {
+        ipt(
+            node,
+            &[
+                "-t",
+                "mangle",
+                "-A",
+                "AWS-CONNMARK-CHAIN-0",
+                "-d",
+                cidr,
+                "-j",
+                "RETURN",
+            ],
+        )?;
+    }
+    ipt(
+        node,
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "AWS-CONNMARK-CHAIN-0",
+            "-j",
+            "CONNMARK",
+            "--set-xmark",
+            "0x80/0x80",
+        ],
+    )?;
+    ipt(
+        node,
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "eth0",
+            "-m",
+            "comment",
+            "--comment",
+            "AWS, primary ENI",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "--limit-iface-in",
+            "-j",
+            "CONNMARK",
+            "--set-xmark",
+            "0x80/0x80",
+        ],
+    )?;
+    ipt(
+        node,
+        &[
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-i",
+            "eni+",
+            "-m",
+            "comment",
+            "--comment",
+            "AWS, primary ENI",
+            "-j",
+            "CONNMARK",
+            "--restore-mark",
+            "--mask",
+            "0x80",
+        ],
+    )?;
+    node.ip(&[
+        "rule",
+        "add",
+        "fwmark",
+        "0x80/0x80",
+        "lookup",
+        "main",
+        "priority",
+        "1024",
+    ])?;
+    node.sysctl("net.ipv4.conf.eth0.rp_filter", "2")?;
+    Ok(())
+}
