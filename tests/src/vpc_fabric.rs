@@ -171,17 +171,20 @@ pub fn own(sim: &SimNode, link: &str, ip: Ipv4Addr) -> Result<()> {
     Ok(())
 }
 
-/// A pod namespace wired by the real `trunkline-cni` (ADD now, DEL on drop).
-pub struct CniPod<'a> {
-    sim: &'a SimNode,
+/// A pod namespace wired by the real `trunkline-cni` (ADD now, DEL on
+/// drop). It keeps the node namespace's name and the agent socket, not a
+/// borrow of the node, so the agent can be restarted while it lives.
+pub struct CniPod {
     pub ns: Netns,
     pub ip: Ipv4Addr,
+    node_ns: String,
+    socket: std::path::PathBuf,
     name: (String, String),
     cid: String,
 }
 
-impl<'a> CniPod<'a> {
-    pub fn add(sim: &'a SimNode, namespace: &str, name: &str) -> Result<Self> {
+impl CniPod {
+    pub fn add(sim: &SimNode, namespace: &str, name: &str) -> Result<Self> {
         let ns = Netns::new("pod")?;
         let cid = format!("cid-{}", ns.name());
         let netns = format!("/run/netns/{}", ns.name());
@@ -216,16 +219,17 @@ impl<'a> CniPod<'a> {
             .parse()
             .context("CNI result IP")?;
         Ok(Self {
-            sim,
             ns,
             ip,
+            node_ns: sim.node.name().to_string(),
+            socket: sim.socket(),
             name: (namespace.into(), name.into()),
             cid,
         })
     }
 }
 
-impl Drop for CniPod<'_> {
+impl Drop for CniPod {
     fn drop(&mut self) {
         let netns = format!("/run/netns/{}", self.ns.name());
         let call = Call {
@@ -235,8 +239,8 @@ impl Drop for CniPod<'_> {
             ifname: "eth0",
             pod: (&self.name.0, &self.name.1),
         };
-        let conf = cni::trunkline_conf("1.0.0", &self.sim.socket(), None);
-        if let Err(e) = cni::trunkline(self.sim.node.name(), &call, &conf) {
+        let conf = cni::trunkline_conf("1.0.0", &self.socket, None);
+        if let Err(e) = cni::trunkline(&self.node_ns, &call, &conf) {
             eprintln!("cleanup: CNI DEL: {e:#}");
         }
     }

@@ -27,7 +27,7 @@ fn node(env: &[(&str, &str)], eth0: &[Ipv4Addr], eth1: &[Ipv4Addr]) -> SimNode {
     sim
 }
 
-fn pod<'a>(sim: &'a SimNode, name: &str, link: &str) -> CniPod<'a> {
+fn pod(sim: &SimNode, name: &str, link: &str) -> CniPod {
     let p = CniPod::add(sim, "default", name).expect("CNI ADD");
     own(sim, link, p.ip).expect("VPC learns the pod IP");
     p

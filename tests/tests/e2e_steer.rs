@@ -21,7 +21,7 @@ fn ip(a: Ipv4Addr) -> IpAddr {
 }
 
 /// A pod added through the CNI plugin whose IP the VPC then attributes to `link`.
-fn pod<'a>(sim: &'a SimNode, name: &str, link: &str) -> CniPod<'a> {
+fn pod(sim: &SimNode, name: &str, link: &str) -> CniPod {
     let p = CniPod::add(sim, "default", name).expect("CNI ADD");
     own(sim, link, p.ip).expect("VPC learns the pod IP");
     p
