@@ -271,3 +271,37 @@ pub fn install_connmark(node: &Netns, vpc_cidrs: &[&str]) -> Result<()> {
     node.sysctl("net.ipv4.conf.eth0.rp_filter", "2")?;
     Ok(())
 }
+
+/// `n` more exclusion CIDRs (`RETURN` rules ahead of the SNAT rule), loaded
+/// in one `iptables-restore` (aws-node adds them one iptables call at a time).
+pub fn add_exclusions(ns: &Netns, dir: &std::path::Path, cidrs: &[String]) -> Result<()> {
+    let mut rules = String::from("*nat\n");
+    for c in cidrs {
+        rules.push_str(&format!(
+            "-I AWS-SNAT-CHAIN-0 1 -d {c} -m comment --comment \"AWS SNAT CHAIN\" -j RETURN\n"
+        ));
+    }
+    rules.push_str("COMMIT\n");
+    let file = dir.join(format!("exclusions-{}.rules", crate::unique("x")));
+    std::fs::write(&file, rules)?;
+    ns.exec_ok("iptables-restore", &["--noflush", &file.to_string_lossy()])?;
+    Ok(())
+}
+
+/// The ip rules aws-node adds for `pods` pods on a secondary ENI (512 `to`,
+/// 1536 `from`), loaded with `ip -batch`; every packet walks them.
+pub fn add_pod_rules(
+    ns: &Netns,
+    dir: &std::path::Path,
+    pods: &[std::net::Ipv4Addr],
+    table: u32,
+) -> Result<()> {
+    let mut batch = String::new();
+    for p in pods {
+        batch.push_str(&format!("rule add to {p}/32 lookup main priority 512\nrule add from {p}/32 lookup {table} priority 1536\n"));
+    }
+    let file = dir.join(format!("rules-{}.batch", crate::unique("r")));
+    std::fs::write(&file, batch)?;
+    ns.exec_ok("ip", &["-batch", &file.to_string_lossy()])?;
+    Ok(())
+}

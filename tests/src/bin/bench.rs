@@ -143,6 +143,91 @@ fn conn_rate(n: &SnatNode, secs: u64) -> Result<(f64, f64, f64)> {
     Ok((lat.len() as f64 / secs as f64, pct(0.50), pct(0.99)))
 }
 
+/// `n` distinct /32s that no test traffic goes to.
+fn unused_hosts(n: usize, first_octet: u8) -> Vec<std::net::Ipv4Addr> {
+    (0..n)
+        .map(|i| std::net::Ipv4Addr::new(first_octet, 77, (i / 250) as u8, (i % 250) as u8 + 1))
+        .collect()
+}
+
+/// Connection rate as the exclusion list grows: legacy grows RETURN rules
+/// in its nat chain, trunkline grows NO_SNAT entries.
+fn cidr_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f64, f64)>> {
+    let mut out = Vec::new();
+    let dir = std::env::temp_dir();
+    for &n in sizes {
+        let cidrs: Vec<String> = unused_hosts(n, 10)
+            .iter()
+            .map(|ip| format!("{ip}/32"))
+            .collect();
+        let legacy = SnatNode::new(
+            object,
+            SnatOptions {
+                plumbing: Plumbing::Legacy,
+                ..SnatOptions::default()
+            },
+        )?;
+        testbed::legacy::add_exclusions(&legacy.node, &dir, &cidrs)?;
+        let l = conn_rate(&legacy, secs)?.0;
+        drop(legacy);
+        let mut tl = SnatNode::new(object, SnatOptions::default())?;
+        for ip in unused_hosts(n, 10) {
+            testbed::fixture::add_no_snat(
+                tl.dataplane_mut(),
+                ip.octets(),
+                32,
+                dataplane_common::maps::NO_SNAT_EXCLUDED,
+            );
+        }
+        let t = conn_rate(&tl, secs)?.0;
+        out.push((n, l, t));
+        eprintln!("bench: {n} exclusion CIDRs: legacy {l:.0} conn/s, trunkline {t:.0} conn/s");
+    }
+    Ok(out)
+}
+
+/// UDP packet rate as the node's pod count grows: legacy grows ip rules
+/// (walked per packet), trunkline grows PODS entries (one hash lookup).
+fn pod_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f64, f64)>> {
+    let mut out = Vec::new();
+    let dir = std::env::temp_dir();
+    for &n in sizes {
+        let others = unused_hosts(n, 100);
+        let legacy = SnatNode::new(
+            object,
+            SnatOptions {
+                plumbing: Plumbing::Legacy,
+                ..SnatOptions::default()
+            },
+        )?;
+        testbed::legacy::add_pod_rules(&legacy.node, &dir, &others, 2)?;
+        let l = udp_kpps(&legacy, secs)?;
+        drop(legacy);
+        let mut tl = SnatNode::new(object, SnatOptions::default())?;
+        for ip in &others {
+            let entry = dataplane_common::PodEntry {
+                host_ifindex: 999,
+                eni_ifindex: 999,
+                ..Default::default()
+            };
+            testbed::fixture::add_pod(tl.dataplane_mut(), ip.octets(), entry);
+        }
+        let t = udp_kpps(&tl, secs)?;
+        out.push((n, l, t));
+        eprintln!("bench: {n} pods: legacy {l:.1} kpps, trunkline {t:.1} kpps");
+    }
+    Ok(out)
+}
+
+/// How far the last point is from the first, in percent.
+fn drift(first: f64, last: f64) -> f64 {
+    if first > 0.0 {
+        (last - first) / first * 100.0
+    } else {
+        0.0
+    }
+}
+
 fn uname() -> String {
     std::process::Command::new("uname")
         .arg("-r")
@@ -192,7 +277,36 @@ fn main() -> Result<()> {
         ratio(tl.1, legacy.1), ratio(tl.2, legacy.2), ratio(tl.3, legacy.3), ratio(tl.4, legacy.4), ratio(tl.6, legacy.6),
         ratio(tl.1, base.1), ratio(tl.2, base.2), ratio(tl.3, base.3), ratio(tl.4, base.4), ratio(tl.6, base.6),
     ));
+    let (cidr_sizes, pod_sizes): (&[usize], &[usize]) = if quick {
+        (&[1, 1000], &[1, 250])
+    } else {
+        (&[1, 10, 100, 1000], &[1, 50, 100, 250])
+    };
+    let cidrs = cidr_sweep(&object, secs, cidr_sizes)?;
+    let pods = pod_sweep(&object, secs, pod_sizes)?;
+    md.push_str("\n## Scale: exclusion CIDRs (TCP conn/s)\n\n| CIDRs | legacy | trunkline |\n|---|---|---|\n");
+    for (n, l, t) in &cidrs {
+        md.push_str(&format!("| {n} | {l:.0} | {t:.0} |\n"));
+    }
+    if let (Some(f), Some(l)) = (cidrs.first(), cidrs.last()) {
+        md.push_str(&format!(
+            "\nfrom {} to {} CIDRs: legacy {:+.1}%, trunkline {:+.1}% (target for trunkline: within ±10%)\n",
+            f.0, l.0, drift(f.1, l.1), drift(f.2, l.2)
+        ));
+    }
+    md.push_str("\n## Scale: pods on the node (UDP 64 B kpps)\n\n| pods | legacy | trunkline |\n|---|---|---|\n");
+    for (n, l, t) in &pods {
+        md.push_str(&format!("| {n} | {l:.1} | {t:.1} |\n"));
+    }
+    if let (Some(f), Some(l)) = (pods.first(), pods.last()) {
+        md.push_str(&format!(
+            "\nfrom {} to {} pods: legacy {:+.1}%, trunkline {:+.1}% (target for trunkline: within ±10%)\n",
+            f.0, l.0, drift(f.1, l.1), drift(f.2, l.2)
+        ));
+    }
     let json = json!({
+        "cidr_sweep": cidrs.iter().map(|(n, l, t)| json!({"cidrs": n, "legacy_conn_per_s": l, "trunkline_conn_per_s": t})).collect::<Vec<_>>(),
+        "pod_sweep": pods.iter().map(|(n, l, t)| json!({"pods": n, "legacy_kpps": l, "trunkline_kpps": t})).collect::<Vec<_>>(),
         "kernel": uname(),
         "seconds": secs,
         "quick": quick,
