@@ -18,6 +18,34 @@ use crate::{
     pods::{Pods, RestoreReport},
 };
 
+/// Where the agent records which object its attachments run, to tell an
+/// upgrade from a plain restart.
+const OBJECT_ID_FILE: &str = "ebpf-object.id";
+
+/// FNV-1a over the object's bytes: an identity, not a security measure, so
+/// a few lines here rather than a hashing dependency.
+fn object_identity(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}-{}", bytes.len())
+}
+
+/// Temp file, fsync, rename: never a half-written file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// What `trunkline-agent run` was told.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct RunConfig {
@@ -87,6 +115,13 @@ impl Agent {
                 config.bpf_root.display()
             )
         })?;
+        // A different object than last time is an upgrade: existing
+        // attachments switch to its programs; the same object leaves them be.
+        let object_id = object_identity(&object);
+        let id_file = config.state_dir.join(OBJECT_ID_FILE);
+        let previous = std::fs::read_to_string(&id_file).ok();
+        let upgrade = previous.as_deref().map(str::trim) != Some(object_id.as_str());
+        dp.set_replace_existing(upgrade);
         let mut maps = NodeMaps::open(&config.bpf_root).context("opening the pinned maps")?;
         let enis = resolve_enis(&node)?;
         // ENI links pinned for an interface instance that is gone.
@@ -107,6 +142,15 @@ impl Agent {
         let report = pods
             .restore(saved, &mut dp, &mut maps)
             .context("restoring pods from the checkpoint")?;
+        dp.set_replace_existing(false);
+        if upgrade {
+            if previous.is_some() {
+                tracing::info!(object = %object_id, "new eBPF object: existing attachments switched to its programs");
+            }
+            write_atomically(&id_file, object_id.as_bytes()).with_context(|| {
+                format!("recording the object identity in {}", id_file.display())
+            })?;
+        }
         Ok((
             Self {
                 config,

@@ -137,6 +137,8 @@ pub struct SimNode {
     agent_env: Vec<(String, String)>,
     /// `--ip-cooldown` of the next agent start (0 unless a test sets it).
     pub ip_cooldown_secs: u64,
+    /// `--ebpf-object` of the next agent start (the built object unless set).
+    pub ebpf_object: Option<PathBuf>,
 }
 
 impl SimNode {
@@ -204,6 +206,7 @@ impl SimNode {
             dir,
             agent_env: Vec::new(),
             ip_cooldown_secs: 0,
+            ebpf_object: None,
         })
     }
 
@@ -246,7 +249,11 @@ impl SimNode {
             "--introspection-addr",
             "127.0.0.1:61679",
             "--ebpf-object",
-            &crate::object::path().to_string_lossy(),
+            &self
+                .ebpf_object
+                .clone()
+                .unwrap_or_else(crate::object::path)
+                .to_string_lossy(),
             "--ip-cooldown",
             &cooldown,
         ]

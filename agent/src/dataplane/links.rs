@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use aya::programs::{
     links::{FdLink, PinnedLink},
-    tc::TcAttachOptions,
+    tc::{SchedClassifierLink, TcAttachOptions},
     LinkOrder, SchedClassifier,
 };
 use dataplane_common::Hook;
@@ -115,6 +115,35 @@ fn attach_and_pin(prog: &mut SchedClassifier, iface: &str, hook: Hook, pin: &Pat
     Ok(())
 }
 
+/// Switches the pinned link at `pin` to `prog` in one step
+/// (`bpf_link_update`): the interface is never without a program.
+fn replace_pinned(prog: &mut SchedClassifier, iface: &str, hook: Hook, pin: &Path) -> Result<()> {
+    let program = hook.program_name();
+    let err = |reason: String| DataplaneError::Attach {
+        program,
+        iface: iface.to_string(),
+        reason,
+    };
+    let old =
+        PinnedLink::from_pin(pin).map_err(|e| err(format!("opening {}: {e}", pin.display())))?;
+    let link: SchedClassifierLink = FdLink::from(old)
+        .try_into()
+        .map_err(|e| err(format!("not a TCX link: {e}")))?;
+    let id = prog
+        .attach_to_link(link)
+        .map_err(|e| err(format!("updating the link's program: {e}")))?;
+    // Our fd goes; the pin keeps the link, now running `prog`.
+    let link = prog
+        .take_link(id)
+        .map_err(|e| err(format!("taking the link: {e}")))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e| err(format!("not a TCX link: {e}")))?;
+    drop(fd);
+    tracing::info!(iface, program, "pinned link switched to the new program");
+    Ok(())
+}
+
 impl Dataplane {
     /// Attaches each of `hooks` to `iface` (ifindex `ifindex`, in this
     /// process's namespace) with TCX and pins the links under
@@ -143,6 +172,10 @@ impl Dataplane {
         for hook in hooks {
             let pin = dir.join(LinkPin::file_name(iface, ifindex, *hook));
             if pin.exists() {
+                if self.replace_existing {
+                    let prog = self.program_mut(*hook)?;
+                    replace_pinned(prog, iface, *hook, &pin)?;
+                }
                 continue;
             }
             let prog = self.program_mut(*hook)?;

@@ -65,6 +65,9 @@ pub struct Dataplane {
     ebpf: Ebpf,
     bpf_root: Option<PathBuf>,
     attachments: Vec<Attachment>,
+    /// Existing attachments found at start get this object's programs
+    /// (an upgrade); otherwise they are left exactly as they are.
+    replace_existing: bool,
 }
 
 impl Dataplane {
@@ -110,7 +113,16 @@ impl Dataplane {
             ebpf,
             bpf_root,
             attachments: Vec::new(),
+            replace_existing: false,
         })
+    }
+
+    /// Whether attachments that already exist (pinned ENI links, pod
+    /// filters) are switched to this object's programs, atomically
+    /// (`bpf_link_update` / a netlink filter replace): on for an upgrade,
+    /// off for a plain restart, which leaves the data path untouched.
+    pub fn set_replace_existing(&mut self, on: bool) {
+        self.replace_existing = on;
     }
 
     /// Where the maps are pinned, if they are.

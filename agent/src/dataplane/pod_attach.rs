@@ -51,6 +51,28 @@ fn options() -> TcAttachOptions {
     })
 }
 
+/// Switches trunkline's existing filter of `hook` on `iface` to `prog`
+/// (a netlink replace at the same priority and handle: never a gap).
+fn replace_one(prog: &mut SchedClassifier, iface: &str, hook: Hook) -> Result<()> {
+    let err = |reason: String| DataplaneError::Attach {
+        program: hook.program_name(),
+        iface: iface.to_string(),
+        reason,
+    };
+    let link =
+        SchedClassifierLink::attached(iface, attach_type(hook), TC_PRIORITY, TC_HANDLE, None)
+            .map_err(|e| err(format!("finding the filter: {e}")))?;
+    let id = prog
+        .attach_to_link(link)
+        .map_err(|e| err(format!("replacing the filter's program: {e}")))?;
+    let link = prog
+        .take_link(id)
+        .map_err(|e| err(format!("taking the link: {e}")))?;
+    // As in attach_one: the filter must outlive this process.
+    std::mem::forget(link);
+    Ok(())
+}
+
 fn attach_one(prog: &mut SchedClassifier, iface: &str, hook: Hook) -> Result<bool> {
     match prog.attach_with_options(iface, attach_type(hook), options()) {
         Ok(id) => {
@@ -81,10 +103,13 @@ impl Dataplane {
     pub fn attach_pod(&mut self, iface: &str, hooks: &[Hook]) -> Result<usize> {
         add_clsact(iface)?;
         let mut made = 0;
+        let replace = self.replace_existing;
         for hook in hooks {
             let prog = self.program_mut(*hook)?;
             if attach_one(prog, iface, *hook)? {
                 made += 1;
+            } else if replace {
+                replace_one(prog, iface, *hook)?;
             }
         }
         Ok(made)
