@@ -8,7 +8,7 @@
 //! | `AWS_VPC_K8S_CNI_RANDOMIZESNAT` | `prng` | `prng` = `--random-fully`, `hashrandom` = `--random`, `none` = keep the source port when free |
 //! | `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS` | empty | comma-separated IPv4 CIDRs never SNATed; invalid and IPv6 entries are skipped with a warning |
 //! | `POD_SECURITY_GROUP_ENFORCING_MODE` | `strict` | `strict` or `standard` |
-//! | `TRUNKLINE_SNAT_PORT_RANGE` | `32768-65535` minus the host's ephemeral range when it overlaps the top | `MIN-MAX` |
+//! | `TRUNKLINE_SNAT_PORT_RANGE` | the larger side of `1024-65535` outside the host's ephemeral range (`1024-32767` with Linux's default) | `MIN-MAX` |
 
 use dataplane_common::SnatMode;
 use ipnet::Ipv4Net;
@@ -54,14 +54,25 @@ fn invalid(name: &'static str, value: &str, reason: &'static str) -> EnvError {
     }
 }
 
-/// Default SNAT ports: 32768–65535 minus the host's ephemeral range
-/// (`ip_local_port_range`) when that range covers the bottom of it, so
-/// node sockets and SNAT rarely want the same port (conflicts that remain
-/// are avoided per destination by the data path).
+/// Default SNAT ports: the larger side of 1024–65535 outside the host's
+/// ephemeral range (`ip_local_port_range`), so the node's own sockets and
+/// SNAT never want the same port (conflicts that remain are avoided per
+/// destination by the data path). With Linux's default 32768–60999 that is
+/// 1024–32767: 31,744 ports per destination, where netfilter's SNAT has
+/// 1024–65535. (The side above the ephemeral range, 61000–65535, would
+/// leave only 4,536, and closed flows hold their port until GC.)
 pub fn default_port_range(host_ephemeral: Option<(u16, u16)>) -> (u16, u16) {
     match host_ephemeral {
-        Some((lo, hi)) if lo <= 32768 && (32768..65000).contains(&hi) => (hi + 1, 65535),
-        _ => (32768, 65535),
+        Some((lo, hi)) if hi >= lo && hi < 65535 => {
+            let below = u32::from(lo).saturating_sub(1024);
+            let above = 65535 - u32::from(hi);
+            if below >= above && below > 0 {
+                (1024, lo - 1)
+            } else {
+                (hi + 1, 65535)
+            }
+        }
+        _ => (1024, 65535),
     }
 }
 
@@ -159,10 +170,15 @@ mod tests {
         assert_eq!(e.sg_mode, SgMode::Strict);
         assert_eq!(
             e.port_range,
-            (61000, 65535),
+            (1024, 32767),
             "the host's ephemeral ports are left to it"
         );
-        assert_eq!(parse(env(&[]), None).unwrap().port_range, (32768, 65535));
+        assert_eq!(parse(env(&[]), None).unwrap().port_range, (1024, 65535));
+        assert_eq!(
+            default_port_range(Some((1024, 40000))),
+            (40001, 65535),
+            "the larger side"
+        );
     }
 
     #[test]

@@ -33,8 +33,14 @@ pub struct Golden {
 
 impl Golden {
     pub fn load() -> Self {
+        Self::load_sized(&[])
+    }
+
+    /// With some maps resized (benchmarks of full tables).
+    pub fn load_sized(sizes: &[(&str, u32)]) -> Self {
         let bytes = crate::object::bytes();
-        let dataplane = Dataplane::load_unpinned(&bytes).expect("loading the eBPF object");
+        let dataplane =
+            Dataplane::load_unpinned_sized(&bytes, sizes).expect("loading the eBPF object");
         Self { dataplane }
     }
 
@@ -125,8 +131,17 @@ pub mod snat {
     }
 
     /// A node whose primary ENI is `primary` (the packet runs on `LO`).
-    pub fn node_on(mode: SnatMode, (port_min, port_max): (u16, u16), primary: u32) -> Golden {
-        let mut g = Golden::load();
+    pub fn node_on(mode: SnatMode, ports: (u16, u16), primary: u32) -> Golden {
+        configure(Golden::load(), mode, ports, primary)
+    }
+
+    /// The same node maps written into an already loaded `g`.
+    pub fn configure(
+        mut g: Golden,
+        mode: SnatMode,
+        (port_min, port_max): (u16, u16),
+        primary: u32,
+    ) -> Golden {
         let dp = &mut g.dataplane;
         fixture::set_config(
             dp,

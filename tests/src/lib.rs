@@ -11,8 +11,10 @@
 //!   [`cni`] to call the real CNI plugin as a runtime does.
 
 pub mod agent_proc;
+pub mod bench_control;
 pub mod binaries;
 pub mod bpffs;
+pub mod charts;
 pub mod cni;
 pub mod fixture;
 pub mod golden;

@@ -88,7 +88,17 @@ impl Dataplane {
 
     /// Loads `object` with private, unpinned maps (golden-packet tests, benchmarks).
     pub fn load_unpinned(object: &[u8]) -> Result<Self> {
-        let ebpf = EbpfLoader::new().load(object)?;
+        Self::load_unpinned_sized(object, &[])
+    }
+
+    /// Like [`Self::load_unpinned`], with some maps' `max_entries` changed
+    /// (e.g. conntrack sized for a busy node).
+    pub fn load_unpinned_sized(object: &[u8], sizes: &[(&str, u32)]) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        for (name, size) in sizes {
+            loader.map_max_entries(name, *size);
+        }
+        let ebpf = loader.load(object)?;
         Self::finish_load(ebpf, None)
     }
 

@@ -33,7 +33,12 @@ struct Setup {
 }
 
 fn setups() -> Vec<Setup> {
-    let d = SnatOptions::default();
+    // The same port space for both NATs: netfilter's SNAT uses 1024-65535.
+    let d = SnatOptions {
+        port_min: 1024,
+        port_max: 65535,
+        ..SnatOptions::default()
+    };
     vec![
         Setup {
             name: "baseline",
@@ -93,10 +98,17 @@ fn udp_kpps(n: &SnatNode, secs: u64) -> Result<f64> {
     Ok(delivered / sum["seconds"].as_f64().unwrap_or(secs as f64) / 1e3)
 }
 
+/// Connections that failed across the whole run (reported).
+static CONN_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Short TCP connections (connect, 64-byte request, 64-byte response,
 /// close) from the pod for `secs`: connections per second and latency
 /// percentiles of the whole exchange, in µs.
 fn conn_rate(n: &SnatNode, secs: u64) -> Result<(f64, f64, f64)> {
+    // Thousands of short connections a second: the pod needs the whole
+    // port space (closed connections hold theirs in TIME_WAIT).
+    n.pod.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
+    let secs = secs.min(3);
     let listener = n.inet.run_in(|| TcpListener::bind((INET_IP, 7100)))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop_srv = stop.clone();
@@ -117,21 +129,31 @@ fn conn_rate(n: &SnatNode, secs: u64) -> Result<(f64, f64, f64)> {
         }
     });
     let dst = SocketAddr::from((INET_IP, 7100));
-    let mut lat = n.pod.run_in(move || -> Result<Vec<u64>> {
+    // A connection that fails (no answer within 1 s) is counted, not fatal.
+    let (mut lat, failed) = n.pod.run_in(move || {
         let mut lat = Vec::new();
+        let mut failed = 0u64;
         let end = Instant::now() + Duration::from_secs(secs);
         let mut buf = [0u8; 64];
         while Instant::now() < end {
             let t = Instant::now();
-            let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.write_all(&[7u8; 64])?;
-            s.read_exact(&mut buf)?;
-            drop(s);
-            lat.push(t.elapsed().as_micros() as u64);
+            let mut exchange = || -> std::io::Result<()> {
+                let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(1))?;
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                s.write_all(&[7u8; 64])?;
+                s.read_exact(&mut buf)
+            };
+            match exchange() {
+                Ok(()) => lat.push(t.elapsed().as_micros() as u64),
+                Err(_) => failed += 1,
+            }
         }
-        Ok(lat)
-    })?;
+        (lat, failed)
+    });
+    CONN_FAILURES.fetch_add(failed, Ordering::Relaxed);
+    if failed > 0 {
+        eprintln!("bench: {failed} connections failed in this measurement");
+    }
     stop.store(true, Ordering::Relaxed);
     let _ = server.join();
     lat.sort_unstable();
@@ -170,7 +192,14 @@ fn cidr_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f
         testbed::legacy::add_exclusions(&legacy.node, &dir, &cidrs)?;
         let l = conn_rate(&legacy, secs)?.0;
         drop(legacy);
-        let mut tl = SnatNode::new(object, SnatOptions::default())?;
+        let mut tl = SnatNode::new(
+            object,
+            SnatOptions {
+                port_min: 1024,
+                port_max: 65535,
+                ..SnatOptions::default()
+            },
+        )?;
         for ip in unused_hosts(n, 10) {
             testbed::fixture::add_no_snat(
                 tl.dataplane_mut(),
@@ -203,7 +232,14 @@ fn pod_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f6
         testbed::legacy::add_pod_rules(&legacy.node, &dir, &others, 2)?;
         let l = udp_kpps(&legacy, secs)?;
         drop(legacy);
-        let mut tl = SnatNode::new(object, SnatOptions::default())?;
+        let mut tl = SnatNode::new(
+            object,
+            SnatOptions {
+                port_min: 1024,
+                port_max: 65535,
+                ..SnatOptions::default()
+            },
+        )?;
         for ip in &others {
             let entry = dataplane_common::PodEntry {
                 host_ifindex: 999,
@@ -277,6 +313,14 @@ fn main() -> Result<()> {
         ratio(tl.1, legacy.1), ratio(tl.2, legacy.2), ratio(tl.3, legacy.3), ratio(tl.4, legacy.4), ratio(tl.6, legacy.6),
         ratio(tl.1, base.1), ratio(tl.2, base.2), ratio(tl.3, base.3), ratio(tl.4, base.4), ratio(tl.6, base.6),
     ));
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = std::process::Command::new("date")
+        .arg("+%Y%m%dT%H%M%SZ")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "run".into());
     let (cidr_sizes, pod_sizes): (&[usize], &[usize]) = if quick {
         (&[1, 1000], &[1, 250])
     } else {
@@ -304,7 +348,62 @@ fn main() -> Result<()> {
             f.0, l.0, drift(f.1, l.1), drift(f.2, l.2)
         ));
     }
+    let control = testbed::bench_control::cni_burst(if quick { 100 } else { 250 })?;
+    let (cidr_tl_ms, cidr_legacy_ms) = testbed::bench_control::cidr_change_ms()?;
+    md.push_str(&format!(
+        "\n## Control path\n\n| pods | CNI ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | agent RSS MB | agent CPU ms (burst) |\n|---|---|---|---|---|---|---|\n| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |\n",
+        control.pods, control.add_p50_ms, control.add_p99_ms, control.del_p50_ms, control.del_p99_ms, control.agent_rss_mb, control.agent_cpu_ms
+    ));
+    md.push_str(&format!(
+        "\nVPC CIDR change under load: trunkline {cidr_tl_ms:.1} ms (node file + SIGHUP until the NO_SNAT entry is in), legacy {cidr_legacy_ms:.1} ms (one iptables RETURN rule; aws-node rewrites its chain).\n"
+    ));
+    let pts = |v: &[(usize, f64, f64)], legacy: bool| -> Vec<(f64, f64)> {
+        v.iter()
+            .map(|(n, l, t)| (*n as f64, if legacy { *l } else { *t }))
+            .collect()
+    };
+    testbed::charts::sweep(
+        &dir.join(format!("{stamp}-cidrs.svg")),
+        "TCP connections/s vs exclusion CIDRs",
+        "exclusion CIDRs",
+        "conn/s",
+        &[
+            ("legacy", pts(&cidrs, true)),
+            ("trunkline", pts(&cidrs, false)),
+        ],
+    )?;
+    testbed::charts::sweep(
+        &dir.join(format!("{stamp}-pods.svg")),
+        "UDP 64 B kpps vs pods on the node",
+        "pods",
+        "kpps",
+        &[
+            ("legacy", pts(&pods, true)),
+            ("trunkline", pts(&pods, false)),
+        ],
+    )?;
+    md.push_str(&format!(
+        "\n![CIDR sweep]({stamp}-cidrs.svg) ![pod sweep]({stamp}-pods.svg)\n"
+    ));
+    let (sent, restart_got) = testbed::bench_control::restart_loss(false)?;
+    let (_, upgrade_got) = testbed::bench_control::restart_loss(true)?;
+    md.push_str(&format!(
+        "\nAgent SIGKILL + restart during a {sent}-datagram UDP stream through SNAT: {} lost; start on a rebuilt object (upgrade) during the stream: {} lost (target 0).\n",
+        sent - restart_got,
+        sent - upgrade_got
+    ));
+    let failures = CONN_FAILURES.load(Ordering::Relaxed);
+    md.push_str(&format!(
+        "\nConnections that failed (no answer within 1 s) across all measurements: {failures}.\n"
+    ));
     let json = json!({
+        "connection_failures": failures,
+        "restart_lost": sent - restart_got,
+        "upgrade_lost": sent - upgrade_got,
+        "control_path": {"pods": control.pods, "add_p50_ms": control.add_p50_ms, "add_p99_ms": control.add_p99_ms,
+            "del_p50_ms": control.del_p50_ms, "del_p99_ms": control.del_p99_ms, "agent_rss_mb": control.agent_rss_mb,
+            "agent_cpu_ms": control.agent_cpu_ms},
+        "cidr_change_ms": {"trunkline": cidr_tl_ms, "legacy": cidr_legacy_ms},
         "cidr_sweep": cidrs.iter().map(|(n, l, t)| json!({"cidrs": n, "legacy_conn_per_s": l, "trunkline_conn_per_s": t})).collect::<Vec<_>>(),
         "pod_sweep": pods.iter().map(|(n, l, t)| json!({"pods": n, "legacy_kpps": l, "trunkline_kpps": t})).collect::<Vec<_>>(),
         "kernel": uname(),
@@ -312,14 +411,7 @@ fn main() -> Result<()> {
         "quick": quick,
         "setups": rows.iter().map(|r| json!({"name": r.0, "tcp1_gbps": r.1, "tcp4_gbps": r.2, "udp64_kpps": r.3, "conn_per_s": r.4, "conn_p50_us": r.5, "conn_p99_us": r.6})).collect::<Vec<_>>(),
     });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let stamp = std::process::Command::new("date")
-        .arg("+%Y%m%dT%H%M%SZ")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "run".into());
+
     std::fs::write(dir.join(format!("{stamp}.md")), &md)?;
     std::fs::write(
         dir.join(format!("{stamp}.json")),

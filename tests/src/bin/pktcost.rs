@@ -100,6 +100,55 @@ fn main() {
             (v - overhead).max(0.0)
         );
     }
+    // A strict branch pod's packet: tagged and sent out of the trunk
+    // (the push changes the packet, so single runs).
+    let branch = packets::tcp_syn(Flow::new(snat::BRANCH_POD, PEER, 40000, 443));
+    let vlan_push = mean_single(&g, Hook::FromPod, (0..RUNS).map(|_| branch.clone()));
+    println!(
+        "{:<34} {:>10.1} {:>14.1}",
+        format!("VLAN push to the trunk, {RUNS} runs"),
+        vlan_push,
+        (vlan_push - overhead).max(0.0)
+    );
+
+    // Conntrack at 1M flows: the same established-flow measurement with
+    // CT and SNAT_REV sized for a million and filled.
+    const BIG: u32 = 1 << 20;
+    let mut big = snat::configure(
+        Golden::load_sized(&[("CT", BIG + 1024), ("SNAT_REV", BIG + 1024)]),
+        SnatMode::Random,
+        (1024, 65535),
+        snat::LO,
+    );
+    let filled = std::time::Instant::now();
+    for i in 0..BIG {
+        let key = CtKey::new(
+            POD,
+            [198, 18, (i >> 16) as u8, (i >> 8) as u8],
+            (i & 0xff) as u16 + 1024,
+            443,
+            6,
+        );
+        let e = CtEntry {
+            nat_ip: NODE,
+            nat_port: (i % 60000) as u16 + 1024,
+            flags: CT_F_SNAT,
+            ..Default::default()
+        };
+        fixture::put_ct(&mut big.dataplane, key, e);
+    }
+    let fill = filled.elapsed();
+    fixture::put_ct(&mut big.dataplane, self_key, entry);
+    let established_1m = big
+        .run_repeat(Hook::ToEni, &packets::tcp_syn(self_flow), REPEAT)
+        .duration_ns as f64;
+    println!(
+        "{:<34} {:>10.1} {:>14}",
+        format!("established SNAT, CT at {}k flows", BIG / 1024),
+        established_1m,
+        format!("(filled in {:.1}s)", fill.as_secs_f64())
+    );
+
     let s = g.stats(Hook::ToEni);
     assert_eq!(
         s.nat_new,
