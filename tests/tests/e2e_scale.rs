@@ -128,10 +128,7 @@ fn cni_add_latency_over_100_pods_is_measured() {
     println!("{report}");
     eprintln!("{report}");
     // `cargo xtask test` prints this file after the run.
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        let _ = std::fs::write(
-            std::path::Path::new(&dir).join("trunkline-cni-add-latency.txt"),
-            &report,
-        );
+    if let Some(path) = std::env::var_os("TRUNKLINE_LATENCY_REPORT") {
+        let _ = std::fs::write(path, &report);
     }
 }
