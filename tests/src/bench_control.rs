@@ -204,7 +204,6 @@ pub fn cidr_change_ms() -> Result<(f64, f64)> {
 /// and started again, on the same object (`upgrade` false) or on a rebuilt
 /// one (`upgrade` true: every attachment switches program).
 pub fn restart_loss(upgrade: bool) -> Result<(u32, u32)> {
-    const N: u32 = 20_000;
     let mut sim = SimNode::build()?;
     std::fs::write(
         sim.node_file(),
@@ -214,41 +213,20 @@ pub fn restart_loss(upgrade: bool) -> Result<(u32, u32)> {
     let _fabric = Fabric::install(&sim)?;
     let pod = crate::vpc_fabric::CniPod::add(&sim, "bench", "streamer")?;
     own(&sim, "eth0", pod.ip)?;
-    let inet = Ipv4Addr::new(203, 0, 113, 10);
-    let server = sim.inet.run_in(|| UdpSocket::bind((inet, 7600)))?;
-    server.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let receiver = std::thread::spawn(move || {
-        let mut got = 0u32;
-        let mut buf = [0u8; 16];
-        while server.recv_from(&mut buf).is_ok() {
-            got += 1;
+    let rebuilt = if upgrade {
+        Some(crate::object::rebuilt(sim.dir.path())?)
+    } else {
+        None
+    };
+    let server = sim
+        .inet
+        .run_in(|| UdpSocket::bind((Ipv4Addr::new(203, 0, 113, 10), 7600)))?;
+    let seen = crate::traffic::udp_stream_across(&pod.ns, server, 20_000, || {
+        sim.kill_agent();
+        if rebuilt.is_some() {
+            sim.ebpf_object = rebuilt.clone();
         }
-        got
-    });
-    let client = pod
-        .ns
-        .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
-    let sender = std::thread::spawn(move || {
-        for i in 0..N {
-            let _ = client.send_to(&i.to_be_bytes(), (inet, 7600));
-            if i % 100 == 99 {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    sim.kill_agent();
-    if upgrade {
-        let mut bytes = std::fs::read(crate::object::path())?;
-        bytes.push(0);
-        let rebuilt = sim.dir.path().join("trunkline-ebpf.rebuilt");
-        std::fs::write(&rebuilt, &bytes)?;
-        sim.ebpf_object = Some(rebuilt);
-    }
-    sim.start_agent()?;
-    let _ = sender.join();
-    let got = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
-    Ok((N, got))
+        sim.start_agent()
+    })?;
+    Ok((seen.sent, seen.received))
 }

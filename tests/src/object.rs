@@ -41,3 +41,13 @@ pub fn testvpc_bytes() -> Vec<u8> {
         )
     })
 }
+
+/// A "rebuilt" object in `dir`: the same programs in a file that differs by
+/// a trailing byte, so its identity changes as a rebuild's would.
+pub fn rebuilt(dir: &std::path::Path) -> std::io::Result<PathBuf> {
+    let mut bytes = std::fs::read(path())?;
+    bytes.push(0);
+    let out = dir.join("trunkline-ebpf.rebuilt");
+    std::fs::write(&out, &bytes)?;
+    Ok(out)
+}

@@ -248,3 +248,62 @@ pub fn udp_exchanges(
     }
     Ok(out)
 }
+
+/// What the far end of a [`udp_stream_across`] received.
+#[derive(Debug)]
+pub struct StreamSeen {
+    pub sent: u32,
+    pub received: u32,
+    /// Source addresses the server saw (one: the flow kept its translation).
+    pub sources: std::collections::HashSet<SocketAddr>,
+}
+
+/// A steady UDP stream (`count` datagrams, ~10,000 a second, one flow) from
+/// `client` to `server` (a socket bound where the far end is), with
+/// `during` run half a second in (an agent restart, an upgrade). Returns
+/// what the server received.
+pub fn udp_stream_across(
+    client: &Netns,
+    server: UdpSocket,
+    count: u32,
+    during: impl FnOnce() -> Result<()>,
+) -> Result<StreamSeen> {
+    let dst = server.local_addr()?;
+    let sock = server;
+    sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let receiver = std::thread::spawn(move || {
+        let mut received = 0u32;
+        let mut sources = std::collections::HashSet::new();
+        let mut buf = [0u8; 16];
+        while let Ok((_, peer)) = sock.recv_from(&mut buf) {
+            received += 1;
+            sources.insert(peer);
+        }
+        (received, sources)
+    });
+    let sender_sock = client.run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        for i in 0..count {
+            sender_sock.send_to(&i.to_be_bytes(), dst)?;
+            if i % 100 == 99 {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let during = during();
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("sender panicked"))?;
+    let (received, sources) = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
+    during?;
+    sent?;
+    Ok(StreamSeen {
+        sent: count,
+        received,
+        sources,
+    })
+}
