@@ -23,6 +23,36 @@ enum Command {
     /// serve the CNI plugin on a unix socket. Manages the interfaces of the
     /// network namespace it is started in.
     Run(RunArgs),
+    /// Install trunkline-cni and its conflist into the host's CNI directories
+    /// (the DaemonSet's init step; temp file + rename, never half-written).
+    InstallCni {
+        /// The plugin binary to install.
+        #[arg(long, default_value = "/usr/local/bin/trunkline-cni")]
+        plugin: PathBuf,
+        #[arg(long, default_value = "/host/opt/cni/bin")]
+        bin_dir: PathBuf,
+        #[arg(long, default_value = "/host/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        #[arg(long, env = "TRUNKLINE_MTU", default_value_t = 9001)]
+        mtu: u32,
+        #[arg(
+            long,
+            env = "TRUNKLINE_SOCKET",
+            default_value = "/run/trunkline/agent.sock"
+        )]
+        socket: String,
+    },
+    /// Exit 0 if the agent answers SERVING on its socket (liveness/readiness probe).
+    Health {
+        #[arg(
+            long,
+            env = "TRUNKLINE_SOCKET",
+            default_value = "/run/trunkline/agent.sock"
+        )]
+        socket: String,
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
     /// Print the pinned maps (works while the agent is down).
     Inspect {
         #[command(subcommand)]
@@ -122,6 +152,30 @@ fn main() -> anyhow::Result<()> {
             mtu: a.mtu,
             ip_cooldown: Duration::from_secs(a.ip_cooldown),
         })?,
+        Command::InstallCni {
+            plugin,
+            bin_dir,
+            conf_dir,
+            mtu,
+            socket,
+        } => {
+            trunkline_agent::install_cni::install(&plugin, &bin_dir, &conf_dir, mtu, &socket)
+                .context("installing the CNI plugin")?;
+            println!(
+                "installed {} and {}",
+                bin_dir.join("trunkline-cni").display(),
+                conf_dir
+                    .join(trunkline_agent::install_cni::CONFLIST)
+                    .display()
+            );
+        }
+        Command::Health {
+            socket,
+            timeout_secs,
+        } => {
+            trunkline_agent::health::check(&socket, std::time::Duration::from_secs(timeout_secs))
+                .map_err(anyhow::Error::msg)?;
+        }
         Command::Inspect {
             what,
             bpf_root,
