@@ -19,7 +19,6 @@ use crate::{
     cni::{self, Call},
     netns::Netns,
     sim_node::{node_file, SimNode},
-    vpc_fabric::{own, Fabric},
 };
 
 #[derive(Debug, Default)]
@@ -141,15 +140,7 @@ fn background_udp(
 /// a pod sending at full rate: trunkline (node file + SIGHUP → `NO_SNAT`
 /// entry present) and legacy (one `iptables -I ... RETURN`, aws-node's way).
 pub fn cidr_change_ms() -> Result<(f64, f64)> {
-    let mut sim = SimNode::build()?;
-    std::fs::write(
-        sim.node_file(),
-        node_file(&crate::sim_node::pod_ips("eth0"), &[]),
-    )?;
-    sim.start_agent()?;
-    let _fabric = Fabric::install(&sim)?;
-    let pod = crate::vpc_fabric::CniPod::add(&sim, "bench", "loader")?;
-    own(&sim, "eth0", pod.ip)?;
+    let (sim, _fabric, pod) = crate::vpc_fabric::node_with_pod(&[], "loader")?;
     let stop = Arc::new(AtomicBool::new(false));
     let load = background_udp(&pod.ns, (Ipv4Addr::new(203, 0, 113, 10), 9), stop.clone())?;
     std::thread::sleep(Duration::from_millis(300));
@@ -204,15 +195,7 @@ pub fn cidr_change_ms() -> Result<(f64, f64)> {
 /// and started again, on the same object (`upgrade` false) or on a rebuilt
 /// one (`upgrade` true: every attachment switches program).
 pub fn restart_loss(upgrade: bool) -> Result<(u32, u32)> {
-    let mut sim = SimNode::build()?;
-    std::fs::write(
-        sim.node_file(),
-        node_file(&crate::sim_node::pod_ips("eth0"), &[]),
-    )?;
-    sim.start_agent()?;
-    let _fabric = Fabric::install(&sim)?;
-    let pod = crate::vpc_fabric::CniPod::add(&sim, "bench", "streamer")?;
-    own(&sim, "eth0", pod.ip)?;
+    let (mut sim, _fabric, pod) = crate::vpc_fabric::node_with_pod(&[], "streamer")?;
     let rebuilt = if upgrade {
         Some(crate::object::rebuilt(sim.dir.path())?)
     } else {

@@ -245,3 +245,20 @@ impl Drop for CniPod {
         }
     }
 }
+
+/// The usual end-to-end starting point: a simulated node with the eth0 pool,
+/// the agent started with `env`, the VPC fabric, and one pod on eth0 that
+/// the VPC attributes to it.
+pub fn node_with_pod(env: &[(&str, &str)], pod: &str) -> Result<(SimNode, Fabric, CniPod)> {
+    let mut sim = SimNode::build()?;
+    std::fs::write(
+        sim.node_file(),
+        crate::sim_node::node_file(&crate::sim_node::pod_ips("eth0"), &[]),
+    )?;
+    sim.set_agent_env(env);
+    sim.start_agent()?;
+    let fabric = Fabric::install(&sim)?;
+    let p = CniPod::add(&sim, "default", pod)?;
+    own(&sim, "eth0", p.ip)?;
+    Ok((sim, fabric, p))
+}

@@ -10,20 +10,16 @@ use std::{
 };
 
 use testbed::{
-    sim_node::{pod_ips, SimNode, NODE_IP},
+    sim_node::{SimNode, NODE_IP},
     traffic::{udp_stream_across, StreamSeen},
-    vpc_fabric::{own, CniPod, Fabric},
+    vpc_fabric::{CniPod, Fabric},
 };
 
 const INET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const DATAGRAMS: u32 = 20_000;
 
 fn node_with_pod() -> (SimNode, Fabric, CniPod) {
-    let sim = SimNode::with_pools(&pod_ips("eth0"), &[]).expect("sim node");
-    let fabric = Fabric::install(&sim).expect("fabric");
-    let pod = CniPod::add(&sim, "default", "streamer").expect("pod");
-    own(&sim, "eth0", pod.ip).expect("own");
-    (sim, fabric, pod)
+    testbed::vpc_fabric::node_with_pod(&[], "streamer").expect("node with a pod")
 }
 
 fn server(sim: &SimNode, port: u16) -> UdpSocket {
