@@ -75,6 +75,13 @@ pub fn icmp_echo(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> Vec<u8> {
         .write_to_vec(b"trunkline-ping")
 }
 
+pub fn icmp_echo_reply(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> Vec<u8> {
+    eth()
+        .ipv4(src, dst, 64)
+        .icmpv4_echo_reply(id, seq)
+        .write_to_vec(b"trunkline-ping")
+}
+
 /// UDP inside an 802.1Q tag.
 pub fn udp_vlan(f: Flow, vlan: u16, payload: &[u8]) -> Vec<u8> {
     let vid = VlanId::try_new(vlan).expect("vlan id");

@@ -190,10 +190,7 @@ fn icmp_echo_id_is_the_port() {
     let nat_id = port_at(&out.data, L4 + 4);
     assert!(nat_id >= 32768);
     // Echo reply: type 0, same id.
-    let mut reply = packets::icmp_echo(INET, NODE, nat_id, 1);
-    reply[L4] = 0;
-    let c = u16::from_be_bytes([reply[L4 + 2], reply[L4 + 3]]).wrapping_add(0x0800);
-    reply[L4 + 2..L4 + 4].copy_from_slice(&c.to_be_bytes());
+    let reply = packets::icmp_echo_reply(INET, NODE, nat_id, 1);
     assert_checksums(&reply);
     let back = g.run(Hook::FromEni, &reply);
     assert_eq!(back.action, TC_ACT_REDIRECT, "{back:?}");
