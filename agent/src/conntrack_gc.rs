@@ -110,6 +110,22 @@ impl CtMaps {
             .map_err(err(names::SNAT_REV))
     }
 
+    /// Takes over a connection another conntrack tracked (migration):
+    /// `CT[key]` and, for a translated flow, `SNAT_REV[reply]`. Overwrites
+    /// whatever the data path recorded for these tuples meanwhile (an
+    /// identity "host flow" entry for the already-translated packets).
+    pub fn adopt(
+        &mut self,
+        key: CtKey,
+        entry: CtEntry,
+        reply: Option<CtKey>,
+    ) -> Result<(), GcError> {
+        if let Some(r) = reply {
+            self.rev.insert(r, key, 0).map_err(err(names::SNAT_REV))?;
+        }
+        self.ct.insert(key, entry, 0).map_err(err(names::CT))
+    }
+
     fn remove_ct(&mut self, k: &CtKey) -> Result<(), GcError> {
         match self.ct.remove(k) {
             Err(e) if !is_not_found(&e) => Err(err(names::CT)(e)),

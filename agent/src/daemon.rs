@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub ebpf_object: Option<PathBuf>,
     pub mtu: u32,
     pub ip_cooldown: Duration,
+    /// aws-node's checkpoint to migrate from at start, if it exists.
+    pub migrate_from_aws_node: Option<PathBuf>,
 }
 
 pub struct Agent {

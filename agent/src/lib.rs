@@ -16,6 +16,7 @@ pub mod inspect_maps;
 pub mod install_cni;
 pub mod ipam;
 pub mod metrics;
+pub mod migrate;
 pub mod netif;
 pub mod node_file;
 pub mod node_state;

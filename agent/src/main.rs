@@ -53,6 +53,21 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
     },
+    /// Take over a node that ran aws-node: adopt its pods from aws-node's
+    /// checkpoint (keeping their established connections, SNAT ports
+    /// included), then remove aws-node's chains, rules, tables and devices.
+    /// Leaves the data path pinned for `run`, which finds the pods in its
+    /// checkpoint.
+    Migrate {
+        #[command(flatten)]
+        run: RunArgs,
+        /// aws-node's IPAM checkpoint.
+        #[arg(long, default_value = trunkline_agent::migrate::aws_node_checkpoint::DEFAULT_PATH)]
+        aws_node_checkpoint: PathBuf,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the pinned maps (works while the agent is down).
     Inspect {
         #[command(subcommand)]
@@ -114,6 +129,33 @@ struct RunArgs {
     /// Seconds a released pod IP waits before it is handed out again.
     #[arg(long, env = "TRUNKLINE_IP_COOLDOWN", default_value_t = 30)]
     ip_cooldown: u64,
+    /// At start, take over the pods of aws-node's checkpoint (as `migrate`
+    /// does) if the file exists; it is renamed `*.migrated` afterwards.
+    #[arg(
+        long,
+        env = "TRUNKLINE_MIGRATE_FROM_AWS_NODE",
+        value_name = "IPAM_JSON",
+        num_args = 0..=1,
+        default_missing_value = trunkline_agent::migrate::aws_node_checkpoint::DEFAULT_PATH
+    )]
+    migrate_from_aws_node: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn config(self) -> RunConfig {
+        RunConfig {
+            node_file: self.node_file,
+            bpf_root: self.bpf_root,
+            socket: self.socket,
+            state_dir: self.state_dir,
+            metrics_addr: self.metrics_addr,
+            introspection_addr: self.introspection_addr,
+            ebpf_object: self.ebpf_object,
+            mtu: self.mtu,
+            ip_cooldown: Duration::from_secs(self.ip_cooldown),
+            migrate_from_aws_node: self.migrate_from_aws_node,
+        }
+    }
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -141,17 +183,32 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(a) => trunkline_agent::run::run(RunConfig {
-            node_file: a.node_file,
-            bpf_root: a.bpf_root,
-            socket: a.socket,
-            state_dir: a.state_dir,
-            metrics_addr: a.metrics_addr,
-            introspection_addr: a.introspection_addr,
-            ebpf_object: a.ebpf_object,
-            mtu: a.mtu,
-            ip_cooldown: Duration::from_secs(a.ip_cooldown),
-        })?,
+        Command::Run(a) => trunkline_agent::run::run(a.config())?,
+        Command::Migrate {
+            run,
+            aws_node_checkpoint,
+            dry_run,
+        } => {
+            let config = run.config();
+            if dry_run {
+                let node = trunkline_agent::node_file::NodeFile::load(&config.node_file)?;
+                let plan = trunkline_agent::migrate::plan(
+                    &node,
+                    |ip| trunkline_agent::migrate::pool_of(&node, ip),
+                    &aws_node_checkpoint,
+                )?;
+                println!("migration plan (dry run, nothing changed):\n{plan}");
+                if !plan.blockers.is_empty() {
+                    anyhow::bail!("{} blocker(s)", plan.blockers.len());
+                }
+            } else {
+                let report = trunkline_agent::migrate::run_once(config, &aws_node_checkpoint)?;
+                println!(
+                    "migrated: {} pod(s) adopted, {} SNAT and {} via-stack connection(s) copied, {} legacy object(s) removed",
+                    report.adopted, report.snat_flows, report.via_stack_flows, report.removed
+                );
+            }
+        }
         Command::InstallCni {
             plugin,
             bin_dir,

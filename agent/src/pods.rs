@@ -6,8 +6,10 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use dataplane_common::{node::POD_F_STRICT, Hook, PodEntry};
 
+mod adopt;
 mod restore;
 
+pub use adopt::Adoptee;
 pub use restore::RestoreReport;
 
 use crate::{

@@ -66,18 +66,25 @@ async fn reload_on_sighup(agent: crate::daemon::Shared) {
     }
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (a signal that arrives before
+/// the returned future is first polled is not lost: the socket a
+/// supervisor waits for exists before the server polls it) and resolves on
+/// the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
+    let handlers = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+    );
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
     }
 }
 
@@ -90,6 +97,7 @@ pub fn run(config: RunConfig) -> Result<()> {
 }
 
 async fn serve(config: RunConfig) -> Result<()> {
+    let shutdown = shutdown_signal();
     let (agent, report) = Agent::start(config.clone())?;
     tracing::info!(
         kept = report.kept,
@@ -99,6 +107,18 @@ async fn serve(config: RunConfig) -> Result<()> {
         bpf_root = %config.bpf_root.display(),
         "agent started"
     );
+    let mut agent = agent;
+    if let Some(checkpoint) = config.migrate_from_aws_node.as_deref() {
+        if checkpoint.exists() {
+            // A blocked or failed migration leaves the legacy pods on the
+            // legacy plumbing; the agent still serves new pods.
+            if let Err(e) = crate::migrate::migrate(&mut agent, checkpoint) {
+                tracing::error!(error = format!("{e:#}"), "migration from aws-node failed");
+            }
+        } else {
+            tracing::info!(checkpoint = %checkpoint.display(), "no aws-node checkpoint: nothing to migrate");
+        }
+    }
     let node_ip = agent.pods_node_ip();
     let agent = Arc::new(Mutex::new(agent));
     let metrics = Arc::new(Metrics::new());
@@ -138,7 +158,7 @@ async fn serve(config: RunConfig) -> Result<()> {
     let result = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(AgentServer::new(AgentService::new(agent.clone(), metrics)))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(&config.socket);
     stop.store(true, Ordering::Relaxed);

@@ -49,6 +49,9 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     if orig.src_ip == cfg.node_ip {
         return Verdict::Pass; // a host connection's identity entry
     }
+    let Some(pod) = ours(&orig.src_ip) else {
+        return Verdict::Pass;
+    };
     if let Some(ct) = conntrack::lookup(&orig) {
         conntrack::seen_reply(ct, pkt);
     }
@@ -56,16 +59,19 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         return Verdict::Drop(DropReason::MalformedL4);
     }
     stats.rev_snat += 1;
-    deliver_to(ctx, cfg, &orig.src_ip, pkt.l3_off)
+    hop_into_pod(ctx, cfg, &pod, pkt.l3_off)
 }
 
-/// Into the pod that owns `ip`; the stack decides if there is none.
+/// The pod a reply translates back to, if the data path serves it. If not,
+/// the packet goes to the stack untranslated: whatever owns that pod owns
+/// the flow too. During a migration from aws-node that is netfilter, until
+/// the pod's `PODS` entry switches both directions to us at once; a reply
+/// translated here but delivered by the stack would clash with netfilter's
+/// own entry for the flow, which rewrites its source port to resolve the
+/// clash, and the pod resets the connection.
 #[inline(always)]
-fn deliver_to(ctx: &mut TcContext, cfg: &Config, ip: &Ipv4, l3_off: usize) -> Verdict {
-    match maps::pod(ip) {
-        Some(pod) => hop_into_pod(ctx, cfg, &pod, l3_off),
-        None => Verdict::Pass,
-    }
+fn ours(ip: &Ipv4) -> Option<PodEntry> {
+    maps::pod(ip)
 }
 
 /// The node is a routing hop on the way in too (see `deliver::hop`).
@@ -121,6 +127,9 @@ fn icmp_error_to_node(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> V
     if orig.src_ip == cfg.node_ip {
         return Verdict::Pass;
     }
+    let Some(pod) = ours(&orig.src_ip) else {
+        return Verdict::Pass;
+    };
     if nat::icmp_error(
         ctx,
         pkt,
@@ -136,5 +145,5 @@ fn icmp_error_to_node(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> V
     }
     stats.icmp_error_xlated += 1;
     stats.rev_snat += 1;
-    deliver_to(ctx, cfg, &orig.src_ip, pkt.l3_off)
+    hop_into_pod(ctx, cfg, &pod, pkt.l3_off)
 }

@@ -36,6 +36,12 @@ pub fn ct(dp: &Dataplane, key: &CtKey) -> Option<CtEntry> {
     m.get(key, 0).ok()
 }
 
+pub fn pod(dp: &Dataplane, ip: Ipv4) -> Option<PodEntry> {
+    let map = dp.map(names::PODS).expect("PODS");
+    let m: HashMap<&MapData, Ipv4, PodEntry> = HashMap::try_from(map).expect("PODS type");
+    m.get(&ip, 0).ok()
+}
+
 pub fn snat_rev(dp: &Dataplane, key: &CtKey) -> Option<CtKey> {
     let map = dp.map(names::SNAT_REV).expect("SNAT_REV");
     let m: HashMap<&MapData, CtKey, CtKey> = HashMap::try_from(map).expect("SNAT_REV type");

@@ -307,3 +307,139 @@ pub fn udp_stream_across(
         sources,
     })
 }
+
+/// Byte `i` of a [`tcp_transfer`]'s stream: the receiver checks every one.
+fn pattern(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// What the receiving end of a [`tcp_transfer`] saw.
+#[derive(Debug)]
+pub struct TransferSeen {
+    pub sent: u64,
+    pub received: u64,
+    /// Every received byte was the one expected at its offset.
+    pub intact: bool,
+    /// The client as the server saw it (after any NAT), at accept.
+    pub peer: SocketAddr,
+}
+
+/// A paced one-way TCP transfer on one connection, running in the
+/// background: `chunks` writes of 64 KiB, `pace` apart.
+pub struct Transfer {
+    worker: Option<std::thread::JoinHandle<Result<TransferSeen>>>,
+    received: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub total: u64,
+}
+
+pub const TRANSFER_CHUNK: usize = 64 * 1024;
+
+impl Transfer {
+    /// The client in `client` connects to `at` (bound in `server`); the
+    /// client sends if `upload`, else the server does.
+    pub fn start(
+        client: &Netns,
+        server: &Netns,
+        at: SocketAddr,
+        upload: bool,
+        chunks: u64,
+        pace: Duration,
+    ) -> Result<Self> {
+        use std::sync::{atomic::Ordering, Arc};
+        let listener = server
+            .run_in(|| TcpListener::bind(at))
+            .with_context(|| format!("binding {at} in {}", server.name()))?;
+        let conn = client
+            .run_in(|| TcpStream::connect_timeout(&at, TIMEOUT))
+            .with_context(|| format!("connecting to {at} from {}", client.name()))?;
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + TIMEOUT;
+        let (accepted, peer) = loop {
+            match listener.accept() {
+                Ok(c) => break c,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        bail!("no connection arrived at {at}");
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        accepted.set_nonblocking(false)?;
+        let (mut tx, mut rx) = if upload {
+            (conn, accepted)
+        } else {
+            (accepted, conn)
+        };
+        let total = chunks * TRANSFER_CHUNK as u64;
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = received.clone();
+        // Stalls longer than this fail the transfer (a dead connection).
+        let stall = Duration::from_secs(10);
+        let worker = std::thread::spawn(move || -> Result<TransferSeen> {
+            tx.set_write_timeout(Some(stall))?;
+            rx.set_read_timeout(Some(stall))?;
+            let sender = std::thread::spawn(move || -> Result<u64> {
+                let mut sent = 0u64;
+                let mut buf = vec![0u8; TRANSFER_CHUNK];
+                for _ in 0..chunks {
+                    for (j, b) in buf.iter_mut().enumerate() {
+                        *b = pattern(sent + j as u64);
+                    }
+                    tx.write_all(&buf).context("sending")?;
+                    sent += buf.len() as u64;
+                    std::thread::sleep(pace);
+                }
+                tx.shutdown(std::net::Shutdown::Write)?;
+                Ok(sent)
+            });
+            let mut got = 0u64;
+            let mut intact = true;
+            let mut buf = vec![0u8; TRANSFER_CHUNK];
+            let read_result = loop {
+                match rx.read(&mut buf) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        intact &= buf[..n]
+                            .iter()
+                            .enumerate()
+                            .all(|(j, b)| *b == pattern(got + j as u64));
+                        got += n as u64;
+                        counter.store(got, Ordering::Relaxed);
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let sent = sender
+                .join()
+                .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+            read_result.with_context(|| format!("receiving after {got} of {sent} bytes"))?;
+            Ok(TransferSeen {
+                sent,
+                received: got,
+                intact,
+                peer,
+            })
+        });
+        Ok(Self {
+            worker: Some(worker),
+            received,
+            total,
+        })
+    }
+
+    /// Bytes the receiver has so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits (bounded by the stall timeout per read/write) for the end.
+    pub fn finish(mut self) -> Result<TransferSeen> {
+        self.worker
+            .take()
+            .context("already finished")?
+            .join()
+            .map_err(|_| anyhow::anyhow!("transfer thread panicked"))?
+    }
+}

@@ -150,6 +150,7 @@ fn image_and_manifests_agree_with_the_binaries_defaults() {
         "/sys/fs/bpf/trunkline",
         "/run/trunkline/agent.sock",
         "/var/lib/trunkline",
+        trunkline_agent::migrate::aws_node_checkpoint::DEFAULT_PATH,
     ] {
         assert!(
             mounts.iter().any(|m| default.starts_with(m.as_str())),
@@ -177,6 +178,7 @@ fn image_and_manifests_agree_with_the_binaries_defaults() {
         "/sys/fs/bpf",
         "/run/trunkline",
         "/var/lib/trunkline",
+        "/var/run/aws-node",
     ] {
         assert!(
             host_paths.iter().any(|h| h == p),

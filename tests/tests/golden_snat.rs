@@ -155,6 +155,30 @@ fn reply_is_translated_back_and_delivered_into_the_pod() {
     assert_eq!((ct.state, ct.packets_reply), (CT_STATE_ESTABLISHED, 1));
 }
 
+/// A reply whose pod the data path does not serve (a pod still on
+/// aws-node's plumbing during a migration) goes to the stack untranslated:
+/// netfilter owns that flow until the pod's `PODS` entry appears.
+#[test]
+fn reply_for_a_pod_not_served_passes_untranslated() {
+    let mut g = node(SnatMode::Random, (32768, 65535));
+    let other_pod = [192, 168, 10, 77];
+    let orig = CtKey::new(other_pod, INET, 40003, 443, 6);
+    let reply_key = CtKey::new(INET, NODE, 443, 50001, 6);
+    fixture::put_snat_rev(&mut g.dataplane, reply_key, orig);
+    g.reset_stats();
+    let reply = packets::tcp_syn(Flow::new(INET, NODE, 443, 50001));
+    let out = g.run(Hook::FromEni, &reply);
+    assert_passed_unchanged(&out, &reply);
+    assert_eq!(g.stats(Hook::FromEni).rev_snat, 0);
+    // Once the pod is served, the same reply is translated and delivered.
+    let pod = fixture::pod(&g.dataplane, POD).expect("the fixture's pod");
+    fixture::add_pod(&mut g.dataplane, other_pod, pod);
+    let out = g.run(Hook::FromEni, &reply);
+    assert_eq!(out.action, TC_ACT_REDIRECT, "{out:?}");
+    assert_eq!((src_ip(&out.data), dst_ip(&out.data)), (INET, other_pod));
+    assert_checksums(&out.data);
+}
+
 #[test]
 fn udp_round_trip_and_zero_checksum_stays_zero() {
     let g = node(SnatMode::Random, (32768, 65535));

@@ -3,7 +3,12 @@
 use std::path::PathBuf;
 
 pub fn workspace_root() -> PathBuf {
-    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // `cargo run` sets it at run time: the clone being worked on. The
+    // compile-time value can name another clone that shares the target
+    // directory (CI clones into a new path and reuses the cache).
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
