@@ -19,6 +19,7 @@ pub mod cni;
 pub mod fixture;
 pub mod golden;
 pub mod legacy;
+pub mod legacy_node;
 pub mod mini_node;
 pub mod netns;
 pub mod object;

@@ -2,7 +2,9 @@
 //! the data path attached, real traffic through it, the counters and a
 //! bpftool dump printed; then a simulated EKS node with the real agent in
 //! local mode and three pods added through trunkline-cni exactly as a
-//! container runtime would, `inspect pods` and the bpftool dump of PODS.
+//! container runtime would, `inspect pods` and the bpftool dump of PODS;
+//! last a node as aws-node leaves it, taken over by `trunkline-agent
+//! migrate` during a running upload.
 //! Everything is removed at the end, also on Ctrl-C.
 
 use std::{
@@ -17,6 +19,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use testbed::{
     cni::{self, Call},
+    legacy_node::LegacyNode,
     mini_node::*,
     netns::Netns,
     object,
@@ -231,5 +234,45 @@ fn main() -> Result<()> {
     drop(netns);
     drop(sim);
     println!("agent stopped; namespaces, links, pins and the state dir removed");
+
+    step("a node as aws-node leaves it: SNAT chain, connmark, ip rules, per-ENI tables, two pods")?;
+    let legacy = LegacyNode::build()?;
+    print!("{}", legacy.legacy_state()?);
+    let inet = std::net::SocketAddr::from((Ipv4Addr::new(203, 0, 113, 10), 7100));
+    let transfer = traffic::Transfer::start(
+        &legacy.pods[0].ns,
+        &legacy.sim.inet,
+        inet,
+        true,
+        96,
+        std::time::Duration::from_millis(40),
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+
+    step("trunkline-agent migrate --dry-run, then migrate, during a 6 MiB upload to the internet")?;
+    let dry = legacy.migrate(&["--dry-run"])?;
+    print!("{}", String::from_utf8_lossy(&dry.stdout));
+    let out = legacy.migrate(&[])?;
+    if !out.status.success() {
+        bail!("migrate: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    let at_switch = transfer.received();
+    let seen = transfer.finish()?;
+    println!(
+        "upload: {} of {} bytes arrived intact: {} ({} of them before the migration), one connection from {} throughout",
+        seen.received, seen.sent, seen.intact, at_switch, seen.peer
+    );
+    let left = legacy.legacy_state()?;
+    println!(
+        "legacy plumbing left: {}",
+        if left.is_empty() {
+            "none"
+        } else {
+            left.as_str()
+        }
+    );
+    drop(legacy);
+    println!("namespaces, links and pins removed");
     Ok(())
 }
