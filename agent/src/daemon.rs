@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub ebpf_object: Option<PathBuf>,
     pub mtu: u32,
     pub ip_cooldown: Duration,
+    /// Security groups for pods from the Kubernetes API (unset: local mode).
+    pub kube: crate::branch_source::KubeSettings,
 }
 
 pub struct Agent {

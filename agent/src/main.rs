@@ -114,6 +114,19 @@ struct RunArgs {
     /// Seconds a released pod IP waits before it is handed out again.
     #[arg(long, env = "TRUNKLINE_IP_COOLDOWN", default_value_t = 30)]
     ip_cooldown: u64,
+    /// Kubernetes mode (security groups for pods): the apiserver's
+    /// kubeconfig. Unset: the in-cluster service account when running in a
+    /// pod, else local mode.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (`spec.nodeName` of its pods). Default: MY_NODE_NAME,
+    /// else NODE_NAME.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Seconds AddPod waits for the pod-eni annotation of a pod that
+    /// requests vpc.amazonaws.com/pod-eni.
+    #[arg(long, env = "TRUNKLINE_POD_ENI_WAIT", default_value_t = trunkline_agent::branch_source::DEFAULT_POD_ENI_WAIT_SECS)]
+    pod_eni_wait: u64,
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -151,6 +164,14 @@ fn main() -> anyhow::Result<()> {
             ebpf_object: a.ebpf_object,
             mtu: a.mtu,
             ip_cooldown: Duration::from_secs(a.ip_cooldown),
+            kube: trunkline_agent::branch_source::KubeSettings {
+                kubeconfig: a.kubeconfig,
+                node_name: a.node_name.or_else(|| {
+                    trunkline_agent::branch_source::node_name_from_env(|k| std::env::var(k).ok())
+                }),
+                pod_eni_wait: Duration::from_secs(a.pod_eni_wait),
+                in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+            },
         })?,
         Command::InstallCni {
             plugin,

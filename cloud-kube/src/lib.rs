@@ -22,7 +22,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     Client, Config,
 };
-use pod_watch::WatchStats;
+use pod_watch::{Fetched, WatchStats};
 
 /// Where the apiserver is.
 #[derive(Clone, Debug)]
@@ -76,6 +76,8 @@ pub enum DecideError {
     NotYet(WaitError),
     #[error("pod {0}/{1} is not known from the pod watch and the apiserver did not answer: {2}")]
     Unreachable(String, String, String),
+    #[error("pod {0}/{1} is not a pod of this node: {2}")]
+    NotOnThisNode(String, String, String),
 }
 
 pub struct PodEniSource {
@@ -177,19 +179,31 @@ impl PodEniSource {
         )
         .await;
         match fetched {
-            Ok(Ok(true)) => {
+            Ok(Ok(Fetched::Applied)) => {
                 let left = o.annotation_wait.saturating_sub(o.unknown_wait);
                 self.book
                     .decide(namespace, name, left, Duration::ZERO)
                     .await
                     .map_err(classify)
             }
-            Ok(Ok(false)) => {
-                // No pod object on this node (e.g. a sandbox of a pod that
-                // was deleted meanwhile): nothing can request a branch.
-                tracing::warn!(pod = %format!("{namespace}/{name}"), node = %o.node_name, "pod not found on this node in the apiserver; treating it as a regular pod");
-                Ok(None)
-            }
+            // Without the pod object nobody can say whether it needs a
+            // branch ENI; giving it a regular IP could bypass its security
+            // groups. Refuse: a deleted pod's sandbox is not retried, and a
+            // misconfigured node name shows up here at once.
+            Ok(Ok(Fetched::NotFound)) => Err(DecideError::NotOnThisNode(
+                namespace.into(),
+                name.into(),
+                "the apiserver has no such pod".into(),
+            )),
+            Ok(Ok(Fetched::OtherNode(other))) => Err(DecideError::NotOnThisNode(
+                namespace.into(),
+                name.into(),
+                format!(
+                    "the apiserver binds it to node {:?}, this node is {:?} (MY_NODE_NAME / --node-name)",
+                    other.unwrap_or_default(),
+                    o.node_name
+                ),
+            )),
             Ok(Err(e)) => Err(DecideError::Unreachable(
                 namespace.into(),
                 name.into(),

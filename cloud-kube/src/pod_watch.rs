@@ -149,8 +149,19 @@ pub async fn run(
     tracing::error!(node = %node, "pod watch stream ended");
 }
 
-/// One GET of a pod that the watch has not delivered (yet): the answer is
-/// applied to the book. `Ok(false)`: no such pod on this node.
+/// What a direct GET of a pod found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// On this node; applied to the book.
+    Applied,
+    /// The apiserver has no such pod.
+    NotFound,
+    /// Bound to another node (or to none): not this agent's pod.
+    OtherNode(Option<String>),
+}
+
+/// One GET of a pod that the watch has not delivered (yet): a pod of this
+/// node is applied to the book.
 pub async fn fetch_into_book(
     client: Client,
     node: &str,
@@ -158,21 +169,21 @@ pub async fn fetch_into_book(
     name: &str,
     book: &BranchBook,
     events: &EventPoster,
-) -> Result<bool, kube::Error> {
+) -> Result<Fetched, kube::Error> {
     let api: Api<Pod> = Api::namespaced(client, namespace);
     let Some(pod) = api.get_opt(name).await? else {
-        return Ok(false);
+        return Ok(Fetched::NotFound);
     };
     if node_of(&pod) != Some(node) {
-        return Ok(false);
+        return Ok(Fetched::OtherNode(node_of(&pod).map(str::to_string)));
     }
     let Some(v) = view(&pod) else {
-        return Ok(false);
+        return Ok(Fetched::NotFound);
     };
     if let Some(n) = book.apply(v) {
         events.invalid_annotation(n);
     }
-    Ok(true)
+    Ok(Fetched::Applied)
 }
 
 #[cfg(test)]
