@@ -61,6 +61,8 @@ pub struct RunConfig {
     pub ip_cooldown: Duration,
     /// aws-node's checkpoint to migrate from at start, if it exists.
     pub migrate_from_aws_node: Option<PathBuf>,
+    /// Security groups for pods from the Kubernetes API (unset: local mode).
+    pub kube: crate::branch_source::KubeSettings,
 }
 
 pub struct Agent {

@@ -3,6 +3,7 @@
 //! RPC, checkpoints its state, and exposes metrics and introspection.
 
 pub mod aws_env;
+pub mod branch_source;
 pub mod checkpoint;
 pub mod conntrack_gc;
 pub mod crash;

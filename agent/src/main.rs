@@ -139,6 +139,19 @@ struct RunArgs {
         default_missing_value = trunkline_agent::migrate::aws_node_checkpoint::DEFAULT_PATH
     )]
     migrate_from_aws_node: Option<PathBuf>,
+    /// Kubernetes mode (security groups for pods): the apiserver's
+    /// kubeconfig. Unset: the in-cluster service account when running in a
+    /// pod, else local mode.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (`spec.nodeName` of its pods). Default: MY_NODE_NAME,
+    /// else NODE_NAME.
+    #[arg(long)]
+    node_name: Option<String>,
+    /// Seconds AddPod waits for the pod-eni annotation of a pod that
+    /// requests vpc.amazonaws.com/pod-eni.
+    #[arg(long, env = "TRUNKLINE_POD_ENI_WAIT", default_value_t = trunkline_agent::branch_source::DEFAULT_POD_ENI_WAIT_SECS)]
+    pod_eni_wait: u64,
 }
 
 impl RunArgs {
@@ -154,6 +167,14 @@ impl RunArgs {
             mtu: self.mtu,
             ip_cooldown: Duration::from_secs(self.ip_cooldown),
             migrate_from_aws_node: self.migrate_from_aws_node,
+            kube: trunkline_agent::branch_source::KubeSettings {
+                kubeconfig: self.kubeconfig,
+                node_name: self.node_name.or_else(|| {
+                    trunkline_agent::branch_source::node_name_from_env(|k| std::env::var(k).ok())
+                }),
+                pod_eni_wait: Duration::from_secs(self.pod_eni_wait),
+                in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
+            },
         }
     }
 }

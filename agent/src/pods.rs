@@ -50,6 +50,27 @@ pub struct AddPod {
     pub host_veth: String,
     pub host_ifindex: u32,
     pub pod_mac: String,
+    /// Where the pod's branch ENI (security groups for pods) comes from.
+    pub branch: BranchChoice,
+}
+
+/// A security-group pod's branch ENI, from whichever source decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Branch {
+    pub ip: Ipv4Addr,
+    pub vlan: u16,
+    pub mac: MacAddr,
+}
+
+/// Which source says whether a pod has a branch ENI.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BranchChoice {
+    /// Local mode: the node file's `[[branch]]` entries.
+    #[default]
+    NodeFile,
+    /// Decided from the Kubernetes API before AddPod took the lock
+    /// (`crate::branch_source`): `None` is a regular pod.
+    Decided(Option<Branch>),
 }
 
 type Key = (String, String);
@@ -245,9 +266,21 @@ impl Pods {
         }
 
         let owner = format!("{}/{}", req.container_id, req.ifname);
-        let (ip, eni, vlan, branch_mac) = match self.node.branch_for(&req.namespace, &req.name) {
+        let branch = match &req.branch {
+            BranchChoice::NodeFile => {
+                self.node
+                    .branch_for(&req.namespace, &req.name)
+                    .map(|b| Branch {
+                        ip: *b.ip.get_ref(),
+                        vlan: *b.vlan.get_ref(),
+                        mac: b.mac,
+                    })
+            }
+            BranchChoice::Decided(b) => b.clone(),
+        };
+        let (ip, eni, vlan, branch_mac) = match branch {
             Some(b) => {
-                let ip = *b.ip.get_ref();
+                let ip = b.ip;
                 if let Some(other) = self.records.values().find(|r| r.ip == ip) {
                     return Err(PodError::Conflict(format!(
                         "branch IP {ip} of {}/{} is in use by container {}",
@@ -260,11 +293,11 @@ impl Pods {
                     .map(|t| t.interface.get_ref().clone())
                     .ok_or_else(|| {
                         PodError::Conflict(format!(
-                            "{}/{} has a [[branch]] entry but the node file has no [[eni]] with role = \"trunk\"",
+                            "{}/{} has a branch ENI but the node has no trunk ENI ([[eni]] with role = \"trunk\")",
                             req.namespace, req.name
                         ))
                     })?;
-                (ip, trunk, *b.vlan.get_ref(), Some(b.mac.to_string()))
+                (ip, trunk, b.vlan, Some(b.mac.to_string()))
             }
             None => {
                 let (ip, eni) = self.ipam.allocate(&owner, now_secs())?;
@@ -333,6 +366,31 @@ impl Pods {
         self.save()?;
         tracing::info!(container = %container_id, ip = %r.ip, "pod deleted");
         Ok(Some(r))
+    }
+
+    /// Removes the data-path entries and records of branch pods for which
+    /// `keep` is false (their annotation went away or changed, or the pod
+    /// was deleted). Regular pods are never touched. Returns what was
+    /// removed.
+    pub fn revoke_branches(
+        &mut self,
+        keep: impl Fn(&PodRecord) -> bool,
+        maps: &mut NodeMaps,
+    ) -> Result<Vec<PodRecord>, PodError> {
+        let gone: Vec<Key> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.is_branch() && !keep(r))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut removed = Vec::new();
+        for (c, i) in gone {
+            if let Some(r) = self.del(&c, &i, maps)? {
+                tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), ip = %r.ip, vlan = r.vlan, "branch revoked: its pod-eni annotation is gone or changed");
+                removed.push(r);
+            }
+        }
+        Ok(removed)
     }
 
     /// Why the agent's state for the pod differs from what is expected.

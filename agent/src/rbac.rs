@@ -5,10 +5,11 @@
 
 /// (API group, resource, verbs). "" is the core group.
 pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
-    // Pods of this node (field selector), for the pod-eni annotation.
+    // Pods of this node (list + watch with a field selector), and one GET
+    // of a pod AddPod asks about before the watch delivered it
+    // (trunkline-kube's pod_watch).
     ("", "pods", &["get", "list", "watch"]),
-    // Events on pods whose annotation is invalid.
-    ("", "events", &["create", "patch"]),
-    // The node object: labels such as has-trunk-attached.
-    ("", "nodes", &["get", "patch"]),
+    // Events on pods whose pod-eni annotation is invalid (trunkline-kube's
+    // events: create only, one per distinct bad annotation).
+    ("", "events", &["create"]),
 ];

@@ -6,20 +6,32 @@ use tonic::{Request, Response, Status};
 use trunkline_rpc::{v1, POD_GATEWAY};
 
 use crate::{
+    branch_source::BranchSource,
     daemon::{lock, Shared},
     ipam::{now_secs, IpamError},
     metrics::Metrics,
-    pods::{AddPod, PodError},
+    pods::{AddPod, BranchChoice, PodError},
 };
 
 pub struct AgentService {
     agent: Shared,
     metrics: std::sync::Arc<Metrics>,
+    /// Branch ENIs from Kubernetes; `None` in local mode (node file).
+    branches: Option<std::sync::Arc<BranchSource>>,
 }
 
 impl AgentService {
     pub fn new(agent: Shared, metrics: std::sync::Arc<Metrics>) -> Self {
-        Self { agent, metrics }
+        Self {
+            agent,
+            metrics,
+            branches: None,
+        }
+    }
+
+    pub fn with_branches(mut self, branches: Option<std::sync::Arc<BranchSource>>) -> Self {
+        self.branches = branches;
+        self
     }
 
     fn observe<T>(&self, method: &str, start: Instant, r: &Result<T, Status>) {
@@ -55,10 +67,38 @@ impl v1::agent_server::Agent for AgentService {
             host_veth: r.host_veth_name,
             host_ifindex: r.host_veth_ifindex,
             pod_mac: r.pod_mac,
+            branch: BranchChoice::NodeFile,
+        };
+        // The branch decision may wait for an annotation: before the lock,
+        // so other pods' RPCs go on meanwhile.
+        let decided = match &self.branches {
+            None => None,
+            Some(src) => match src.decide(&add.namespace, &add.name).await {
+                Ok(b) => Some(b),
+                Err(status) => {
+                    tracing::warn!(pod = %format!("{}/{}", add.namespace, add.name), error = %status.message(), "AddPod failed");
+                    let result = Err(status);
+                    self.observe("AddPod", start, &result);
+                    return result;
+                }
+            },
         };
         let result = {
             let mut guard = lock(&self.agent);
             let a = &mut *guard;
+            let mut add = add;
+            if let (Some(src), Some(b)) = (&self.branches, decided) {
+                if !src.still(&add.namespace, &add.name, &b) {
+                    let result = Err(Status::unavailable(format!(
+                        "the pod-eni annotation of {}/{} changed during AddPod; retry",
+                        add.namespace, add.name
+                    )));
+                    drop(guard);
+                    self.observe("AddPod", start, &result);
+                    return result;
+                }
+                add.branch = BranchChoice::Decided(b);
+            }
             let mtu = a.config.mtu;
             a.pods
                 .add(add, &mut a.dp, &mut a.maps)

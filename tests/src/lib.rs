@@ -18,6 +18,7 @@ pub mod charts;
 pub mod cni;
 pub mod fixture;
 pub mod golden;
+pub mod kube_api;
 pub mod legacy;
 pub mod legacy_node;
 pub mod mini_node;

@@ -1,0 +1,219 @@
+//! trunkline's Kubernetes side: the `vpc.amazonaws.com/pod-eni` annotations
+//! of the node's pods (security groups for pods), kept in a [`BranchBook`]
+//! by a pod watch, and Events on pods whose annotation is unusable.
+//!
+//! The agent uses [`PodEniSource`]: [`PodEniSource::connect`] starts the
+//! watch, [`PodEniSource::decide`] answers AddPod's question "branch ENI or
+//! regular pod?", and [`BranchBook::subscribe`] wakes the agent's
+//! reconciler when a branch goes away.
+
+pub mod annotation;
+pub mod branches;
+pub mod events;
+pub mod pod_watch;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+pub use annotation::{AnnotationError, BranchEni, Mac};
+pub use branches::{BranchBook, BranchState, PodView, WaitError};
+
+use events::EventPoster;
+use kube::{
+    config::{KubeConfigOptions, Kubeconfig},
+    Client, Config,
+};
+use pod_watch::{Fetched, WatchStats};
+
+/// Where the apiserver is.
+#[derive(Clone, Debug)]
+pub enum ApiAccess {
+    /// A kubeconfig file (`--kubeconfig` / `KUBECONFIG`).
+    Kubeconfig(PathBuf),
+    /// The pod's service account (`KUBERNETES_SERVICE_HOST`/`_PORT` and the
+    /// mounted token), as in the DaemonSet.
+    InCluster,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub access: ApiAccess,
+    /// This node's name (`spec.nodeName` of its pods).
+    pub node_name: String,
+    /// How long AddPod waits for the annotation of a pod that requests a
+    /// branch ENI.
+    pub annotation_wait: Duration,
+    /// How long AddPod waits for the watch to deliver a pod it has not seen
+    /// before asking the apiserver for it directly.
+    pub unknown_wait: Duration,
+    /// Bound of that direct GET.
+    pub get_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster Kubernetes configuration: {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("the node name is empty")]
+    NoNodeName,
+}
+
+/// Why AddPod gets no branch decision.
+#[derive(Debug, thiserror::Error)]
+pub enum DecideError {
+    /// The annotation is unusable: the pod must not start (an Event says why).
+    #[error(transparent)]
+    Invalid(WaitError),
+    /// Not decided in time: the runtime should retry.
+    #[error(transparent)]
+    NotYet(WaitError),
+    #[error("pod {0}/{1} is not known from the pod watch and the apiserver did not answer: {2}")]
+    Unreachable(String, String, String),
+    #[error("pod {0}/{1} is not a pod of this node: {2}")]
+    NotOnThisNode(String, String, String),
+}
+
+pub struct PodEniSource {
+    client: Client,
+    options: Options,
+    book: Arc<BranchBook>,
+    events: EventPoster,
+    stats: Arc<WatchStats>,
+}
+
+impl PodEniSource {
+    /// Builds the client and starts the pod watch and the Event poster on
+    /// the current tokio runtime. Does not wait for the apiserver: the
+    /// watch retries until it answers.
+    pub async fn connect(options: Options) -> Result<Self, KubeError> {
+        if options.node_name.is_empty() {
+            return Err(KubeError::NoNodeName);
+        }
+        let config = match &options.access {
+            ApiAccess::Kubeconfig(path) => {
+                let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|source| KubeError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    })?
+            }
+            ApiAccess::InCluster => Config::incluster()?,
+        };
+        let client = Client::try_from(config).map_err(KubeError::Client)?;
+        let book = Arc::new(BranchBook::new());
+        let events = EventPoster::spawn(client.clone(), options.node_name.clone());
+        let stats = Arc::new(WatchStats::default());
+        tokio::spawn(pod_watch::run(
+            client.clone(),
+            options.node_name.clone(),
+            book.clone(),
+            events.clone(),
+            stats.clone(),
+        ));
+        tracing::info!(node = %options.node_name, access = ?options.access, "watching this node's pods for pod-eni annotations");
+        Ok(Self {
+            client,
+            options,
+            book,
+            events,
+            stats,
+        })
+    }
+
+    pub fn book(&self) -> &Arc<BranchBook> {
+        &self.book
+    }
+
+    pub fn watch_stats(&self) -> &WatchStats {
+        &self.stats
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.options.node_name
+    }
+
+    /// AddPod's question: the pod's branch ENI (`Some`), or a regular pod
+    /// (`None`). Waits, bounded, for what is not known yet; holds no lock.
+    pub async fn decide(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<BranchEni>, DecideError> {
+        let o = &self.options;
+        let classify = |e: WaitError| match e {
+            WaitError::Invalid(..) => DecideError::Invalid(e),
+            _ => DecideError::NotYet(e),
+        };
+        match self
+            .book
+            .decide(namespace, name, o.annotation_wait, o.unknown_wait)
+            .await
+        {
+            Err(WaitError::Unknown(..)) => {}
+            other => return other.map_err(classify),
+        }
+        // The watch has not delivered the pod (lagging, or the apiserver
+        // is away): ask for it once.
+        let fetched = tokio::time::timeout(
+            o.get_timeout,
+            pod_watch::fetch_into_book(
+                self.client.clone(),
+                &o.node_name,
+                namespace,
+                name,
+                &self.book,
+                &self.events,
+            ),
+        )
+        .await;
+        match fetched {
+            Ok(Ok(Fetched::Applied)) => {
+                let left = o.annotation_wait.saturating_sub(o.unknown_wait);
+                self.book
+                    .decide(namespace, name, left, Duration::ZERO)
+                    .await
+                    .map_err(classify)
+            }
+            // Without the pod object nobody can say whether it needs a
+            // branch ENI; giving it a regular IP could bypass its security
+            // groups. Refuse: a deleted pod's sandbox is not retried, and a
+            // misconfigured node name shows up here at once.
+            Ok(Ok(Fetched::NotFound)) => Err(DecideError::NotOnThisNode(
+                namespace.into(),
+                name.into(),
+                "the apiserver has no such pod".into(),
+            )),
+            Ok(Ok(Fetched::OtherNode(other))) => Err(DecideError::NotOnThisNode(
+                namespace.into(),
+                name.into(),
+                format!(
+                    "the apiserver binds it to node {:?}, this node is {:?} (MY_NODE_NAME / --node-name)",
+                    other.unwrap_or_default(),
+                    o.node_name
+                ),
+            )),
+            Ok(Err(e)) => Err(DecideError::Unreachable(
+                namespace.into(),
+                name.into(),
+                e.to_string(),
+            )),
+            Err(_) => Err(DecideError::Unreachable(
+                namespace.into(),
+                name.into(),
+                format!("no answer within {:?}", o.get_timeout),
+            )),
+        }
+    }
+}
