@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use testbed::{
+    cni,
     legacy_node::LegacyNode,
     sim_node::NODE_IP,
     traffic::{self, Transfer},
@@ -178,5 +179,28 @@ fn migration_keeps_running_transfers_and_leaves_nothing_legacy() -> Result<()> {
     assert_eq!(seen.echoed, b"after");
     let seen = traffic::tcp_echo(&b.ns, &node.sim.peer, PEER_IP, 9201, b"after")?;
     assert_eq!(seen.peer.ip(), b.ip);
+
+    // The runtime deletes an adopted pod through trunkline-cni with the
+    // container id aws-node recorded: released, nothing left.
+    let netns = format!("/run/netns/{}", a.ns.name());
+    let del = cni::trunkline(
+        node.sim.node.name(),
+        &cni::Call {
+            command: "DEL",
+            container_id: "legacy-0",
+            netns: &netns,
+            ifname: "eth0",
+            pod: ("default", "web-a"),
+        },
+        &cni::trunkline_conf("1.1.0", &node.sim.socket(), None),
+    )?;
+    assert!(del.success, "DEL: {} {}", del.stdout, del.stderr);
+    let listed = node.sim.inspect("pods")?.to_string();
+    assert!(!listed.contains(&a_ip.to_string()), "{listed}");
+    assert!(listed.contains(&b_ip.to_string()), "{listed}");
+    assert!(
+        node.sim.links_with_prefix(&a.veth)?.is_empty(),
+        "the adopted pod's veth is left"
+    );
     Ok(())
 }
