@@ -74,8 +74,10 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Local mode: the node's ENIs, IPs and branch pods from a TOML file.
+    /// Without it the agent runs in AWS mode: the node from IMDS, pod IPs
+    /// from the EC2 warm pool (aws-node's WARM_* variables).
     #[arg(long, env = "TRUNKLINE_NODE_FILE")]
-    node_file: PathBuf,
+    node_file: Option<PathBuf>,
     /// The bpffs directory maps and links are pinned under.
     #[arg(
         long,
@@ -141,17 +143,29 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(a) => trunkline_agent::run::run(RunConfig {
-            node_file: a.node_file,
-            bpf_root: a.bpf_root,
-            socket: a.socket,
-            state_dir: a.state_dir,
-            metrics_addr: a.metrics_addr,
-            introspection_addr: a.introspection_addr,
-            ebpf_object: a.ebpf_object,
-            mtu: a.mtu,
-            ip_cooldown: Duration::from_secs(a.ip_cooldown),
-        })?,
+        Command::Run(a) => {
+            let aws = a.node_file.is_none();
+            let config = RunConfig {
+                node_file: a.node_file.unwrap_or_default(),
+                bpf_root: a.bpf_root,
+                socket: a.socket,
+                state_dir: a.state_dir,
+                metrics_addr: a.metrics_addr,
+                introspection_addr: a.introspection_addr,
+                ebpf_object: a.ebpf_object,
+                mtu: a.mtu,
+                ip_cooldown: Duration::from_secs(a.ip_cooldown),
+            };
+            if aws {
+                let (config, found) = trunkline_agent::aws_mode::prepare(config)?;
+                trunkline_agent::run::run_with(
+                    config,
+                    Box::new(move |agent| trunkline_agent::aws_mode::spawn(agent, found)),
+                )?
+            } else {
+                trunkline_agent::run::run(config)?
+            }
+        }
         Command::InstallCni {
             plugin,
             bin_dir,

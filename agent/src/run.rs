@@ -82,14 +82,21 @@ async fn shutdown_signal() {
 }
 
 pub fn run(config: RunConfig) -> Result<()> {
+    run_with(config, Box::new(|_| {}))
+}
+
+/// Called on the runtime once the agent is up (AWS mode starts its tasks).
+pub type OnStart = Box<dyn FnOnce(crate::daemon::Shared) + Send>;
+
+pub fn run_with(config: RunConfig, on_start: OnStart) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(serve(config))
+    rt.block_on(serve(config, on_start))
 }
 
-async fn serve(config: RunConfig) -> Result<()> {
+async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
     let (agent, report) = Agent::start(config.clone())?;
     tracing::info!(
         kept = report.kept,
@@ -130,6 +137,7 @@ async fn serve(config: RunConfig) -> Result<()> {
     ));
 
     tokio::spawn(reload_on_sighup(agent.clone()));
+    on_start(agent.clone());
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AgentServer<AgentService>>().await;

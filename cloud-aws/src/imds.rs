@@ -66,15 +66,21 @@ impl NodeInfo {
 }
 
 /// An IMDSv2 reader.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Imds {
-    client: aws_config::imds::Client,
+    /// Replaced on a 401: the SDK client keeps its token for the whole TTL,
+    /// but IMDS forgets tokens when the instance is stopped and started.
+    client: std::sync::Mutex<aws_config::imds::Client>,
+    endpoint: Option<String>,
 }
 
 const BASE: &str = "/latest/meta-data";
 
-fn is_not_found(e: &ImdsError) -> bool {
-    matches!(e, ImdsError::ErrorResponse(r) if r.response().status().as_u16() == 404)
+fn status(e: &ImdsError) -> Option<u16> {
+    match e {
+        ImdsError::ErrorResponse(r) => Some(r.response().status().as_u16()),
+        _ => None,
+    }
 }
 
 impl Imds {
@@ -84,24 +90,45 @@ impl Imds {
             .token_ttl(Duration::from_secs(6 * 3600))
             .connect_timeout(Duration::from_secs(1))
             .read_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(Duration::from_secs(3))
-            .operation_timeout(Duration::from_secs(20))
+            // An attempt includes fetching the token, which has its own
+            // retries with the SDK's backoff (1 s, 2 s, ... with jitter).
+            .operation_attempt_timeout(Duration::from_secs(10))
+            .operation_timeout(Duration::from_secs(30))
     }
 
     /// The endpoint from `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the
     /// link-local default.
     pub fn from_env() -> Self {
         Self {
-            client: Self::builder().build(),
+            client: std::sync::Mutex::new(Self::builder().build()),
+            endpoint: None,
         }
     }
 
     /// An explicit endpoint (tests: the fixture server).
     pub fn with_endpoint(url: &str) -> Result<Self, DiscoveryError> {
-        let b = Self::builder()
-            .endpoint(url)
-            .map_err(|_| DiscoveryError::Endpoint(url.to_string()))?;
-        Ok(Self { client: b.build() })
+        let c = Self::new_client(Some(url))?;
+        Ok(Self {
+            client: std::sync::Mutex::new(c),
+            endpoint: Some(url.to_string()),
+        })
+    }
+
+    fn new_client(endpoint: Option<&str>) -> Result<aws_config::imds::Client, DiscoveryError> {
+        Ok(match endpoint {
+            None => Self::builder().build(),
+            Some(url) => Self::builder()
+                .endpoint(url)
+                .map_err(|_| DiscoveryError::Endpoint(url.to_string()))?
+                .build(),
+        })
+    }
+
+    fn client(&self) -> aws_config::imds::Client {
+        self.client
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// GET `path` (under `/latest/meta-data`), trimmed.
@@ -117,9 +144,17 @@ impl Imds {
     /// GET that maps 404 to `None` (optional keys such as `ipv4-prefix`).
     pub async fn get_opt(&self, path: &str) -> Result<Option<String>, DiscoveryError> {
         let full = format!("{BASE}/{path}");
-        match self.client.get(full.clone()).await {
+        let mut result = self.client().get(full.clone()).await;
+        if result.as_ref().err().and_then(status) == Some(401) {
+            // Our token was forgotten: a fresh client fetches a new one.
+            tracing::info!(path = %full, "IMDS refused the session token; fetching a new one");
+            let fresh = Self::new_client(self.endpoint.as_deref())?;
+            *self.client.lock().unwrap_or_else(|p| p.into_inner()) = fresh.clone();
+            result = fresh.get(full.clone()).await;
+        }
+        match result {
             Ok(v) => Ok(Some(v.as_ref().trim().to_string())),
-            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) if status(&e) == Some(404) => Ok(None),
             Err(e) => Err(DiscoveryError::Fetch {
                 path: full,
                 message: aws_sdk_ec2::error::DisplayErrorContext(&e).to_string(),
