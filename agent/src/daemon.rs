@@ -86,7 +86,7 @@ impl Agent {
     /// Re-reads the node file and re-programs what it describes of the node
     /// (VPC and service CIDRs, ENIs): a changed VPC CIDR reaches `NO_SNAT`
     /// at once, while established flows keep their translation. Pod pools
-    /// are read at start only.
+    /// are read at start only (AWS mode feeds them from the warm pool).
     pub fn reload_node_file(&mut self) -> anyhow::Result<()> {
         use anyhow::Context as _;
         let node = NodeFile::load(&self.config.node_file)?;
@@ -94,6 +94,8 @@ impl Agent {
         reconcile_node(&node, &self.snat, &enis, &mut self.dp, &mut self.maps)
             .context("re-programming the node's maps")?;
         tracing::info!(vpc_cidrs = ?node.node.vpc_cidrs, "node file reloaded");
+        // New ENIs (AWS mode attaches them at run time) become pod owners.
+        self.pods.set_node(node, enis);
         Ok(())
     }
 

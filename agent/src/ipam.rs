@@ -3,7 +3,7 @@
 //! cooldown (so that a late packet for the old pod never reaches a new one).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
     time::Duration,
 };
@@ -159,6 +159,65 @@ impl Ipam {
     pub fn free_count(&mut self, now: UnixSecs) -> usize {
         self.usage(now).iter().map(|u| u.free).sum()
     }
+
+    /// Replaces the pools (AWS mode: what EC2 has now). Assigned and cooling
+    /// IPs missing from `pools` are kept in their old ENI's pool, so that a
+    /// refresh never takes an IP from a pod nor re-issues one early; IPs
+    /// leave the pools for EC2 only through [`Ipam::withdraw`].
+    pub fn set_pools(&mut self, pools: Vec<(String, Vec<Ipv4Addr>)>, now: UnixSecs) {
+        self.expire(now);
+        let mut new: Vec<Pool> = pools
+            .into_iter()
+            .map(|(eni, ips)| Pool { eni, ips })
+            .collect();
+        let present: HashSet<Ipv4Addr> = new.iter().flat_map(|p| p.ips.iter().copied()).collect();
+        for old in &self.pools {
+            for ip in &old.ips {
+                let busy = self.assigned.contains_key(ip) || self.cooling.contains_key(ip);
+                if !busy || present.contains(ip) {
+                    continue;
+                }
+                match new.iter_mut().find(|p| p.eni == old.eni) {
+                    Some(p) => p.ips.push(*ip),
+                    None => new.push(Pool {
+                        eni: old.eni.clone(),
+                        ips: vec![*ip],
+                    }),
+                }
+            }
+        }
+        self.pools = new;
+    }
+
+    /// Takes the free ones of `ips` out of the pools (to give them back to
+    /// EC2) and returns them; assigned and cooling IPs stay.
+    pub fn withdraw(&mut self, ips: &[Ipv4Addr], now: UnixSecs) -> Vec<Ipv4Addr> {
+        self.expire(now);
+        let mut out = Vec::new();
+        for ip in ips {
+            if self.assigned.contains_key(ip) || self.cooling.contains_key(ip) {
+                continue;
+            }
+            for pool in &mut self.pools {
+                if let Some(pos) = pool.ips.iter().position(|p| p == ip) {
+                    pool.ips.remove(pos);
+                    out.push(*ip);
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Pool IPs assigned to pods or cooling down.
+    pub fn busy(&mut self, now: UnixSecs) -> HashSet<Ipv4Addr> {
+        self.expire(now);
+        self.assigned
+            .keys()
+            .chain(self.cooling.keys())
+            .copied()
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -211,6 +270,46 @@ mod tests {
             })
         );
         assert_eq!(i.allocate("d", 130).map(|r| r.0), Ok(a));
+    }
+
+    #[test]
+    fn set_pools_keeps_assigned_and_cooling_ips() {
+        let mut i = ipam(30);
+        let (a, _) = i.allocate("a", 100).expect("a");
+        let (b, _) = i.allocate("b", 100).expect("b");
+        i.release(b, 100);
+        // EC2's view lost both (and eth1): they stay, in eth0's pool.
+        i.set_pools(vec![("eth0".into(), vec![ip("10.0.0.20")])], 110);
+        assert_eq!(i.eni_of(a), Some("eth0"));
+        assert_eq!(i.eni_of(b), Some("eth0"));
+        assert_eq!(
+            i.eni_of(ip("10.0.1.10")),
+            None,
+            "free IP of a gone ENI dropped"
+        );
+        assert_eq!(i.allocate("c", 110).map(|r| r.0), Ok(ip("10.0.0.20")));
+        assert!(i.allocate("d", 110).is_err(), "b still cooling");
+        assert_eq!(i.busy(110), [a, b, ip("10.0.0.20")].into());
+        // After the cooldown b is free and no longer kept once EC2 drops it.
+        i.set_pools(vec![("eth0".into(), vec![])], 131);
+        assert_eq!(i.eni_of(b), None);
+        assert_eq!(i.eni_of(a), Some("eth0"));
+    }
+
+    #[test]
+    fn withdraw_refuses_busy_ips() {
+        let mut i = ipam(30);
+        let (a, _) = i.allocate("a", 0).expect("a");
+        let (b, _) = i.allocate("b", 0).expect("b");
+        i.release(b, 0);
+        let free = ip("10.0.1.10");
+        assert_eq!(i.withdraw(&[a, b, free], 10), vec![free]);
+        assert_eq!(i.eni_of(free), None);
+        assert_eq!(i.eni_of(a), Some("eth0"));
+        assert!(
+            i.allocate("c", 10).is_err(),
+            "the withdrawn IP is not handed out"
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! RPC, checkpoints its state, and exposes metrics and introspection.
 
 pub mod aws_env;
+pub mod aws_mode;
+pub mod aws_pool;
 pub mod branch_source;
 pub mod checkpoint;
 pub mod conntrack_gc;

@@ -89,8 +89,10 @@ enum Command {
 #[derive(Args)]
 struct RunArgs {
     /// Local mode: the node's ENIs, IPs and branch pods from a TOML file.
+    /// Without it the agent runs in AWS mode: the node from IMDS, pod IPs
+    /// from the EC2 warm pool (aws-node's WARM_* variables).
     #[arg(long, env = "TRUNKLINE_NODE_FILE")]
-    node_file: PathBuf,
+    node_file: Option<PathBuf>,
     /// The bpffs directory maps and links are pinned under.
     #[arg(
         long,
@@ -157,7 +159,7 @@ struct RunArgs {
 impl RunArgs {
     fn config(self) -> RunConfig {
         RunConfig {
-            node_file: self.node_file,
+            node_file: self.node_file.unwrap_or_default(),
             bpf_root: self.bpf_root,
             socket: self.socket,
             state_dir: self.state_dir,
@@ -204,13 +206,30 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(a) => trunkline_agent::run::run(a.config())?,
+        Command::Run(a) => {
+            let aws = a.node_file.is_none();
+            let config = a.config();
+            if aws {
+                let (config, found) = trunkline_agent::aws_mode::prepare(config)?;
+                trunkline_agent::run::run_with(
+                    config,
+                    Box::new(move |agent| trunkline_agent::aws_mode::spawn(agent, found)),
+                )?
+            } else {
+                trunkline_agent::run::run(config)?
+            }
+        }
         Command::Migrate {
             run,
             aws_node_checkpoint,
             dry_run,
         } => {
-            let config = run.config();
+            let aws = run.node_file.is_none();
+            let mut config = run.config();
+            if aws {
+                // The node from IMDS, written where local mode reads it.
+                config = trunkline_agent::aws_mode::prepare(config)?.0;
+            }
             if dry_run {
                 let node = trunkline_agent::node_file::NodeFile::load(&config.node_file)?;
                 let plan = trunkline_agent::migrate::plan(

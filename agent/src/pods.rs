@@ -129,6 +129,13 @@ impl Pods {
         &self.enis
     }
 
+    /// A reloaded node file: its ENIs and branch entries apply to pods
+    /// added from now on. IPAM's pools are not touched.
+    pub fn set_node(&mut self, node: NodeFile, enis: BTreeMap<String, Eni>) {
+        self.node = node;
+        self.enis = enis;
+    }
+
     pub fn ipam_mut(&mut self) -> &mut Ipam {
         &mut self.ipam
     }

@@ -89,14 +89,21 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 pub fn run(config: RunConfig) -> Result<()> {
+    run_with(config, Box::new(|_| {}))
+}
+
+/// Called on the runtime once the agent is up (AWS mode starts its tasks).
+pub type OnStart = Box<dyn FnOnce(crate::daemon::Shared) + Send>;
+
+pub fn run_with(config: RunConfig, on_start: OnStart) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(serve(config))
+    rt.block_on(serve(config, on_start))
 }
 
-async fn serve(config: RunConfig) -> Result<()> {
+async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
     let shutdown = shutdown_signal();
     let (agent, report) = Agent::start(config.clone())?;
     tracing::info!(
@@ -150,6 +157,7 @@ async fn serve(config: RunConfig) -> Result<()> {
     ));
 
     tokio::spawn(reload_on_sighup(agent.clone()));
+    on_start(agent.clone());
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AgentServer<AgentService>>().await;

@@ -139,6 +139,9 @@ pub struct SimNode {
     pub ip_cooldown_secs: u64,
     /// `--ebpf-object` of the next agent start (the built object unless set).
     pub ebpf_object: Option<PathBuf>,
+    /// Start the agent without `--node-file` (AWS mode: IMDS and EC2 come
+    /// from the agent env the test sets).
+    pub aws_mode: bool,
 }
 
 impl SimNode {
@@ -207,6 +210,7 @@ impl SimNode {
             agent_env: Vec::new(),
             ip_cooldown_secs: 0,
             ebpf_object: None,
+            aws_mode: false,
         })
     }
 
@@ -235,31 +239,36 @@ impl SimNode {
 
     pub fn start_agent(&mut self) -> Result<()> {
         let cooldown = self.ip_cooldown_secs.to_string();
-        let args: Vec<String> = [
-            "--node-file",
-            &self.node_file().to_string_lossy(),
-            "--bpf-root",
-            &self.bpf_root().to_string_lossy(),
-            "--socket",
-            &self.socket().to_string_lossy(),
-            "--state-dir",
-            &self.state_dir().to_string_lossy(),
-            "--metrics-addr",
-            "127.0.0.1:61678",
-            "--introspection-addr",
-            "127.0.0.1:61679",
-            "--ebpf-object",
-            &self
-                .ebpf_object
-                .clone()
-                .unwrap_or_else(crate::object::path)
-                .to_string_lossy(),
-            "--ip-cooldown",
-            &cooldown,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let node_file = self.node_file().to_string_lossy().to_string();
+        let node_args: [&str; 2] = ["--node-file", &node_file];
+        let node_args: &[&str] = if self.aws_mode { &[] } else { &node_args };
+        let args: Vec<String> = node_args
+            .iter()
+            .chain(
+                [
+                    "--bpf-root",
+                    &self.bpf_root().to_string_lossy(),
+                    "--socket",
+                    &self.socket().to_string_lossy(),
+                    "--state-dir",
+                    &self.state_dir().to_string_lossy(),
+                    "--metrics-addr",
+                    "127.0.0.1:61678",
+                    "--introspection-addr",
+                    "127.0.0.1:61679",
+                    "--ebpf-object",
+                    &self
+                        .ebpf_object
+                        .clone()
+                        .unwrap_or_else(crate::object::path)
+                        .to_string_lossy(),
+                    "--ip-cooldown",
+                    &cooldown,
+                ]
+                .iter(),
+            )
+            .map(|s| s.to_string())
+            .collect();
         let env: Vec<(&str, &str)> = self
             .agent_env
             .iter()

@@ -5,6 +5,7 @@
 mod ebpf;
 mod packages;
 mod paths;
+mod pyvenv;
 mod run;
 mod toolchain;
 

@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ebpf, packages, paths};
+use crate::{ebpf, packages, paths, pyvenv};
 
 /// The env var through which tests, the demo and (later) the agent's build
 /// find the kernel object.
@@ -105,12 +105,14 @@ pub fn build_binaries(obj: &Path) -> Result<(PathBuf, PathBuf)> {
 
 pub fn test(extra: &[String]) -> Result<()> {
     packages::ensure()?;
+    let venv = pyvenv::ensure_moto()?;
     let obj = ebpf::build(true)?;
     let (agent, cni) = build_binaries(&obj)?;
     let before = leftovers()?;
     let mut cmd = cargo();
     cmd.args(["test", "--workspace"])
         .args(extra)
+        .env(pyvenv::VENV_ENV, &venv)
         .env(OBJECT_ENV, &obj)
         .env(AGENT_BIN_ENV, &agent)
         .env(CNI_BIN_ENV, &cni);

@@ -1,0 +1,420 @@
+//! AWS mode: `trunkline-agent run` without `--node-file`.
+//!
+//! There is one desired state for the node, the node file: in AWS mode the
+//! agent renders it from IMDS (instance, ENIs by MAC, subnets, VPC CIDRs;
+//! the ENIs' current secondary IPs as the initial pod pools) into
+//! `<state-dir>/aws-node.toml`, and the unchanged local-mode machinery
+//! loads it. At run time:
+//! - the EC2 warm pool (`trunkline_aws::Reconciler`) feeds IPAM through
+//!   [`IpamSink`]; a pod add only reads IPAM and never waits for EC2;
+//! - an IMDS watcher re-renders the file every [`WATCH_PERIOD`]: an ENI whose
+//!   interface (matched by MAC) has appeared gets its ENIS entry and
+//!   programs, and VPC CIDRs flow into NO_SNAT (`reload_node_file`, which
+//!   leaves established flows alone);
+//! - a free-count watcher kicks the pool as soon as pods take IPs.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use ipnet::Ipv4Net;
+use trunkline_aws::{
+    imds::{Imds, NodeInfo},
+    Kick, NodeConfig, PoolEni, PoolEnv, Reconciler, SdkEc2,
+};
+
+use crate::{
+    aws_pool::{IpamHolder, IpamSink},
+    daemon::{lock, RunConfig, Shared},
+    ipam::{now_secs, Ipam},
+};
+
+/// The node file AWS mode renders, under the state directory.
+pub const NODE_FILE: &str = "aws-node.toml";
+/// Comma-separated service CIDRs handed to the host stack (kube-proxy).
+pub const SERVICE_CIDRS_ENV: &str = "TRUNKLINE_SERVICE_CIDRS";
+/// How often IMDS is re-read for new ENIs and VPC CIDRs.
+pub const WATCH_PERIOD: Duration = Duration::from_secs(5);
+/// Periodic warm-pool pass (kicks come on top).
+pub const POOL_PERIOD: Duration = Duration::from_secs(5);
+
+/// Interfaces of the agent's namespace by lower-case MAC (sysfs; `ip netns
+/// exec` and a pod's own mount show the namespace's view).
+pub fn interfaces_by_mac() -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if let Some(mac) = crate::netif::mac(&name) {
+            let mac = crate::node_file::MacAddr(mac).to_string();
+            if mac != "00:00:00:00:00:00" {
+                out.entry(mac).or_insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// Parses `TRUNKLINE_SERVICE_CIDRS`.
+pub fn service_cidrs(value: Option<&str>) -> Result<Vec<Ipv4Net>> {
+    value
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<Ipv4Net>()
+                .map(|n| n.trunc())
+                .with_context(|| format!("{SERVICE_CIDRS_ENV}: {s:?} is not an IPv4 CIDR"))
+        })
+        .collect()
+}
+
+fn pod_ips(e: &trunkline_aws::imds::ImdsEni) -> Vec<Ipv4Addr> {
+    let mut ips: Vec<Ipv4Addr> = e.local_ipv4s.iter().skip(1).copied().collect();
+    for p in &e.prefixes {
+        ips.extend(trunkline_aws::reconciler::prefix_ips(*p));
+    }
+    ips
+}
+
+/// Renders the node file from IMDS. ENIs whose interface is not (yet) in
+/// the namespace are left out; the primary's must be there. `pools`:
+/// include the ENIs' secondary IPs as pod IPs (start) or not (reloads,
+/// where IPAM's pools come from the warm pool).
+pub fn render_node_file(
+    info: &NodeInfo,
+    ifaces: &HashMap<String, String>,
+    services: &[Ipv4Net],
+    pools: bool,
+) -> Result<String> {
+    let primary = info.primary_eni().with_context(|| {
+        format!(
+            "IMDS lists no ENI with the primary MAC {}",
+            info.primary_mac
+        )
+    })?;
+    let Some(primary_ip) = primary.local_ipv4s.first() else {
+        bail!(
+            "IMDS lists no IPv4 address on the primary ENI {}",
+            primary.interface_id
+        );
+    };
+    if !ifaces.contains_key(&primary.mac) {
+        bail!(
+            "no interface with the primary ENI's MAC {} in the agent's network namespace",
+            primary.mac
+        );
+    }
+    let list = |v: &mut dyn Iterator<Item = String>| {
+        v.map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Rendered by trunkline-agent from IMDS ({}); do not edit.",
+        info.instance_id
+    );
+    let _ = writeln!(out, "[node]\nprimary_ip = \"{primary_ip}\"");
+    let _ = writeln!(
+        out,
+        "vpc_cidrs = [{}]",
+        list(&mut info.vpc_cidrs.iter().map(|c| c.to_string()))
+    );
+    let _ = writeln!(
+        out,
+        "service_cidrs = [{}]",
+        list(&mut services.iter().map(|c| c.to_string()))
+    );
+    for e in &info.enis {
+        let Some(iface) = ifaces.get(&e.mac) else {
+            tracing::info!(eni = %e.interface_id, mac = %e.mac, "ENI has no interface in the namespace yet");
+            continue;
+        };
+        let Some(eni_ip) = e.local_ipv4s.first() else {
+            continue;
+        };
+        let role = if e.mac == info.primary_mac {
+            "primary"
+        } else {
+            "secondary"
+        };
+        let ips = if pools { pod_ips(e) } else { vec![] };
+        let _ = writeln!(
+            out,
+            "\n[[eni]]\ninterface = \"{iface}\"\nrole = \"{role}\"\nmac = \"{}\"\nprimary_ip = \"{eni_ip}\"\nsubnet = \"{}\"\npod_ips = [{}]",
+            e.mac,
+            e.subnet_cidr,
+            list(&mut ips.iter().map(|i| i.to_string()))
+        );
+    }
+    // The same validation as a hand-written node file.
+    crate::node_file::NodeFile::parse(Path::new("<rendered from IMDS>"), &out)
+        .context("the node file rendered from IMDS is invalid")?;
+    Ok(out)
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+/// What discovery found, for the run-time tasks.
+#[derive(Clone, Debug)]
+pub struct Discovered {
+    pub info: NodeInfo,
+    pub services: Vec<Ipv4Net>,
+    pub pool_env: PoolEnv,
+    pub node_file: PathBuf,
+}
+
+/// Discovers the node from IMDS and writes the node file; returns the run
+/// configuration pointing at it.
+pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
+    let pool_env =
+        trunkline_aws::env::from_process().context("reading the warm-pool environment")?;
+    let services = service_cidrs(std::env::var(SERVICE_CIDRS_ENV).ok().as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for IMDS")?;
+    let info = rt
+        .block_on(Imds::from_env().discover())
+        .context("discovering the node from IMDS")?;
+    tracing::info!(instance = %info.instance_id, instance_type = %info.instance_type, region = %info.region, enis = info.enis.len(), vpc_cidrs = ?info.vpc_cidrs, "discovered the node from IMDS");
+    let text = render_node_file(&info, &interfaces_by_mac(), &services, true)?;
+    let node_file = config.state_dir.join(NODE_FILE);
+    write_atomically(&node_file, &text)?;
+    config.node_file = node_file.clone();
+    // The aws-node variable wins over the flag's default.
+    config.ip_cooldown = pool_env.ip_cooldown;
+    Ok((
+        config,
+        Discovered {
+            info,
+            services,
+            pool_env,
+            node_file,
+        },
+    ))
+}
+
+/// IPAM inside the running agent.
+#[derive(Clone)]
+pub struct AgentIpam(pub Shared);
+
+impl IpamHolder for AgentIpam {
+    fn with_ipam<R>(&self, f: impl FnOnce(&mut Ipam) -> R) -> R {
+        f(lock(&self.0).pods.ipam_mut())
+    }
+}
+
+/// The interface name of a pool's ENI, if the agent knows it as an ENI.
+fn pool_name(agent: Shared) -> crate::aws_pool::PoolName {
+    Box::new(move |e: &PoolEni| {
+        let a = lock(&agent);
+        a.pods
+            .enis()
+            .values()
+            .find(|x| x.mac.eq_ignore_ascii_case(&e.mac))
+            .map(|x| x.interface.clone())
+    })
+}
+
+/// Starts the AWS tasks on the current runtime (called by `run` once the
+/// agent is up).
+pub fn spawn(agent: Shared, d: Discovered) {
+    let primary = d.info.primary_eni().cloned();
+    let node = NodeConfig {
+        instance_id: d.info.instance_id.clone(),
+        instance_type: d.info.instance_type.clone(),
+        subnet_id: primary
+            .as_ref()
+            .map(|p| p.subnet_id.clone())
+            .unwrap_or_default(),
+        security_groups: primary.map(|p| p.security_groups).unwrap_or_default(),
+    };
+    let sink = Arc::new(IpamSink::new(
+        AgentIpam(agent.clone()),
+        pool_name(agent.clone()),
+    ));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let region = d.info.region.clone();
+    let env = d.pool_env.clone();
+    let (kick_tx, kick_rx) = tokio::sync::oneshot::channel::<Kick>();
+    tokio::spawn(async move {
+        // The pool runs for the life of the process: the sender lives here.
+        let _stop = stop_tx;
+        let ec2 = SdkEc2::from_env(&region).await;
+        let r = Reconciler::new(Arc::new(ec2), sink, node, env);
+        let _ = kick_tx.send(r.kick_handle());
+        r.run(POOL_PERIOD, stop_rx).await;
+    });
+    tokio::spawn(async move {
+        let Ok(kick) = kick_rx.await else { return };
+        tokio::join!(
+            watch_free(agent.clone(), kick.clone()),
+            watch_imds(agent, d, kick)
+        );
+    });
+}
+
+/// Kicks the pool whenever pods took IPs since the last look.
+async fn watch_free(agent: Shared, kick: Kick) {
+    let mut last = usize::MAX;
+    loop {
+        let free = lock(&agent).pods.ipam_mut().free_count(now_secs());
+        if free < last {
+            kick.kick();
+        }
+        last = free;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Re-reads IMDS: new ENIs whose interface appeared, VPC CIDR changes.
+async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
+    let imds = Imds::from_env();
+    let mut current = std::fs::read_to_string(&d.node_file).unwrap_or_default();
+    let mut known: HashSet<String> = HashSet::new();
+    loop {
+        tokio::time::sleep(WATCH_PERIOD).await;
+        let info = match imds.discover().await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(error = %e, "IMDS re-read failed; keeping the node as it is");
+                continue;
+            }
+        };
+        let ifaces = interfaces_by_mac();
+        let text = match render_node_file(&info, &ifaces, &d.services, false) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "re-rendering the node file failed"
+                );
+                continue;
+            }
+        };
+        // Compare without the pod pools (the start file carries them).
+        if strip_pools(&text) == strip_pools(&current) {
+            continue;
+        }
+        if let Err(e) = write_atomically(&d.node_file, &text) {
+            tracing::warn!(error = format!("{e:#}"), "writing the node file failed");
+            continue;
+        }
+        match lock(&agent).reload_node_file() {
+            Ok(()) => {
+                current = text;
+                for e in &info.enis {
+                    if ifaces.contains_key(&e.mac) && known.insert(e.mac.clone()) {
+                        tracing::info!(eni = %e.interface_id, mac = %e.mac, "ENI in service");
+                    }
+                }
+                kick.kick();
+            }
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "node reload failed"),
+        }
+    }
+}
+
+fn strip_pools(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with("pod_ips"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trunkline_aws::imds::ImdsEni;
+
+    fn info() -> NodeInfo {
+        NodeInfo {
+            instance_id: "i-1".into(),
+            instance_type: "m5.xlarge".into(),
+            region: "us-east-1".into(),
+            availability_zone: "us-east-1a".into(),
+            primary_mac: "02:00:00:00:00:01".into(),
+            enis: vec![
+                ImdsEni {
+                    mac: "02:00:00:00:00:01".into(),
+                    device_number: 0,
+                    interface_id: "eni-a".into(),
+                    subnet_id: "subnet-1".into(),
+                    subnet_cidr: "10.0.0.0/20".parse().unwrap(),
+                    local_ipv4s: vec!["10.0.0.5".parse().unwrap(), "10.0.0.6".parse().unwrap()],
+                    prefixes: vec!["10.0.1.0/28".parse().unwrap()],
+                    security_groups: vec![],
+                },
+                ImdsEni {
+                    mac: "02:00:00:00:00:02".into(),
+                    device_number: 1,
+                    interface_id: "eni-b".into(),
+                    subnet_id: "subnet-1".into(),
+                    subnet_cidr: "10.0.0.0/20".parse().unwrap(),
+                    local_ipv4s: vec!["10.0.0.9".parse().unwrap()],
+                    prefixes: vec![],
+                    security_groups: vec![],
+                },
+            ],
+            vpc_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn renders_a_valid_node_file_with_present_enis_only() {
+        let ifaces: HashMap<String, String> =
+            [("02:00:00:00:00:01".to_string(), "eth0".to_string())].into();
+        let text =
+            render_node_file(&info(), &ifaces, &["172.20.0.0/16".parse().unwrap()], true).unwrap();
+        let nf = crate::node_file::NodeFile::parse(Path::new("t"), &text).unwrap();
+        assert_eq!(nf.node.primary_ip, "10.0.0.5".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(nf.eni.len(), 1, "eth1 not there yet");
+        assert_eq!(nf.eni[0].pod_ips.len(), 1 + 16, "secondary IP + the /28");
+        assert_eq!(nf.node.service_cidrs.len(), 1);
+        let ifaces: HashMap<String, String> = [
+            ("02:00:00:00:00:01".to_string(), "eth0".to_string()),
+            ("02:00:00:00:00:02".to_string(), "eth1".to_string()),
+        ]
+        .into();
+        let text = render_node_file(&info(), &ifaces, &[], false).unwrap();
+        let nf = crate::node_file::NodeFile::parse(Path::new("t"), &text).unwrap();
+        assert_eq!(nf.eni.len(), 2);
+        assert!(nf.eni.iter().all(|e| e.pod_ips.is_empty()));
+        // Without the primary's interface: an error, not a half node.
+        assert!(render_node_file(&info(), &HashMap::new(), &[], true).is_err());
+    }
+
+    #[test]
+    fn service_cidrs_are_validated() {
+        assert_eq!(service_cidrs(None).unwrap(), vec![]);
+        assert_eq!(
+            service_cidrs(Some("10.100.0.1/16, ")).unwrap(),
+            vec!["10.100.0.0/16".parse().unwrap()]
+        );
+        assert!(service_cidrs(Some("nope"))
+            .unwrap_err()
+            .to_string()
+            .contains(SERVICE_CIDRS_ENV));
+    }
+}
