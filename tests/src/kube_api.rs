@@ -491,7 +491,7 @@ fn watch(
             s.gone_next -= 1;
         }
         let backlog: Vec<Change> = s.history.iter().filter(|c| c.rv > from).cloned().collect();
-        (backlog, gone, from.max(0))
+        (backlog, gone, from)
     };
     tokio::spawn(async move {
         if gone {

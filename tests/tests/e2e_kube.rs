@@ -211,13 +211,18 @@ fn apiserver_restart_and_410_gone_are_survived() {
         None,
         "VLANS entry removed too"
     );
-    assert!(
-        sim.checkpoint_pods()
-            .expect("checkpoint")
-            .iter()
-            .all(|p| p["name"] != "sg-pod"),
-        "the record is gone from the checkpoint"
-    );
+    // The checkpoint is rewritten right after the maps (same lock hold).
+    wait_for(
+        Duration::from_secs(2),
+        "record gone from the checkpoint",
+        || {
+            sim.checkpoint_pods()
+                .expect("checkpoint")
+                .iter()
+                .all(|p| p["name"] != "sg-pod")
+        },
+    )
+    .expect("checkpoint updated");
     drop(pod);
     sim.kill_agent();
 }
@@ -395,4 +400,86 @@ fn deleted_pods_lose_their_branch_and_other_nodes_pods_are_ignored() {
     assert!(pods_entry(&sim, c.ip).is_some());
     assert_eq!(vlan_entry(&sim, 2), Some(ip2));
     drop((a, b, c));
+}
+
+#[test]
+fn a_restarted_agent_drops_branches_whose_annotation_went_away_while_it_was_down() {
+    let (mut sim, _fabric, api) = kube_node().expect("kube node");
+    let ip2 = Ipv4Addr::new(192, 168, 26, 163);
+    let ann2 = format!(
+        r#"[{{"eniId":"eni-0b","ifAddress":"02:b0:01:6c:b5:7a","privateIp":"{ip2}","vlanId":2}}]"#
+    );
+    api.put_pod(pod_json(
+        "default",
+        "sg-pod",
+        NODE,
+        true,
+        Some(&annotation()),
+    ));
+    api.put_pod(pod_json("default", "sg-two", NODE, true, Some(&ann2)));
+    let a = CniPod::add(&sim, "default", "sg-pod").expect("sg-pod");
+    let b = CniPod::add(&sim, "default", "sg-two").expect("sg-two");
+    assert_eq!((a.ip, b.ip), (BRANCH_IP, ip2));
+
+    sim.kill_agent();
+    api.set_annotation("default", "sg-pod", None)
+        .expect("remove annotation");
+    sim.start_agent().expect("restart the agent");
+    let took = wait_for(
+        Duration::from_secs(10),
+        "stale branch removed after restart",
+        || pods_entry(&sim, BRANCH_IP).is_none(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", sim.agent_log()));
+    println!(
+        "restart -> stale branch removed in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(vlan_entry(&sim, BRANCH_VLAN), None);
+    assert_eq!(
+        vlan_entry(&sim, 2),
+        Some(ip2),
+        "the still-annotated branch is kept"
+    );
+    assert!(pods_entry(&sim, ip2).is_some());
+    drop((a, b));
+}
+
+#[test]
+fn without_the_apiserver_an_unknown_pod_is_refused_for_retry_not_guessed() {
+    let (sim, _fabric, mut api) = kube_node().expect("kube node");
+    api.stop();
+    let ns = Netns::new("pod").expect("pod netns");
+    let netns = format!("/run/netns/{}", ns.name());
+    let cid = format!("cid-{}", ns.name());
+    let call = Call {
+        command: "ADD",
+        container_id: &cid,
+        netns: &netns,
+        ifname: "eth0",
+        pod: ("default", "late"),
+    };
+    let conf = cni::trunkline_conf("1.0.0", &sim.socket(), None);
+    let out = cni::trunkline(sim.node.name(), &call, &conf).expect("run the plugin");
+    assert!(!out.success, "{}", out.stdout);
+    assert_eq!(out.code(), Some(11), "try again later: {}", out.stdout);
+    assert!(
+        pods(&sim).is_empty(),
+        "nothing programmed: {:?}",
+        pods(&sim)
+    );
+
+    // The apiserver is back and knows the pod: the runtime's retry works.
+    api.restart().expect("restart the fixture apiserver");
+    api.put_pod(pod_json("default", "late", NODE, false, None));
+    let ok = cni::trunkline(sim.node.name(), &call, &conf).expect("run the plugin");
+    assert!(ok.success, "{} {}", ok.stdout, ok.stderr);
+    let _ = cni::trunkline(
+        sim.node.name(),
+        &Call {
+            command: "DEL",
+            ..call
+        },
+        &conf,
+    );
 }
