@@ -114,6 +114,11 @@ impl BranchSource {
                 return Ok(None);
             }
         };
+        if settings.pod_eni_wait >= Duration::from_secs(10) {
+            // trunkline-cni gives up on the RPC after 10 s: a longer wait
+            // only makes the runtime retry an ADD the agent still works on.
+            tracing::warn!(wait = ?settings.pod_eni_wait, "TRUNKLINE_POD_ENI_WAIT is not below trunkline-cni's 10 s RPC timeout");
+        }
         let src = PodEniSource::connect(options).await?;
         tokio::spawn(reconcile(agent, src.book().clone()));
         Ok(Some(Arc::new(Self { src })))
