@@ -74,6 +74,16 @@ fn vlan_entry(sim: &SimNode, vlan: u16) -> Option<Ipv4Addr> {
         .expect("VLANS lookup")
 }
 
+/// The agent's Prometheus text (it listens in the node namespace).
+fn metrics(sim: &SimNode) -> String {
+    sim.node
+        .exec_ok(
+            "curl",
+            &["-sf", "--max-time", "5", "http://127.0.0.1:61678/metrics"],
+        )
+        .expect("GET /metrics")
+}
+
 /// Polls `f` every 10 ms until it is true; the time it took, or an error
 /// after `limit`.
 fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<Duration> {
@@ -320,6 +330,14 @@ fn a_bad_annotation_fails_cni_add_posts_an_event_and_leaves_nothing() {
         &del,
         &cni::trunkline_conf("1.0.0", &sim.socket(), None),
     );
+    let m = metrics(&sim);
+    for needle in [
+        "trunkline_pod_eni_decisions_total{outcome=\"invalid\"} 1",
+        "trunkline_pod_eni_decisions_total{outcome=\"branch\"} 1",
+        "trunkline_pod_eni_decide_seconds_count 2",
+    ] {
+        assert!(m.contains(needle), "no {needle:?} in\n{m}");
+    }
     assert_eq!(
         api.events().len(),
         1,
@@ -411,6 +429,12 @@ fn deleted_pods_lose_their_branch_and_other_nodes_pods_are_ignored() {
         vlan_entry(&sim, 2),
         Some(ip2),
         "the other branch pod is untouched"
+    );
+    let m = metrics(&sim);
+    assert!(m.contains("trunkline_branches_revoked_total 1"), "{m}");
+    assert!(
+        m.contains("trunkline_pod_eni_decisions_total{outcome=\"not_on_this_node\"} 1"),
+        "{m}"
     );
     assert!(
         pods_entry(&sim, c.ip).is_some(),
