@@ -24,6 +24,7 @@ use trunkline_kube::{
 use crate::{
     checkpoint::PodRecord,
     daemon::{lock, Shared},
+    metrics::Metrics,
     node_file::MacAddr,
     pods::Branch,
 };
@@ -76,6 +77,7 @@ pub fn node_name_from_env(get: impl Fn(&str) -> Option<String>) -> Option<String
 
 pub struct BranchSource {
     src: PodEniSource,
+    metrics: Arc<Metrics>,
 }
 
 fn branch_of(b: &BranchEni) -> Branch {
@@ -96,6 +98,7 @@ impl BranchSource {
     pub async fn start(
         settings: &KubeSettings,
         agent: Shared,
+        metrics: Arc<Metrics>,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         let options = match settings.options() {
             Ok(o) => o,
@@ -114,14 +117,30 @@ impl BranchSource {
                 return Ok(None);
             }
         };
+        if settings.pod_eni_wait >= Duration::from_secs(10) {
+            // trunkline-cni gives up on the RPC after 10 s: a longer wait
+            // only makes the runtime retry an ADD the agent still works on.
+            tracing::warn!(wait = ?settings.pod_eni_wait, "TRUNKLINE_POD_ENI_WAIT is not below trunkline-cni's 10 s RPC timeout");
+        }
         let src = PodEniSource::connect(options).await?;
-        tokio::spawn(reconcile(agent, src.book().clone()));
-        Ok(Some(Arc::new(Self { src })))
+        tokio::spawn(reconcile(agent, src.book().clone(), metrics.clone()));
+        Ok(Some(Arc::new(Self { src, metrics })))
     }
 
     /// The branch decision for AddPod (awaited before the agent lock).
     pub async fn decide(&self, namespace: &str, name: &str) -> Result<Option<Branch>, Status> {
-        match self.src.decide(namespace, name).await {
+        let start = std::time::Instant::now();
+        let decided = self.src.decide(namespace, name).await;
+        let outcome = match &decided {
+            Ok(Some(_)) => "branch",
+            Ok(None) => "regular",
+            Err(DecideError::Invalid(_)) => "invalid",
+            Err(DecideError::NotYet(_)) => "not_annotated",
+            Err(DecideError::Unreachable(..)) => "unreachable",
+            Err(DecideError::NotOnThisNode(..)) => "not_on_this_node",
+        };
+        self.metrics.observe_pod_eni(outcome, start.elapsed());
+        match decided {
             Ok(b) => Ok(b.as_ref().map(branch_of)),
             // The pod must not start with this annotation: a permanent error.
             Err(e @ DecideError::Invalid(_)) => Err(Status::invalid_argument(e.to_string())),
@@ -148,7 +167,7 @@ impl BranchSource {
 
 /// Removes branch pods whose branch went away, on every change of the book
 /// (once it holds a complete list: before that, absence means nothing).
-async fn reconcile(agent: Shared, book: Arc<BranchBook>) {
+async fn reconcile(agent: Shared, book: Arc<BranchBook>, metrics: Arc<Metrics>) {
     let mut rx = book.subscribe();
     while rx.changed().await.is_ok() {
         if !book.synced() {
@@ -164,6 +183,7 @@ async fn reconcile(agent: Shared, book: Arc<BranchBook>) {
         };
         match a.pods.revoke_branches(keep, &mut a.maps) {
             Ok(removed) if !removed.is_empty() => {
+                metrics.observe_branches_revoked(removed.len());
                 tracing::info!(count = removed.len(), "branch pods revoked")
             }
             Ok(_) => {}

@@ -45,6 +45,9 @@ pub struct Metrics {
     ct_lru_evictions: Counter,
     ct_host_flows_removed: Counter,
     ct_gc_interval: Gauge,
+    pod_eni_decisions: Family<Labels, Counter>,
+    pod_eni_decide_seconds: Histogram,
+    branches_revoked: Counter,
 }
 
 impl Default for Metrics {
@@ -72,6 +75,9 @@ impl Metrics {
             ct_lru_evictions: Counter::default(),
             ct_host_flows_removed: Counter::default(),
             ct_gc_interval: Gauge::default(),
+            pod_eni_decisions: Family::default(),
+            pod_eni_decide_seconds: rpc_histogram(),
+            branches_revoked: Counter::default(),
         };
         registry.register("pods", "Pods wired on this node", m.pods.clone());
         registry.register(
@@ -139,7 +145,34 @@ impl Metrics {
             "Current conntrack GC interval (adapts to churn)",
             m.ct_gc_interval.clone(),
         );
+        registry.register(
+            "pod_eni_decisions",
+            "AddPod branch decisions in Kubernetes mode, by outcome",
+            m.pod_eni_decisions.clone(),
+        );
+        registry.register(
+            "pod_eni_decide_seconds",
+            "Time AddPod spent deciding a pod's branch ENI (waiting for its annotation)",
+            m.pod_eni_decide_seconds.clone(),
+        );
+        registry.register(
+            "branches_revoked",
+            "Branch pods whose entries were removed because their annotation went away or changed, or the pod was deleted",
+            m.branches_revoked.clone(),
+        );
         Self { registry, ..m }
+    }
+
+    /// One AddPod branch decision (Kubernetes mode).
+    pub fn observe_pod_eni(&self, outcome: &str, took: Duration) {
+        self.pod_eni_decisions
+            .get_or_create(&labels(&[("outcome", outcome)]))
+            .inc();
+        self.pod_eni_decide_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn observe_branches_revoked(&self, n: usize) {
+        self.branches_revoked.inc_by(n as u64);
     }
 
     /// What a conntrack GC pass found.

@@ -161,9 +161,10 @@ async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AgentServer<AgentService>>().await;
-    let branches = crate::branch_source::BranchSource::start(&config.kube, agent.clone())
-        .await
-        .context("starting the Kubernetes pod watch")?;
+    let branches =
+        crate::branch_source::BranchSource::start(&config.kube, agent.clone(), metrics.clone())
+            .await
+            .context("starting the Kubernetes pod watch")?;
     let listener = bind_socket(&config.socket)?;
     tracing::info!(socket = %config.socket.display(), metrics = %config.metrics_addr, introspection = %config.introspection_addr, "serving");
     let result = tonic::transport::Server::builder()

@@ -63,6 +63,8 @@ pub enum KubeError {
     Client(#[source] kube::Error),
     #[error("the node name is empty")]
     NoNodeName,
+    #[error("kubeconfig {0:?} names no file")]
+    NoKubeconfig(PathBuf),
 }
 
 /// Why AddPod gets no branch decision.
@@ -78,6 +80,26 @@ pub enum DecideError {
     Unreachable(String, String, String),
     #[error("pod {0}/{1} is not a pod of this node: {2}")]
     NotOnThisNode(String, String, String),
+}
+
+/// Reads a kubeconfig; a `KUBECONFIG`-style list (`a:b`) is merged in
+/// order, as kubectl does (the first file that sets a value wins).
+pub fn read_kubeconfig(path: &std::path::Path) -> Result<Kubeconfig, KubeError> {
+    let text = path.to_string_lossy();
+    let mut merged: Option<Kubeconfig> = None;
+    for part in text.split(':').filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(part);
+        let err = |source| KubeError::Kubeconfig {
+            path: p.clone(),
+            source,
+        };
+        let kc = Kubeconfig::read_from(&p).map_err(err)?;
+        merged = Some(match merged {
+            None => kc,
+            Some(m) => m.merge(kc).map_err(err)?,
+        });
+    }
+    merged.ok_or_else(|| KubeError::NoKubeconfig(path.to_path_buf()))
 }
 
 pub struct PodEniSource {
@@ -98,10 +120,7 @@ impl PodEniSource {
         }
         let config = match &options.access {
             ApiAccess::Kubeconfig(path) => {
-                let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig {
-                    path: path.clone(),
-                    source,
-                })?;
+                let kc = read_kubeconfig(path)?;
                 Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                     .await
                     .map_err(|source| KubeError::Kubeconfig {
@@ -215,5 +234,37 @@ impl PodEniSource {
                 format!("no answer within {:?}", o.get_timeout),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_kubeconfig_list_is_merged_and_a_missing_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("tl-kubeconfig-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let a = dir.join("a");
+        let b = dir.join("b");
+        std::fs::write(&a, "apiVersion: v1\nkind: Config\ncurrent-context: one\nclusters:\n- name: one\n  cluster:\n    server: http://127.0.0.1:1\n").expect("write");
+        std::fs::write(&b, "apiVersion: v1\nkind: Config\ncurrent-context: two\nclusters:\n- name: two\n  cluster:\n    server: http://127.0.0.1:2\n").expect("write");
+        let list = PathBuf::from(format!("{}:{}", a.display(), b.display()));
+        let kc = read_kubeconfig(&list).expect("merged");
+        assert_eq!(
+            kc.current_context.as_deref(),
+            Some("one"),
+            "the first file wins"
+        );
+        assert_eq!(kc.clusters.len(), 2);
+        let missing = dir.join("missing");
+        let e = read_kubeconfig(&missing).expect_err("missing file");
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert!(matches!(
+            read_kubeconfig(Path::new(":")),
+            Err(KubeError::NoKubeconfig(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -4,12 +4,12 @@
 #![no_main]
 
 // The plugin is a binary crate: its parser is compiled in from source.
-#[path = "../../cni-shim/src/error.rs"]
-#[allow(dead_code)]
-mod error;
 #[path = "../../cni-shim/src/config.rs"]
 #[allow(dead_code)]
 mod config;
+#[path = "../../cni-shim/src/error.rs"]
+#[allow(dead_code)]
+mod error;
 
 use libfuzzer_sys::fuzz_target;
 

@@ -19,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!((1..=4094).contains(&b.vlan), "accepted VLAN {}", b.vlan);
-    assert!(b.mac.0 != [0; 6] && b.mac.0[0] & 1 == 0, "accepted MAC {}", b.mac);
+    assert!(
+        b.mac.0 != [0; 6] && b.mac.0[0] & 1 == 0,
+        "accepted MAC {}",
+        b.mac
+    );
     assert!(!b.ip.is_unspecified() && !b.ip.is_multicast() && !b.ip.is_broadcast());
     if let Some(net) = b.subnet {
         assert!(net.contains(&b.ip));

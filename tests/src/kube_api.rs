@@ -60,6 +60,8 @@ struct State {
     lists: u32,
     watches: u32,
     gets: u32,
+    /// The resourceVersion each watch request started from.
+    watch_from: Vec<u64>,
 }
 
 struct Server {
@@ -289,6 +291,16 @@ impl FakeApi {
         lock(&self.state).events.clone()
     }
 
+    /// The resourceVersion of the last change.
+    pub fn current_rv(&self) -> u64 {
+        lock(&self.state).rv
+    }
+
+    /// The resourceVersions the watch requests so far started from.
+    pub fn watch_starts(&self) -> Vec<u64> {
+        lock(&self.state).watch_from.clone()
+    }
+
     /// (lists, watches, gets) served so far.
     pub fn requests(&self) -> (u32, u32, u32) {
         let s = lock(&self.state);
@@ -486,12 +498,13 @@ fn watch(
     let (backlog, gone, mut rv) = {
         let mut s = lock(&state);
         s.watches += 1;
+        s.watch_from.push(from);
         let gone = s.gone_next > 0 || (from != 0 && from + 1 < s.compacted_below);
         if s.gone_next > 0 {
             s.gone_next -= 1;
         }
         let backlog: Vec<Change> = s.history.iter().filter(|c| c.rv > from).cloned().collect();
-        (backlog, gone, from.max(0))
+        (backlog, gone, from)
     };
     tokio::spawn(async move {
         if gone {

@@ -74,6 +74,16 @@ fn vlan_entry(sim: &SimNode, vlan: u16) -> Option<Ipv4Addr> {
         .expect("VLANS lookup")
 }
 
+/// The agent's Prometheus text (it listens in the node namespace).
+fn metrics(sim: &SimNode) -> String {
+    sim.node
+        .exec_ok(
+            "curl",
+            &["-sf", "--max-time", "5", "http://127.0.0.1:61678/metrics"],
+        )
+        .expect("GET /metrics")
+}
+
 /// Polls `f` every 10 ms until it is true; the time it took, or an error
 /// after `limit`.
 fn wait_for(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<Duration> {
@@ -169,6 +179,30 @@ fn apiserver_restart_and_410_gone_are_survived() {
     ));
     let pod = CniPod::add(&sim, "default", "sg-pod").expect("branch pod");
     assert_eq!(pod.ip, BRANCH_IP);
+    // Bookmarks: changes on another node move the resourceVersion but
+    // are filtered out of this node's watch; only BOOKMARK events tell the
+    // agent, so a re-watch after a dropped connection starts from there
+    // rather than from the older RV of its last pod event.
+    for i in 0..5 {
+        let mut p = pod_json("other", "busy", "ip-10-0-0-1.ec2.internal", false, None);
+        p["metadata"]["labels"] = serde_json::json!({"gen": i.to_string()});
+        api.put_pod(p);
+    }
+    let rv_after = api.current_rv();
+    std::thread::sleep(Duration::from_millis(600));
+    let watches = api.requests().1;
+    api.drop_watches();
+    wait_for(
+        Duration::from_secs(10),
+        "re-watch after the dropped stream",
+        || api.requests().1 > watches,
+    )
+    .expect("re-watched");
+    let from = api.watch_starts().last().copied().unwrap_or(0);
+    assert!(
+        from >= rv_after,
+        "re-watch from RV {from}, want >= {rv_after} (bookmarks)"
+    );
     let (lists_before, watches_before, _) = api.requests();
 
     // The apiserver goes away (every connection closed) and comes back on
@@ -185,12 +219,13 @@ fn apiserver_restart_and_410_gone_are_survived() {
         api.requests().0 > lists_before
     })
     .expect("the watcher re-listed");
+    // The watch that got the 410, then a new one from the fresh list.
+    wait_for(Duration::from_secs(10), "watch after the re-list", || {
+        api.requests().1 > watches_before + 1
+    })
+    .expect("watched again after the 410");
     let (lists, watches, _) = api.requests();
     println!("re-listed {relisted:?} after the restart; lists {lists_before}->{lists}, watches {watches_before}->{watches}");
-    assert!(
-        watches > watches_before + 1,
-        "watched again after the 410 ({watches_before}->{watches})"
-    );
 
     // A change after both is still applied: the annotation goes away and
     // the branch with it.
@@ -211,13 +246,18 @@ fn apiserver_restart_and_410_gone_are_survived() {
         None,
         "VLANS entry removed too"
     );
-    assert!(
-        sim.checkpoint_pods()
-            .expect("checkpoint")
-            .iter()
-            .all(|p| p["name"] != "sg-pod"),
-        "the record is gone from the checkpoint"
-    );
+    // The checkpoint is rewritten right after the maps (same lock hold).
+    wait_for(
+        Duration::from_secs(2),
+        "record gone from the checkpoint",
+        || {
+            sim.checkpoint_pods()
+                .expect("checkpoint")
+                .iter()
+                .all(|p| p["name"] != "sg-pod")
+        },
+    )
+    .expect("checkpoint updated");
     drop(pod);
     sim.kill_agent();
 }
@@ -290,6 +330,14 @@ fn a_bad_annotation_fails_cni_add_posts_an_event_and_leaves_nothing() {
         &del,
         &cni::trunkline_conf("1.0.0", &sim.socket(), None),
     );
+    let m = metrics(&sim);
+    for needle in [
+        "trunkline_pod_eni_decisions_total{outcome=\"invalid\"} 1",
+        "trunkline_pod_eni_decisions_total{outcome=\"branch\"} 1",
+        "trunkline_pod_eni_decide_seconds_count 2",
+    ] {
+        assert!(m.contains(needle), "no {needle:?} in\n{m}");
+    }
     assert_eq!(
         api.events().len(),
         1,
@@ -382,6 +430,12 @@ fn deleted_pods_lose_their_branch_and_other_nodes_pods_are_ignored() {
         Some(ip2),
         "the other branch pod is untouched"
     );
+    let m = metrics(&sim);
+    assert!(m.contains("trunkline_branches_revoked_total 1"), "{m}");
+    assert!(
+        m.contains("trunkline_pod_eni_decisions_total{outcome=\"not_on_this_node\"} 1"),
+        "{m}"
+    );
     assert!(
         pods_entry(&sim, c.ip).is_some(),
         "regular pods are untouched"
@@ -395,4 +449,86 @@ fn deleted_pods_lose_their_branch_and_other_nodes_pods_are_ignored() {
     assert!(pods_entry(&sim, c.ip).is_some());
     assert_eq!(vlan_entry(&sim, 2), Some(ip2));
     drop((a, b, c));
+}
+
+#[test]
+fn a_restarted_agent_drops_branches_whose_annotation_went_away_while_it_was_down() {
+    let (mut sim, _fabric, api) = kube_node().expect("kube node");
+    let ip2 = Ipv4Addr::new(192, 168, 26, 163);
+    let ann2 = format!(
+        r#"[{{"eniId":"eni-0b","ifAddress":"02:b0:01:6c:b5:7a","privateIp":"{ip2}","vlanId":2}}]"#
+    );
+    api.put_pod(pod_json(
+        "default",
+        "sg-pod",
+        NODE,
+        true,
+        Some(&annotation()),
+    ));
+    api.put_pod(pod_json("default", "sg-two", NODE, true, Some(&ann2)));
+    let a = CniPod::add(&sim, "default", "sg-pod").expect("sg-pod");
+    let b = CniPod::add(&sim, "default", "sg-two").expect("sg-two");
+    assert_eq!((a.ip, b.ip), (BRANCH_IP, ip2));
+
+    sim.kill_agent();
+    api.set_annotation("default", "sg-pod", None)
+        .expect("remove annotation");
+    sim.start_agent().expect("restart the agent");
+    let took = wait_for(
+        Duration::from_secs(10),
+        "stale branch removed after restart",
+        || pods_entry(&sim, BRANCH_IP).is_none(),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", sim.agent_log()));
+    println!(
+        "restart -> stale branch removed in {:.1} ms",
+        took.as_secs_f64() * 1e3
+    );
+    assert_eq!(vlan_entry(&sim, BRANCH_VLAN), None);
+    assert_eq!(
+        vlan_entry(&sim, 2),
+        Some(ip2),
+        "the still-annotated branch is kept"
+    );
+    assert!(pods_entry(&sim, ip2).is_some());
+    drop((a, b));
+}
+
+#[test]
+fn without_the_apiserver_an_unknown_pod_is_refused_for_retry_not_guessed() {
+    let (sim, _fabric, mut api) = kube_node().expect("kube node");
+    api.stop();
+    let ns = Netns::new("pod").expect("pod netns");
+    let netns = format!("/run/netns/{}", ns.name());
+    let cid = format!("cid-{}", ns.name());
+    let call = Call {
+        command: "ADD",
+        container_id: &cid,
+        netns: &netns,
+        ifname: "eth0",
+        pod: ("default", "late"),
+    };
+    let conf = cni::trunkline_conf("1.0.0", &sim.socket(), None);
+    let out = cni::trunkline(sim.node.name(), &call, &conf).expect("run the plugin");
+    assert!(!out.success, "{}", out.stdout);
+    assert_eq!(out.code(), Some(11), "try again later: {}", out.stdout);
+    assert!(
+        pods(&sim).is_empty(),
+        "nothing programmed: {:?}",
+        pods(&sim)
+    );
+
+    // The apiserver is back and knows the pod: the runtime's retry works.
+    api.restart().expect("restart the fixture apiserver");
+    api.put_pod(pod_json("default", "late", NODE, false, None));
+    let ok = cni::trunkline(sim.node.name(), &call, &conf).expect("run the plugin");
+    assert!(ok.success, "{} {}", ok.stdout, ok.stderr);
+    let _ = cni::trunkline(
+        sim.node.name(),
+        &Call {
+            command: "DEL",
+            ..call
+        },
+        &conf,
+    );
 }
