@@ -109,6 +109,13 @@ impl Agent {
     pub fn start(config: RunConfig) -> anyhow::Result<(Self, RestoreReport)> {
         use anyhow::Context as _;
         let node = NodeFile::load(&config.node_file)?;
+        let (refused, ignored) = crate::aws_env_unsupported::check(|k| std::env::var(k).ok());
+        for w in &ignored {
+            tracing::warn!("{w}");
+        }
+        if !refused.is_empty() {
+            anyhow::bail!("unsupported aws-node settings:\n{}", refused.join("\n"));
+        }
         let snat = aws_env::parse(|k| std::env::var(k).ok(), aws_env::host_ephemeral_range())
             .context("reading the aws-node environment")?;
         for skipped in &snat.skipped {

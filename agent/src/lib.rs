@@ -3,6 +3,7 @@
 //! RPC, checkpoints its state, and exposes metrics and introspection.
 
 pub mod aws_env;
+pub mod aws_env_unsupported;
 pub mod aws_mode;
 pub mod aws_pool;
 pub mod branch_source;
