@@ -112,7 +112,7 @@ impl FakeState {
         let half = 1u32 << (31 - u32::from(self.subnet.prefix_len()));
         let base = u32::from(self.subnet.network()) + half + self.next_prefix * 16;
         self.next_prefix += 1;
-        Ipv4Net::new(Ipv4Addr::from(base), 28).unwrap_or_else(|_| self.subnet)
+        Ipv4Net::new(Ipv4Addr::from(base), 28).unwrap_or(self.subnet)
     }
 
     pub fn new_eni(&mut self, tags: BTreeMap<String, String>) -> Eni {

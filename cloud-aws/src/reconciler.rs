@@ -271,6 +271,11 @@ impl Reconciler {
             Action::AssignIps { eni, count } => {
                 let ips = self.ec2.assign_ips(eni, *count).await?;
                 info!(eni = %eni, count = ips.len(), "assigned secondary IPs");
+                // EC2 may hand back an address we released a moment ago:
+                // it is ours again, so the released overlay must not hide it.
+                for ip in &ips {
+                    self.recent_released.remove(ip);
+                }
                 // EC2 lists the new IPs only; an answer with more (moto
                 // lists all of the ENI's) is not trusted for the overlay:
                 // DescribeNetworkInterfaces then has the last word.
@@ -296,10 +301,9 @@ impl Reconciler {
                 if taken.is_empty() {
                     return Ok(());
                 }
-                if let Err(e) = self.ec2.unassign_ips(eni, &taken).await {
-                    // Still on EC2: the next publish offers them again.
-                    return Err(e);
-                }
+                // On failure they are still on EC2: the next publish offers
+                // them again.
+                self.ec2.unassign_ips(eni, &taken).await?;
                 info!(eni = %eni, count = taken.len(), "unassigned free secondary IPs");
                 for ip in taken {
                     self.recent_assigned.remove(&ip);
@@ -397,6 +401,7 @@ impl Reconciler {
         info!(eni = %eni.id, device_index, slots, "created and attached ENI");
         let now = Instant::now();
         for ip in &eni.secondary_ips {
+            self.recent_released.remove(ip);
             self.recent_assigned.insert(*ip, (eni.id.clone(), now));
         }
         Ok(())
@@ -432,7 +437,7 @@ impl Reconciler {
             }
             let mut result = self.pass().await;
             // The sweep is cheap but not urgent: every 12th pass and the first.
-            if pass_no % 12 == 0 {
+            if pass_no.is_multiple_of(12) {
                 match self.sweep_leaked().await {
                     Ok(n) => {
                         if let Ok(r) = &mut result {

@@ -1,0 +1,256 @@
+//! The agent in AWS mode in a simulated node: no node file; the node comes
+//! from the IMDS fixture, pod IPs from the EC2 warm pool on moto. Real CNI
+//! ADDs get IPs that moto shows assigned to the instance's ENI, and an ENI
+//! the pool attached gets its ENIS entry once its interface appears.
+//!
+//! moto and the fixture listen on the host's loopback; the agent reaches
+//! them through forwarders bound inside the node namespace.
+
+use std::{
+    collections::HashSet,
+    net::{Ipv4Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_ec2::{config::Credentials, types::Filter};
+use testbed::{
+    imds_fixture::{FixtureEni, ImdsFixture},
+    moto::Moto,
+    ns_forward::NsForward,
+    sim_node::SimNode,
+    vpc_fabric::CniPod,
+};
+
+const INSTANCE_TYPE: &str = "m5.xlarge";
+
+fn client(endpoint: &str) -> aws_sdk_ec2::Client {
+    let conf = aws_sdk_ec2::Config::builder()
+        .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+        .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
+        .build();
+    aws_sdk_ec2::Client::from_conf(conf)
+}
+
+struct Ni {
+    id: String,
+    mac: String,
+    primary_ip: Ipv4Addr,
+    device: i32,
+    secondary: Vec<Ipv4Addr>,
+}
+
+async fn instance_enis(c: &aws_sdk_ec2::Client, instance: &str) -> Result<Vec<Ni>> {
+    let r = c
+        .describe_network_interfaces()
+        .filters(
+            Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance)
+                .build(),
+        )
+        .send()
+        .await?;
+    let mut out = Vec::new();
+    for ni in r.network_interfaces() {
+        let mut primary_ip = None;
+        let mut secondary = Vec::new();
+        for a in ni.private_ip_addresses() {
+            let ip: Ipv4Addr = a.private_ip_address().context("ip")?.parse()?;
+            if a.primary() == Some(true) {
+                primary_ip = Some(ip);
+            } else {
+                secondary.push(ip);
+            }
+        }
+        out.push(Ni {
+            id: ni.network_interface_id().context("id")?.into(),
+            mac: ni.mac_address().context("mac")?.to_ascii_lowercase(),
+            primary_ip: primary_ip.context("primary ip")?,
+            device: ni.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
+            secondary,
+        });
+    }
+    out.sort_by_key(|n| n.device);
+    Ok(out)
+}
+
+fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
+    let moto = Moto::start()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let c = client(&moto.endpoint());
+    // The simulated node's subnet, so the rendered node file is valid for
+    // its links.
+    let (instance, subnet, primary) = rt.block_on(async {
+        let vpc = c.create_vpc().cidr_block("192.168.0.0/16").send().await?;
+        let vpc_id = vpc
+            .vpc()
+            .and_then(|v| v.vpc_id())
+            .context("vpc")?
+            .to_string();
+        let sub = c
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block("192.168.0.0/19")
+            .send()
+            .await?;
+        let subnet = sub
+            .subnet()
+            .and_then(|s| s.subnet_id())
+            .context("subnet")?
+            .to_string();
+        let ami = c
+            .describe_images()
+            .send()
+            .await?
+            .images()
+            .first()
+            .and_then(|i| i.image_id())
+            .context("ami")?
+            .to_string();
+        let r = c
+            .run_instances()
+            .image_id(ami)
+            .min_count(1)
+            .max_count(1)
+            .instance_type(aws_sdk_ec2::types::InstanceType::from(INSTANCE_TYPE))
+            .subnet_id(&subnet)
+            .send()
+            .await?;
+        let id = r
+            .instances()
+            .first()
+            .and_then(|i| i.instance_id())
+            .context("instance")?
+            .to_string();
+        let enis = instance_enis(&c, &id).await?;
+        let primary = enis.into_iter().next().context("primary ENI")?;
+        anyhow::Ok((id, subnet, primary))
+    })?;
+
+    let mut sim = SimNode::build()?;
+    // eth0 becomes the instance's primary ENI: its MAC and address.
+    sim.node
+        .ip(&["link", "set", "eth0", "address", &primary.mac])?;
+    sim.node.ip(&[
+        "addr",
+        "add",
+        &format!("{}/19", primary.primary_ip),
+        "dev",
+        "eth0",
+    ])?;
+    let imds = ImdsFixture::start()?;
+    imds.set_instance(&instance, INSTANCE_TYPE, "us-east-1a", &primary.mac);
+    let eni = |ni: &Ni, dev: u32| FixtureEni {
+        mac: ni.mac.clone(),
+        device_number: dev,
+        interface_id: ni.id.clone(),
+        subnet_id: subnet.clone(),
+        subnet_cidr: "192.168.0.0/19".into(),
+        local_ipv4s: vec![ni.primary_ip],
+        prefixes: vec![],
+        security_groups: vec![],
+        vpc_cidrs: vec!["192.168.0.0/16".into()],
+    };
+    imds.set_eni(&eni(&primary, 0));
+    let to_moto = NsForward::new(&sim.node, SocketAddr::from(([127, 0, 0, 1], moto.port)))?;
+    let to_imds = NsForward::new(&sim.node, imds.addr)?;
+    let moto_url = to_moto.endpoint();
+    let imds_url = to_imds.endpoint();
+    sim.aws_mode = true;
+    sim.set_agent_env(&[
+        ("AWS_ENDPOINT_URL_EC2", &moto_url),
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &imds_url),
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+        // 3 warm, and at least 18 in all: more than the primary's 14 slots,
+        // so the pool attaches a second ENI.
+        ("WARM_IP_TARGET", "3"),
+        ("MINIMUM_IP_TARGET", "18"),
+        ("IP_COOLDOWN_PERIOD", "1"),
+    ]);
+    let started = Instant::now();
+    sim.start_agent()?;
+
+    // The pool fills from EC2: 14 on the primary, 4 on a new ENI.
+    let enis = wait(Duration::from_secs(30), "18 IPs on 2 ENIs in moto", || {
+        let e = rt.block_on(instance_enis(&c, &instance))?;
+        let total: usize = e.iter().map(|n| n.secondary.len()).sum();
+        Ok((e.len() == 2 && total == 18).then_some(e))
+    })
+    .with_context(|| sim.agent_log())?;
+    println!(
+        "e2e_aws_agent: pool at MINIMUM_IP_TARGET in {:?}",
+        started.elapsed()
+    );
+    assert!(enis[0].secondary.len() <= 14, "primary over its limit");
+
+    // Pods get IPs of the primary ENI (eth1's ENI has no interface yet, so
+    // its IPs are not offered).
+    let mut pods = Vec::new();
+    for i in 0..5 {
+        let pod = wait(Duration::from_secs(20), "a pod IP", || {
+            Ok(CniPod::add(&sim, "default", &format!("aws-{i}")).ok())
+        })?;
+        pods.push(pod);
+    }
+    let on_primary: HashSet<Ipv4Addr> = rt
+        .block_on(instance_enis(&c, &instance))?
+        .into_iter()
+        .find(|n| n.id == primary.id)
+        .context("primary")?
+        .secondary
+        .into_iter()
+        .collect();
+    let mut seen = HashSet::new();
+    for p in &pods {
+        assert!(seen.insert(p.ip), "{} twice", p.ip);
+        assert!(
+            on_primary.contains(&p.ip),
+            "{} not assigned to {} in EC2",
+            p.ip,
+            primary.id
+        );
+    }
+
+    // The second ENI's interface appears (eth1 takes its MAC) and IMDS lists
+    // it: the agent gives it an ENIS entry.
+    let second = &enis[1];
+    sim.node
+        .ip(&["link", "set", "eth1", "address", &second.mac])?;
+    imds.set_eni(&eni(second, 1));
+    let eth1 = sim.node.ifindex("eth1")?;
+    wait(Duration::from_secs(30), "an ENIS entry for eth1", || {
+        let v = sim.inspect("enis")?;
+        let found = v.as_array().into_iter().flatten().any(|e| {
+            e["ifindex"].as_u64() == Some(u64::from(eth1))
+                && e["mac"].as_str() == Some(second.mac.as_str())
+                && e["role"].as_str() == Some("secondary")
+        });
+        Ok(found.then_some(()))
+    })
+    .with_context(|| sim.agent_log())?;
+    let rendered = std::fs::read_to_string(sim.state_dir().join("aws-node.toml"))?;
+    assert!(rendered.contains(&second.mac), "{rendered}");
+    drop(pods);
+    Ok(())
+}
