@@ -122,8 +122,10 @@ async fn ec2_view(
     Ok(out)
 }
 
+/// Distinct secondary IPs: moto (unlike EC2) can hand one address to two
+/// ENIs, which would count twice in a plain sum.
 fn total(view: &HashMap<String, Vec<Ipv4Addr>>) -> usize {
-    view.values().map(Vec::len).sum()
+    view.values().flatten().collect::<HashSet<_>>().len()
 }
 
 fn check_limits(view: &HashMap<String, Vec<Ipv4Addr>>, limits: Limits) -> Result<()> {
