@@ -211,11 +211,17 @@ fn the_configmap_holds_only_variables_the_agent_reads() {
     let data = cm.data.unwrap_or_default();
     for key in data.keys() {
         assert!(
-            known.contains(&key.as_str()),
+            known.contains(&key.as_str()) || trunkline_aws::env::ALL.contains(&key.as_str()),
             "{key} is not read by the agent"
         );
     }
     // And the values parse as the agent would parse them.
     let env = aws_env::parse(|k| data.get(k).cloned(), None).expect("valid settings");
+    let pool = trunkline_aws::env::parse(|k| data.get(k).cloned()).expect("valid pool settings");
+    assert_eq!(
+        pool,
+        trunkline_aws::env::PoolEnv::default(),
+        "aws-node's defaults"
+    );
     assert_eq!(env.sg_mode, aws_env::SgMode::Strict);
 }
