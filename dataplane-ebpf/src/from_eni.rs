@@ -4,7 +4,7 @@
 //! untagged and delivered to their branch pod.
 
 use aya_ebpf::{helpers::bpf_skb_vlan_pop, programs::TcContext};
-use dataplane_common::{Config, CtKey, DropReason, Ipv4, PodEntry, Stats, VlanKey};
+use dataplane_common::{Config, CtKey, DropReason, PodEntry, Stats, VlanKey};
 
 use crate::{
     conntrack, deliver,
@@ -49,7 +49,14 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     if orig.src_ip == cfg.node_ip {
         return Verdict::Pass; // a host connection's identity entry
     }
-    let Some(pod) = ours(&orig.src_ip) else {
+    // Translated back only for a pod the data path serves; otherwise to the
+    // stack untouched, since whatever owns the pod owns the flow too. During
+    // a migration from aws-node that is netfilter until the pod's `PODS`
+    // entry switches both directions at once: a reply translated here but
+    // delivered by the stack clashes with netfilter's own entry for the
+    // flow, which rewrites its source port, and the pod resets the
+    // connection.
+    let Some(pod) = maps::pod(&orig.src_ip) else {
         return Verdict::Pass;
     };
     if let Some(ct) = conntrack::lookup(&orig) {
@@ -60,18 +67,6 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     }
     stats.rev_snat += 1;
     hop_into_pod(ctx, cfg, &pod, pkt.l3_off)
-}
-
-/// The pod a reply translates back to, if the data path serves it. If not,
-/// the packet goes to the stack untranslated: whatever owns that pod owns
-/// the flow too. During a migration from aws-node that is netfilter, until
-/// the pod's `PODS` entry switches both directions to us at once; a reply
-/// translated here but delivered by the stack would clash with netfilter's
-/// own entry for the flow, which rewrites its source port to resolve the
-/// clash, and the pod resets the connection.
-#[inline(always)]
-fn ours(ip: &Ipv4) -> Option<PodEntry> {
-    maps::pod(ip)
 }
 
 /// The node is a routing hop on the way in too (see `deliver::hop`).
@@ -127,8 +122,8 @@ fn icmp_error_to_node(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> V
     if orig.src_ip == cfg.node_ip {
         return Verdict::Pass;
     }
-    let Some(pod) = ours(&orig.src_ip) else {
-        return Verdict::Pass;
+    let Some(pod) = maps::pod(&orig.src_ip) else {
+        return Verdict::Pass; // not ours: see `run`
     };
     if nat::icmp_error(
         ctx,

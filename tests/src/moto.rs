@@ -104,3 +104,49 @@ impl Drop for Moto {
         self.kill();
     }
 }
+
+/// A new VPC (`vpc_cidr`) with one subnet (`subnet_cidr`) and one instance
+/// of `instance_type` in moto: (instance id, subnet id).
+pub async fn launch_instance(
+    c: &aws_sdk_ec2::Client,
+    vpc_cidr: &str,
+    subnet_cidr: &str,
+    instance_type: &str,
+) -> Result<(String, String)> {
+    let vpc = c.create_vpc().cidr_block(vpc_cidr).send().await?;
+    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).context("vpc id")?;
+    let sub = c
+        .create_subnet()
+        .vpc_id(vpc_id)
+        .cidr_block(subnet_cidr)
+        .send()
+        .await?;
+    let subnet = sub
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .context("subnet id")?
+        .to_string();
+    let images = c.describe_images().send().await?;
+    let ami = images
+        .images()
+        .first()
+        .and_then(|i| i.image_id())
+        .context("moto has no AMI")?
+        .to_string();
+    let r = c
+        .run_instances()
+        .image_id(ami)
+        .min_count(1)
+        .max_count(1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::from(instance_type))
+        .subnet_id(&subnet)
+        .send()
+        .await?;
+    let id = r
+        .instances()
+        .first()
+        .and_then(|i| i.instance_id())
+        .context("instance id")?
+        .to_string();
+    Ok((id, subnet))
+}

@@ -53,41 +53,8 @@ struct Instance {
 }
 
 async fn launch(c: &aws_sdk_ec2::Client) -> Result<Instance> {
-    let vpc = c.create_vpc().cidr_block("10.0.0.0/16").send().await?;
-    let vpc_id = vpc.vpc().and_then(|v| v.vpc_id()).context("vpc id")?;
-    let sub = c
-        .create_subnet()
-        .vpc_id(vpc_id)
-        .cidr_block("10.0.0.0/20")
-        .send()
-        .await?;
-    let subnet = sub
-        .subnet()
-        .and_then(|s| s.subnet_id())
-        .context("subnet id")?
-        .to_string();
-    let images = c.describe_images().send().await?;
-    let ami = images
-        .images()
-        .first()
-        .and_then(|i| i.image_id())
-        .context("moto has no AMI")?
-        .to_string();
-    let r = c
-        .run_instances()
-        .image_id(ami)
-        .min_count(1)
-        .max_count(1)
-        .instance_type(aws_sdk_ec2::types::InstanceType::from(INSTANCE_TYPE))
-        .subnet_id(&subnet)
-        .send()
-        .await?;
-    let id = r
-        .instances()
-        .first()
-        .and_then(|i| i.instance_id())
-        .context("instance id")?
-        .to_string();
+    let (id, subnet) =
+        testbed::moto::launch_instance(c, "10.0.0.0/16", "10.0.0.0/20", INSTANCE_TYPE).await?;
     Ok(Instance { id, subnet })
 }
 

@@ -100,47 +100,9 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
     // The simulated node's subnet, so the rendered node file is valid for
     // its links.
     let (instance, subnet, primary) = rt.block_on(async {
-        let vpc = c.create_vpc().cidr_block("192.168.0.0/16").send().await?;
-        let vpc_id = vpc
-            .vpc()
-            .and_then(|v| v.vpc_id())
-            .context("vpc")?
-            .to_string();
-        let sub = c
-            .create_subnet()
-            .vpc_id(&vpc_id)
-            .cidr_block("192.168.0.0/19")
-            .send()
-            .await?;
-        let subnet = sub
-            .subnet()
-            .and_then(|s| s.subnet_id())
-            .context("subnet")?
-            .to_string();
-        let ami = c
-            .describe_images()
-            .send()
-            .await?
-            .images()
-            .first()
-            .and_then(|i| i.image_id())
-            .context("ami")?
-            .to_string();
-        let r = c
-            .run_instances()
-            .image_id(ami)
-            .min_count(1)
-            .max_count(1)
-            .instance_type(aws_sdk_ec2::types::InstanceType::from(INSTANCE_TYPE))
-            .subnet_id(&subnet)
-            .send()
-            .await?;
-        let id = r
-            .instances()
-            .first()
-            .and_then(|i| i.instance_id())
-            .context("instance")?
-            .to_string();
+        let (id, subnet) =
+            testbed::moto::launch_instance(&c, "192.168.0.0/16", "192.168.0.0/19", INSTANCE_TYPE)
+                .await?;
         let enis = instance_enis(&c, &id).await?;
         let primary = enis.into_iter().next().context("primary ENI")?;
         anyhow::Ok((id, subnet, primary))

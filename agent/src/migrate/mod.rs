@@ -144,7 +144,14 @@ pub fn plan(
         warnings,
         ..Plan::default()
     };
-    let conns = read_conntrack()?;
+    // One pass over the connection table for every pod: the count per pod
+    // (the pod is the source of both kinds of key).
+    let ips: Vec<Ipv4Addr> = legacy.iter().map(|p| p.ip).collect();
+    let mut flows_of = std::collections::HashMap::<Ipv4Addr, usize>::new();
+    for a in adoptions(&read_conntrack()?, node.node.primary_ip, &ips) {
+        let (Adopted::Snat { key, .. } | Adopted::ViaStack { key, .. }) = a;
+        *flows_of.entry(Ipv4Addr::from(key.src_ip)).or_default() += 1;
+    }
     for pod in legacy {
         let host_veth = pod.host_veth("eni");
         let live = netif::ifindex(&host_veth).is_some();
@@ -155,7 +162,7 @@ pub fn plan(
                 pod.namespace, pod.name, pod.ip
             ));
         }
-        let flows = adoptions(&conns, node.node.primary_ip, &[pod.ip]).len();
+        let flows = flows_of.get(&pod.ip).copied().unwrap_or(0);
         plan.pods.push(PodPlan {
             pod,
             host_veth,
