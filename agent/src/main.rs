@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use trunkline_agent::daemon::RunConfig;
+use trunkline_agent::config::RunConfig;
 
 #[derive(Parser)]
 #[command(
@@ -152,7 +152,7 @@ struct RunArgs {
     node_name: Option<String>,
     /// Seconds AddPod waits for the pod-eni annotation of a pod that
     /// requests vpc.amazonaws.com/pod-eni.
-    #[arg(long, env = "TRUNKLINE_POD_ENI_WAIT", default_value_t = trunkline_agent::branch_source::DEFAULT_POD_ENI_WAIT_SECS)]
+    #[arg(long, env = "TRUNKLINE_POD_ENI_WAIT", default_value_t = trunkline_agent::cloud::kube::DEFAULT_POD_ENI_WAIT_SECS)]
     pod_eni_wait: u64,
 }
 
@@ -169,10 +169,10 @@ impl RunArgs {
             mtu: self.mtu,
             ip_cooldown: Duration::from_secs(self.ip_cooldown),
             migrate_from_aws_node: self.migrate_from_aws_node,
-            kube: trunkline_agent::branch_source::KubeSettings {
+            kube: trunkline_agent::cloud::kube::KubeSettings {
                 kubeconfig: self.kubeconfig,
                 node_name: self.node_name.or_else(|| {
-                    trunkline_agent::branch_source::node_name_from_env(|k| std::env::var(k).ok())
+                    trunkline_agent::cloud::kube::node_name_from_env(|k| std::env::var(k).ok())
                 }),
                 pod_eni_wait: Duration::from_secs(self.pod_eni_wait),
                 in_cluster: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some(),
@@ -214,13 +214,13 @@ fn main() -> anyhow::Result<()> {
             let aws = a.node_file.is_none();
             let config = a.config();
             if aws {
-                let (config, found) = trunkline_agent::aws_mode::prepare(config)?;
-                trunkline_agent::run::run_with(
+                let (config, found) = trunkline_agent::cloud::aws::prepare(config)?;
+                trunkline_agent::serve::run_with(
                     config,
-                    Box::new(move |agent| trunkline_agent::aws_mode::spawn(agent, found)),
+                    Box::new(move |agent| trunkline_agent::cloud::aws::spawn(agent, found)),
                 )?
             } else {
-                trunkline_agent::run::run(config)?
+                trunkline_agent::serve::run(config)?
             }
         }
         Command::Migrate {
@@ -232,10 +232,10 @@ fn main() -> anyhow::Result<()> {
             let mut config = run.config();
             if aws {
                 // The node from IMDS, written where local mode reads it.
-                config = trunkline_agent::aws_mode::prepare(config)?.0;
+                config = trunkline_agent::cloud::aws::prepare(config)?.0;
             }
             if dry_run {
-                let node = trunkline_agent::node_file::NodeFile::load(&config.node_file)?;
+                let node = trunkline_agent::node::file::NodeFile::load(&config.node_file)?;
                 let plan = trunkline_agent::migrate::plan(
                     &node,
                     |ip| trunkline_agent::migrate::pool_of(&node, ip),
@@ -274,21 +274,24 @@ fn main() -> anyhow::Result<()> {
             socket,
             timeout_secs,
         } => {
-            trunkline_agent::health::check(&socket, std::time::Duration::from_secs(timeout_secs))
-                .map_err(anyhow::Error::msg)?;
+            trunkline_agent::serve::health::check(
+                &socket,
+                std::time::Duration::from_secs(timeout_secs),
+            )
+            .map_err(anyhow::Error::msg)?;
         }
         Command::Inspect {
             what,
             bpf_root,
             json,
         } => {
-            use trunkline_agent::{inspect, inspect_maps};
+            use trunkline_agent::inspect;
             let out = match what {
-                InspectWhat::Pods => inspect_maps::pods(&bpf_root, json),
-                InspectWhat::Enis => inspect_maps::enis(&bpf_root, json),
-                InspectWhat::Ct => inspect_maps::ct(&bpf_root, json),
-                InspectWhat::Nat => inspect_maps::nat(&bpf_root, json),
-                InspectWhat::Stats => inspect::stats(&bpf_root, json),
+                InspectWhat::Pods => inspect::pods(&bpf_root, json),
+                InspectWhat::Enis => inspect::enis(&bpf_root, json),
+                InspectWhat::Ct => inspect::ct(&bpf_root, json),
+                InspectWhat::Nat => inspect::nat(&bpf_root, json),
+                InspectWhat::Stats => inspect::stats::stats(&bpf_root, json),
             }
             .with_context(|| format!("reading maps pinned under {}", bpf_root.display()))?;
             println!("{out}");

@@ -15,7 +15,7 @@ use k8s_openapi::{
     serde::{de::DeserializeOwned, Serialize},
 };
 use serde_json::Value;
-use trunkline_agent::{aws_env, rbac::API_ACCESS};
+use trunkline_agent::{aws_node_env, rbac::API_ACCESS};
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -201,11 +201,11 @@ fn image_and_manifests_agree_with_the_binaries_defaults() {
 fn the_configmap_holds_only_variables_the_agent_reads() {
     let cm: ConfigMap = round_trip("configmap.yaml", &yaml("configmap.yaml"));
     let known = [
-        aws_env::EXTERNALSNAT,
-        aws_env::RANDOMIZESNAT,
-        aws_env::EXCLUDE_SNAT_CIDRS,
-        aws_env::SG_ENFORCING_MODE,
-        aws_env::PORT_RANGE,
+        aws_node_env::EXTERNALSNAT,
+        aws_node_env::RANDOMIZESNAT,
+        aws_node_env::EXCLUDE_SNAT_CIDRS,
+        aws_node_env::SG_ENFORCING_MODE,
+        aws_node_env::PORT_RANGE,
         "TRUNKLINE_MTU",
     ];
     let data = cm.data.unwrap_or_default();
@@ -216,12 +216,12 @@ fn the_configmap_holds_only_variables_the_agent_reads() {
         );
     }
     // And the values parse as the agent would parse them.
-    let env = aws_env::parse(|k| data.get(k).cloned(), None).expect("valid settings");
+    let env = aws_node_env::parse(|k| data.get(k).cloned(), None).expect("valid settings");
     let pool = trunkline_aws::env::parse(|k| data.get(k).cloned()).expect("valid pool settings");
     assert_eq!(
         pool,
         trunkline_aws::env::PoolEnv::default(),
         "aws-node's defaults"
     );
-    assert_eq!(env.sg_mode, aws_env::SgMode::Strict);
+    assert_eq!(env.sg_mode, aws_node_env::SgMode::Strict);
 }

@@ -18,8 +18,8 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::{config::Credentials, types::Filter};
 use testbed::moto::Moto;
 use trunkline_agent::{
-    aws_pool::{by_eni_id, IpamSink},
-    ipam::{now_secs, Ipam, IpamError},
+    cloud::aws_pool::{by_eni_id, IpamSink},
+    pods::ipam::{now_secs, Ipam, IpamError},
 };
 use trunkline_aws::{
     ec2::{Ec2, SdkEc2, TAG_INSTANCE_ID},

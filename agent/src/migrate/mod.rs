@@ -29,10 +29,10 @@ use std::{collections::BTreeSet, fmt, net::Ipv4Addr, path::Path, time::Duration}
 use anyhow::{bail, Context as _, Result};
 
 use crate::{
+    agent::Agent,
     conntrack_gc::{now_coarse_ns, CtMaps},
-    daemon::Agent,
-    netif,
-    node_file::{MacAddr, NodeFile},
+    node::file::{MacAddr, NodeFile},
+    node::netif,
     pods::Adoptee,
 };
 use aws_node_checkpoint::LegacyPod;
@@ -314,7 +314,7 @@ pub fn migrate(agent: &mut Agent, checkpoint: &Path) -> Result<Report> {
 
 /// `trunkline-agent migrate`: start the data path as `run` would (pinned,
 /// so it stays when this process exits), migrate, exit.
-pub fn run_once(config: crate::daemon::RunConfig, checkpoint: &Path) -> Result<Report> {
+pub fn run_once(config: crate::config::RunConfig, checkpoint: &Path) -> Result<Report> {
     let (mut agent, _) = Agent::start(config)?;
     migrate(&mut agent, checkpoint)
 }

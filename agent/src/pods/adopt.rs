@@ -3,9 +3,9 @@
 
 use super::{key, PodError, Pods};
 use crate::{
-    checkpoint::PodRecord,
     dataplane::{Dataplane, NodeMaps},
-    netif,
+    node::netif,
+    pods::checkpoint::PodRecord,
 };
 
 /// A running pod to take over.
@@ -73,7 +73,7 @@ impl Pods {
         if let Err(e) = done {
             let _ = self.unwire(&record, maps);
             self.records.remove(&k);
-            self.ipam.release(record.ip, crate::ipam::now_secs());
+            self.ipam.release(record.ip, crate::pods::ipam::now_secs());
             let _ = self.save();
             return Err(e);
         }

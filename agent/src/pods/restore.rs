@@ -5,10 +5,10 @@ use dataplane_common::Hook;
 
 use super::{key, PodError, Pods};
 use crate::{
-    checkpoint::Checkpoint,
     dataplane::{list_link_pins, remove_link_pin, Dataplane, NodeMaps},
-    ipam::now_secs,
-    netif,
+    node::netif,
+    pods::checkpoint::Checkpoint,
+    pods::ipam::now_secs,
 };
 
 /// What a restart found and did.

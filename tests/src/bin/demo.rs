@@ -79,7 +79,7 @@ fn main() -> Result<()> {
 
     step("counters (trunkline-agent inspect stats)")?;
     let stats = read_stats(node.bpffs.path())?;
-    print!("{}", inspect::stats_table(&stats));
+    print!("{}", inspect::stats::stats_table(&stats));
 
     step("bpftool map dump pinned <bpf-root>/STATS (first CPU slot of from_pod)")?;
     let out = Command::new("bpftool")

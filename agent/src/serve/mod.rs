@@ -1,5 +1,14 @@
 //! `trunkline-agent run`: start the agent and serve until SIGTERM/SIGINT.
 //! Exiting detaches nothing: maps and links stay pinned and keep forwarding.
+//!
+//! What is served: [`grpc`] (trunkline-cni's RPC on the unix socket),
+//! [`http`] (`/metrics` from [`metrics`], the JSON introspection API), and
+//! [`health`], the probe the DaemonSet runs against the socket.
+
+pub mod grpc;
+pub mod health;
+pub mod http;
+pub mod metrics;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -18,12 +27,12 @@ use tokio_stream::wrappers::UnixListenerStream;
 use trunkline_rpc::v1::agent_server::AgentServer;
 
 use crate::{
+    agent::Agent,
+    config::RunConfig,
     conntrack_gc::{self, Collector, CtMaps, Timeouts},
-    daemon::{Agent, RunConfig},
-    http::{self, Endpoint},
-    metrics::Metrics,
-    service::AgentService,
 };
+
+use self::{grpc::AgentService, http::Endpoint, metrics::Metrics};
 
 /// Binds the unix socket with mode 0600 from the start (no window where
 /// another user could connect), replacing a stale one.
@@ -50,14 +59,14 @@ fn bind_socket(path: &std::path::Path) -> Result<UnixListener> {
 }
 
 /// SIGHUP: re-read the node file (e.g. a VPC CIDR was added).
-async fn reload_on_sighup(agent: crate::daemon::Shared) {
+async fn reload_on_sighup(agent: crate::agent::Shared) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler; restart to reload the node file");
         return;
     };
     while hup.recv().await.is_some() {
-        if let Err(e) = crate::daemon::lock(&agent).reload_node_file() {
+        if let Err(e) = crate::agent::lock(&agent).reload_node_file() {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "node file reload failed; keeping the running configuration"
@@ -93,7 +102,7 @@ pub fn run(config: RunConfig) -> Result<()> {
 }
 
 /// Called on the runtime once the agent is up (AWS mode starts its tasks).
-pub type OnStart = Box<dyn FnOnce(crate::daemon::Shared) + Send>;
+pub type OnStart = Box<dyn FnOnce(crate::agent::Shared) + Send>;
 
 pub fn run_with(config: RunConfig, on_start: OnStart) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -162,7 +171,7 @@ async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AgentServer<AgentService>>().await;
     let branches =
-        crate::branch_source::BranchSource::start(&config.kube, agent.clone(), metrics.clone())
+        crate::cloud::kube::BranchSource::start(&config.kube, agent.clone(), metrics.clone())
             .await
             .context("starting the Kubernetes pod watch")?;
     let listener = bind_socket(&config.socket)?;

@@ -12,9 +12,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::{
-    daemon::{lock, Agent, Shared},
-    ipam::now_secs,
-    metrics::Metrics,
+    agent::{lock, Agent, Shared},
+    pods::ipam::now_secs,
+    serve::metrics::Metrics,
 };
 
 #[derive(Clone, Copy, Debug)]

@@ -10,6 +10,8 @@
 //! | `POD_SECURITY_GROUP_ENFORCING_MODE` | `strict` | `strict` or `standard` |
 //! | `TRUNKLINE_SNAT_PORT_RANGE` | the larger side of `1024-65535` outside the host's ephemeral range (`1024-32767` with Linux's default) | `MIN-MAX` |
 
+pub mod unsupported;
+
 use dataplane_common::SnatMode;
 use ipnet::Ipv4Net;
 

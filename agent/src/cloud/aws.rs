@@ -30,9 +30,10 @@ use trunkline_aws::{
 };
 
 use crate::{
-    aws_pool::{IpamHolder, IpamSink},
-    daemon::{lock, RunConfig, Shared},
-    ipam::{now_secs, Ipam},
+    agent::{lock, Shared},
+    cloud::aws_pool::{IpamHolder, IpamSink},
+    config::RunConfig,
+    pods::ipam::{now_secs, Ipam},
 };
 
 /// The node file AWS mode renders, under the state directory.
@@ -53,8 +54,8 @@ pub fn interfaces_by_mac() -> HashMap<String, String> {
     };
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
-        if let Some(mac) = crate::netif::mac(&name) {
-            let mac = crate::node_file::MacAddr(mac).to_string();
+        if let Some(mac) = crate::node::netif::mac(&name) {
+            let mac = crate::node::file::MacAddr(mac).to_string();
             if mac != "00:00:00:00:00:00" {
                 out.entry(mac).or_insert(name);
             }
@@ -157,7 +158,7 @@ pub fn render_node_file(
         );
     }
     // The same validation as a hand-written node file.
-    crate::node_file::NodeFile::parse(Path::new("<rendered from IMDS>"), &out)
+    crate::node::file::NodeFile::parse(Path::new("<rendered from IMDS>"), &out)
         .context("the node file rendered from IMDS is invalid")?;
     Ok(out)
 }
@@ -226,7 +227,7 @@ impl IpamHolder for AgentIpam {
 }
 
 /// The interface name of a pool's ENI, if the agent knows it as an ENI.
-fn pool_name(agent: Shared) -> crate::aws_pool::PoolName {
+fn pool_name(agent: Shared) -> crate::cloud::aws_pool::PoolName {
     Box::new(move |e: &PoolEni| {
         let a = lock(&agent);
         a.pods
@@ -387,7 +388,7 @@ mod tests {
             [("02:00:00:00:00:01".to_string(), "eth0".to_string())].into();
         let text =
             render_node_file(&info(), &ifaces, &["172.20.0.0/16".parse().unwrap()], true).unwrap();
-        let nf = crate::node_file::NodeFile::parse(Path::new("t"), &text).unwrap();
+        let nf = crate::node::file::NodeFile::parse(Path::new("t"), &text).unwrap();
         assert_eq!(nf.node.primary_ip, "10.0.0.5".parse::<Ipv4Addr>().unwrap());
         assert_eq!(nf.eni.len(), 1, "eth1 not there yet");
         assert_eq!(nf.eni[0].pod_ips.len(), 1 + 16, "secondary IP + the /28");
@@ -398,7 +399,7 @@ mod tests {
         ]
         .into();
         let text = render_node_file(&info(), &ifaces, &[], false).unwrap();
-        let nf = crate::node_file::NodeFile::parse(Path::new("t"), &text).unwrap();
+        let nf = crate::node::file::NodeFile::parse(Path::new("t"), &text).unwrap();
         assert_eq!(nf.eni.len(), 2);
         assert!(nf.eni.iter().all(|e| e.pod_ips.is_empty()));
         // Without the primary's interface: an error, not a half node.

@@ -2,19 +2,16 @@
 //! one lock that the gRPC service, the metrics and the introspection API
 //! share.
 
-use std::{
-    path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
-    time::Duration,
-};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::{
-    aws_env::{self, SnatEnv},
-    checkpoint::CheckpointFile,
+    aws_node_env::{self, SnatEnv},
+    config::RunConfig,
     dataplane::{list_link_pins, remove_link_pin, Dataplane, NodeMaps},
-    netif,
-    node_file::NodeFile,
-    node_state::{reconcile_node, resolve_enis},
+    node::file::NodeFile,
+    node::netif,
+    node::reconcile::{reconcile_node, resolve_enis},
+    pods::checkpoint::CheckpointFile,
     pods::{Pods, RestoreReport},
 };
 
@@ -44,25 +41,6 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
-}
-
-/// What `trunkline-agent run` was told.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct RunConfig {
-    pub node_file: PathBuf,
-    pub bpf_root: PathBuf,
-    pub socket: PathBuf,
-    pub state_dir: PathBuf,
-    pub metrics_addr: String,
-    pub introspection_addr: String,
-    /// `None`: the object embedded at build time.
-    pub ebpf_object: Option<PathBuf>,
-    pub mtu: u32,
-    pub ip_cooldown: Duration,
-    /// aws-node's checkpoint to migrate from at start, if it exists.
-    pub migrate_from_aws_node: Option<PathBuf>,
-    /// Security groups for pods from the Kubernetes API (unset: local mode).
-    pub kube: crate::branch_source::KubeSettings,
 }
 
 pub struct Agent {
@@ -109,17 +87,20 @@ impl Agent {
     pub fn start(config: RunConfig) -> anyhow::Result<(Self, RestoreReport)> {
         use anyhow::Context as _;
         let node = NodeFile::load(&config.node_file)?;
-        let (refused, ignored) = crate::aws_env_unsupported::check(|k| std::env::var(k).ok());
+        let (refused, ignored) = crate::aws_node_env::unsupported::check(|k| std::env::var(k).ok());
         for w in &ignored {
             tracing::warn!("{w}");
         }
         if !refused.is_empty() {
             anyhow::bail!("unsupported aws-node settings:\n{}", refused.join("\n"));
         }
-        let snat = aws_env::parse(|k| std::env::var(k).ok(), aws_env::host_ephemeral_range())
-            .context("reading the aws-node environment")?;
+        let snat = aws_node_env::parse(
+            |k| std::env::var(k).ok(),
+            aws_node_env::host_ephemeral_range(),
+        )
+        .context("reading the aws-node environment")?;
         for skipped in &snat.skipped {
-            tracing::warn!(variable = aws_env::EXCLUDE_SNAT_CIDRS, entry = %skipped, "skipped");
+            tracing::warn!(variable = aws_node_env::EXCLUDE_SNAT_CIDRS, entry = %skipped, "skipped");
         }
         let object = crate::object::load(config.ebpf_object.as_deref())?;
         let mut dp = Dataplane::load_pinned(&object, &config.bpf_root).with_context(|| {

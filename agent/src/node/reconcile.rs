@@ -8,10 +8,10 @@ use dataplane_common::{config::CFG_F_SG_STANDARD, maps as names, Config, EniEntr
 use ipnet::Ipv4Net;
 
 use crate::{
-    aws_env::{SgMode, SnatEnv},
+    aws_node_env::{SgMode, SnatEnv},
     dataplane::{Dataplane, NodeMaps},
-    netif,
-    node_file::{gateway_of, NodeFile, Role},
+    node::file::{gateway_of, NodeFile, Role},
+    node::netif,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@ use std::{
 
 use trunkline_aws::{PoolEni, PoolSink};
 
-use crate::ipam::{now_secs, Ipam};
+use crate::pods::ipam::{now_secs, Ipam};
 
 /// Gives the sink access to IPAM wherever it lives (the agent keeps it
 /// inside its shared state; tests hold one directly).

@@ -22,11 +22,11 @@ use trunkline_kube::{
 };
 
 use crate::{
-    checkpoint::PodRecord,
-    daemon::{lock, Shared},
-    metrics::Metrics,
-    node_file::MacAddr,
+    agent::{lock, Shared},
+    node::file::MacAddr,
+    pods::checkpoint::PodRecord,
     pods::Branch,
+    serve::metrics::Metrics,
 };
 
 /// Default of `TRUNKLINE_POD_ENI_WAIT` (seconds).

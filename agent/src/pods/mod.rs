@@ -7,19 +7,21 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 use dataplane_common::{node::POD_F_STRICT, Hook, PodEntry};
 
 mod adopt;
+pub mod checkpoint;
+pub mod ipam;
 mod restore;
 
 pub use adopt::Adoptee;
 pub use restore::RestoreReport;
 
 use crate::{
-    checkpoint::{Checkpoint, CheckpointError, CheckpointFile, PodRecord},
     crash,
     dataplane::{detach_pod, Dataplane, DataplaneError, NodeMaps},
-    ipam::{now_secs, Ipam, IpamError},
-    netif,
-    node_file::{MacAddr, NodeFile},
-    node_state::Eni,
+    node::file::{MacAddr, NodeFile},
+    node::netif,
+    node::reconcile::Eni,
+    pods::checkpoint::{Checkpoint, CheckpointError, CheckpointFile, PodRecord},
+    pods::ipam::{now_secs, Ipam, IpamError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +71,7 @@ pub enum BranchChoice {
     #[default]
     NodeFile,
     /// Decided from the Kubernetes API before AddPod took the lock
-    /// (`crate::branch_source`): `None` is a regular pod.
+    /// (`crate::cloud::kube`): `None` is a regular pod.
     Decided(Option<Branch>),
 }
 

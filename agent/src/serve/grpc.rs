@@ -6,11 +6,11 @@ use tonic::{Request, Response, Status};
 use trunkline_rpc::{v1, POD_GATEWAY};
 
 use crate::{
-    branch_source::BranchSource,
-    daemon::{lock, Shared},
-    ipam::{now_secs, IpamError},
-    metrics::Metrics,
+    agent::{lock, Shared},
+    cloud::kube::BranchSource,
+    pods::ipam::{now_secs, IpamError},
     pods::{AddPod, BranchChoice, PodError},
+    serve::metrics::Metrics,
 };
 
 pub struct AgentService {

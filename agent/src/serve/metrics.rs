@@ -11,7 +11,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{conntrack_gc::GcReport, daemon::Agent, dataplane::read_stats, ipam::now_secs};
+use crate::{agent::Agent, conntrack_gc::GcReport, dataplane::read_stats, pods::ipam::now_secs};
 
 type Labels = Vec<(String, String)>;
 

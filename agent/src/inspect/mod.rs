@@ -1,5 +1,9 @@
-//! `trunkline-agent inspect {pods|enis|ct|nat}`: the pinned maps as aligned
-//! tables or JSON, read from the pins (works while the agent is down).
+//! `trunkline-agent inspect {pods|enis|ct|nat|stats}`: the pinned maps as
+//! aligned tables or JSON, read from the pins (works while the agent is
+//! down). [`ct`] renders conntrack and NAT, [`stats`] the counters.
+
+pub mod ct;
+pub mod stats;
 
 use std::{net::Ipv4Addr, path::Path};
 
@@ -136,9 +140,9 @@ pub fn ct(bpf_root: &Path, as_json: bool) -> Result<String> {
         crate::conntrack_gc::Timeouts::default(),
     );
     Ok(if as_json {
-        crate::inspect_ct::ct_json(&flows, now, &t).to_string()
+        crate::inspect::ct::ct_json(&flows, now, &t).to_string()
     } else {
-        crate::inspect_ct::ct_lines(&flows, now, &t)
+        crate::inspect::ct::ct_lines(&flows, now, &t)
     })
 }
 
@@ -149,21 +153,21 @@ pub fn nat(bpf_root: &Path, as_json: bool) -> Result<String> {
     let range = (config.port_min, config.port_max);
     Ok(if as_json {
         let mappings: Vec<Value> =
-            crate::inspect_ct::ct_json(&flows, 0, &crate::conntrack_gc::Timeouts::default())
+            crate::inspect::ct::ct_json(&flows, 0, &crate::conntrack_gc::Timeouts::default())
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter(|f| f["snat"] == true)
                 .cloned()
                 .collect();
-        let top: Vec<Value> = crate::inspect_ct::ports_by_destination(&flows)
+        let top: Vec<Value> = crate::inspect::ct::ports_by_destination(&flows)
             .into_iter()
             .map(|((ip, port, proto), n)| json!({"destination": format!("{ip}:{port}"), "proto": proto, "ports": n}))
             .collect();
         json!({"port_range": [range.0, range.1], "mappings": mappings, "top_destinations": top})
             .to_string()
     } else {
-        crate::inspect_ct::nat_table(&flows, range, 10)
+        crate::inspect::ct::nat_table(&flows, range, 10)
     })
 }
 

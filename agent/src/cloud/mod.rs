@@ -1,0 +1,6 @@
+//! The agent's cloud peers: AWS (IMDS discovery, the EC2 warm pool feeding
+//! IPAM) and Kubernetes (branch ENIs from the pod-eni annotation).
+
+pub mod aws;
+pub mod aws_pool;
+pub mod kube;

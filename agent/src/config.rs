@@ -1,0 +1,23 @@
+//! What `trunkline-agent run` was told: flags and their `TRUNKLINE_*`
+//! twins, resolved by `main`.
+
+use std::{path::PathBuf, time::Duration};
+
+/// What `trunkline-agent run` was told.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RunConfig {
+    pub node_file: PathBuf,
+    pub bpf_root: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub metrics_addr: String,
+    pub introspection_addr: String,
+    /// `None`: the object embedded at build time.
+    pub ebpf_object: Option<PathBuf>,
+    pub mtu: u32,
+    pub ip_cooldown: Duration,
+    /// aws-node's checkpoint to migrate from at start, if it exists.
+    pub migrate_from_aws_node: Option<PathBuf>,
+    /// Security groups for pods from the Kubernetes API (unset: local mode).
+    pub kube: crate::cloud::kube::KubeSettings,
+}
