@@ -1,18 +1,29 @@
-//! The running agent: the data path, the maps it owns and the pods, behind
-//! one lock that the gRPC service, the metrics and the introspection API
-//! share.
+//! The running agent: the node, the pods and the data path, each the one
+//! owner of its state, behind narrow methods. Changes go through one lock
+//! ([`Shared::lock`]); readers (metrics, introspection) take the
+//! [`Snapshot`] the agent publishes after each change instead.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex, MutexGuard},
+};
+
+use tokio::sync::watch;
 
 use crate::{
-    aws_node_env::{self, SnatEnv},
+    aws_node_env,
     config::RunConfig,
-    dataplane::{list_link_pins, remove_link_pin, Dataplane, NodeMaps},
+    dataplane::{list_link_pins, remove_link_pin, Dataplane, NodeMaps, PodMaps},
     node::file::NodeFile,
     node::netif,
-    node::reconcile::{reconcile_node, resolve_enis},
+    node::reconcile::{resolve_enis, Eni, NodeReconciler},
     pods::checkpoint::CheckpointFile,
-    pods::{Pods, RestoreReport},
+    pods::{
+        checkpoint::PodRecord,
+        ipam::{Ipam, SharedIpam},
+        pools_of, AddPod, Adoptee, PodError, Pods, RestoreReport,
+    },
 };
 
 /// Where the agent records which object its attachments run, to tell an
@@ -43,24 +54,103 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::rename(&tmp, path)
 }
 
-pub struct Agent {
-    pub config: RunConfig,
-    /// SNAT and security-group settings from the aws-node environment.
-    pub snat: SnatEnv,
-    pub dp: Dataplane,
-    pub maps: NodeMaps,
-    pub pods: Pods,
+/// What the agent's readers (metrics, introspection, the warm pool's
+/// interface lookup) see of it: a copy published after every change, read
+/// without the agent's lock.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub pods: Vec<PodRecord>,
+    pub enis: BTreeMap<String, Eni>,
 }
 
-pub type Shared = Arc<Mutex<Agent>>;
+/// The running agent. Each piece of state has one owner: the pods
+/// ([`Pods`]: records, checkpoint, `PODS`/`VLANS`, pod programs), the node
+/// ([`NodeReconciler`]: `ENIS`, `CONFIG`, `NO_SNAT`, `SERVICE_CIDRS`, ENI
+/// links), and the data path's programs ([`Dataplane`], which both attach
+/// through). The fields are private: callers use the narrow methods below.
+pub struct Agent {
+    config: RunConfig,
+    dp: Dataplane,
+    node: NodeReconciler,
+    pods: Pods,
+    ipam: SharedIpam,
+    published: watch::Sender<Arc<Snapshot>>,
+}
 
-/// Locks the agent; a panic elsewhere while holding the lock does not make
-/// the state unusable (every operation leaves it consistent or undone).
-pub fn lock(a: &Shared) -> MutexGuard<'_, Agent> {
-    a.lock().unwrap_or_else(|p| p.into_inner())
+/// The agent as the tasks of the process share it: [`Shared::lock`] for
+/// changes (one at a time), [`Shared::snapshot`] and [`Shared::ipam`] for
+/// reading without that lock.
+#[derive(Clone)]
+pub struct Shared {
+    agent: Arc<Mutex<Agent>>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    ipam: SharedIpam,
+    config: Arc<RunConfig>,
+}
+
+impl Shared {
+    pub fn new(agent: Agent) -> Self {
+        Self {
+            snapshot: agent.published.subscribe(),
+            ipam: agent.ipam.clone(),
+            config: Arc::new(agent.config.clone()),
+            agent: Arc::new(Mutex::new(agent)),
+        }
+    }
+
+    /// Locks the agent; a panic elsewhere while holding the lock does not
+    /// make the state unusable (every operation leaves it consistent or
+    /// undone).
+    pub fn lock(&self) -> MutexGuard<'_, Agent> {
+        self.agent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The latest published state.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Notified on every published change.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// IPAM, shared with the pods (its own short lock).
+    pub fn ipam(&self) -> &SharedIpam {
+        &self.ipam
+    }
+
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
 }
 
 impl Agent {
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// The node IP (the SNAT source).
+    pub fn node_ip(&self) -> Ipv4Addr {
+        self.pods.node_ip()
+    }
+
+    fn publish(&mut self) {
+        let snapshot = Snapshot {
+            pods: self.pods.records().cloned().collect(),
+            enis: self.pods.enis().clone(),
+        };
+        self.published.send_replace(Arc::new(snapshot));
+    }
+
+    /// Publishes the state after `op` (whether it succeeded or not: a
+    /// failed operation may have undone part of its work).
+    fn changing<T>(&mut self, op: impl FnOnce(&mut Self) -> T) -> T {
+        let out = op(self);
+        self.publish();
+        out
+    }
+
     /// Re-reads the node file and re-programs what it describes of the node
     /// (VPC and service CIDRs, ENIs): a changed VPC CIDR reaches `NO_SNAT`
     /// at once, while established flows keep their translation. Pod pools
@@ -69,17 +159,61 @@ impl Agent {
         use anyhow::Context as _;
         let node = NodeFile::load(&self.config.node_file)?;
         let enis = resolve_enis(&node)?;
-        reconcile_node(&node, &self.snat, &enis, &mut self.dp, &mut self.maps)
+        self.node
+            .apply(&node, &enis, &mut self.dp)
             .context("re-programming the node's maps")?;
         tracing::info!(vpc_cidrs = ?node.node.vpc_cidrs, "node file reloaded");
         // New ENIs (AWS mode attaches them at run time) become pod owners.
-        self.pods.set_node(node, enis);
+        self.changing(|a| a.pods.set_node(node, enis));
         Ok(())
     }
 
-    /// The node IP (the SNAT source).
-    pub fn pods_node_ip(&self) -> dataplane_common::Ipv4 {
-        self.pods.node_ip().octets()
+    /// AddPod: an IP (or the pod's branch ENI), the checkpoint, the programs
+    /// on its veth, its `PODS` entry.
+    pub fn add_pod(&mut self, req: AddPod) -> Result<PodRecord, PodError> {
+        self.changing(|a| a.pods.add(req, &mut a.dp))
+    }
+
+    /// DelPod; `None` when the attachment is unknown.
+    pub fn del_pod(
+        &mut self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<PodRecord>, PodError> {
+        self.changing(|a| a.pods.del(container_id, ifname))
+    }
+
+    /// CheckPod: why the agent's state for the pod differs from what is expected.
+    pub fn check_pod(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<(), String> {
+        self.pods.check(container_id, ifname, ip)
+    }
+
+    /// CNI GC: releases every attachment not in `valid`.
+    pub fn gc_pods(&mut self, valid: &[(String, String)]) -> Result<usize, PodError> {
+        self.changing(|a| a.pods.gc(valid))
+    }
+
+    /// Removes the branch pods for which `keep` is false.
+    pub fn revoke_branches(
+        &mut self,
+        keep: impl Fn(&PodRecord) -> bool,
+    ) -> Result<Vec<PodRecord>, PodError> {
+        self.changing(|a| a.pods.revoke_branches(keep))
+    }
+
+    /// Takes over a pod another CNI wired (migration).
+    pub fn adopt_pod(&mut self, a: Adoptee) -> Result<PodRecord, PodError> {
+        self.changing(|agent| agent.pods.adopt(a, &mut agent.dp))
+    }
+
+    /// The ENI whose pool holds `ip`, if any.
+    pub fn eni_of(&self, ip: Ipv4Addr) -> Option<String> {
+        self.pods.eni_of(ip)
     }
 
     /// Loads the node file and the data path (re-using pinned maps and
@@ -116,7 +250,8 @@ impl Agent {
         let previous = std::fs::read_to_string(&id_file).ok();
         let upgrade = previous.as_deref().map(str::trim) != Some(object_id.as_str());
         dp.set_replace_existing(upgrade);
-        let mut maps = NodeMaps::open(&config.bpf_root).context("opening the pinned maps")?;
+        let node_maps = NodeMaps::open(&config.bpf_root).context("opening the node maps")?;
+        let pod_maps = PodMaps::open(&config.bpf_root).context("opening the pod maps")?;
         let enis = resolve_enis(&node)?;
         // ENI links pinned for an interface instance that is gone.
         for pin in list_link_pins(&config.bpf_root)? {
@@ -128,13 +263,16 @@ impl Agent {
                 remove_link_pin(&pin.path)?;
             }
         }
-        reconcile_node(&node, &snat, &enis, &mut dp, &mut maps)
+        let mut reconciler = NodeReconciler::new(node_maps, snat);
+        reconciler
+            .apply(&node, &enis, &mut dp)
             .context("programming the node's ENIs and maps")?;
         let checkpoint = CheckpointFile::new(&config.state_dir);
         let saved = checkpoint.load()?;
-        let mut pods = Pods::new(node, enis, checkpoint, config.ip_cooldown);
+        let ipam = SharedIpam::new(Ipam::new(pools_of(&node), config.ip_cooldown));
+        let mut pods = Pods::new(node, enis, ipam.clone(), pod_maps, checkpoint);
         let report = pods
-            .restore(saved, &mut dp, &mut maps)
+            .restore(saved, &mut dp)
             .context("restoring pods from the checkpoint")?;
         dp.set_replace_existing(false);
         if upgrade {
@@ -145,15 +283,16 @@ impl Agent {
                 format!("recording the object identity in {}", id_file.display())
             })?;
         }
-        Ok((
-            Self {
-                config,
-                snat,
-                dp,
-                maps,
-                pods,
-            },
-            report,
-        ))
+        let (published, _) = watch::channel(Arc::new(Snapshot::default()));
+        let mut agent = Self {
+            config,
+            dp,
+            node: reconciler,
+            pods,
+            ipam,
+            published,
+        };
+        agent.publish();
+        Ok((agent, report))
     }
 }

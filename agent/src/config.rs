@@ -19,5 +19,15 @@ pub struct RunConfig {
     /// aws-node's checkpoint to migrate from at start, if it exists.
     pub migrate_from_aws_node: Option<PathBuf>,
     /// Security groups for pods from the Kubernetes API (unset: local mode).
-    pub kube: crate::cloud::kube::KubeSettings,
+    pub kube: KubeSettings,
+}
+
+/// What `run` was told about Kubernetes.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct KubeSettings {
+    pub kubeconfig: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub pod_eni_wait: Duration,
+    /// `KUBERNETES_SERVICE_HOST` is set (running in a pod).
+    pub in_cluster: bool,
 }

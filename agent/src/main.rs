@@ -169,7 +169,7 @@ impl RunArgs {
             mtu: self.mtu,
             ip_cooldown: Duration::from_secs(self.ip_cooldown),
             migrate_from_aws_node: self.migrate_from_aws_node,
-            kube: trunkline_agent::cloud::kube::KubeSettings {
+            kube: trunkline_agent::config::KubeSettings {
                 kubeconfig: self.kubeconfig,
                 node_name: self.node_name.or_else(|| {
                     trunkline_agent::cloud::kube::node_name_from_env(|k| std::env::var(k).ok())

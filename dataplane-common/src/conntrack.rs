@@ -51,6 +51,12 @@ impl CtKey {
             self.proto,
         )
     }
+
+    /// The reply of this (pod-side) flow after SNAT to `nat_ip:nat_port`,
+    /// as it arrives from the destination: the `SNAT_REV` key.
+    pub const fn snat_reply(&self, nat_ip: Ipv4, nat_port: u16) -> Self {
+        Self::new(self.dst_ip, nat_ip, self.dst_port, nat_port, self.proto)
+    }
 }
 
 /// `CT` value.
@@ -148,6 +154,17 @@ mod tests {
         assert_eq!(r.src_ip, [203, 0, 113, 10]);
         assert_eq!(r.dst_port, 40000);
         assert_eq!(r.reversed(), k);
+    }
+
+    #[test]
+    fn the_snat_reply_comes_from_the_destination_to_the_nat_address() {
+        let k = CtKey::new([10, 0, 0, 1], [203, 0, 113, 10], 40000, 443, 6);
+        let r = k.snat_reply([192, 168, 16, 10], 50000);
+        assert_eq!(
+            r,
+            CtKey::new([203, 0, 113, 10], [192, 168, 16, 10], 443, 50000, 6)
+        );
+        assert_eq!(k.snat_reply(k.src_ip, k.src_port), k.reversed());
     }
 
     #[test]

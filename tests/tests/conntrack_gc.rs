@@ -16,8 +16,8 @@ use testbed::{
     traffic,
 };
 use trunkline_agent::{
-    conntrack_gc::{now_coarse_ns, Collector, CtMaps, Timeouts},
-    dataplane::Dataplane,
+    conntrack_gc::{now_coarse_ns, Collector, Timeouts},
+    dataplane::{CtMaps, Dataplane},
 };
 
 const NODE: [u8; 4] = [192, 168, 16, 10];

@@ -20,7 +20,7 @@ use testbed::{
     traffic,
     vpc_fabric::{CniPod, Fabric},
 };
-use trunkline_agent::dataplane::NodeMaps;
+use trunkline_agent::dataplane::VlansMap;
 
 const NODE: &str = "ip-192-168-31-166.ec2.internal";
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 10);
@@ -68,9 +68,9 @@ fn pods_entry(sim: &SimNode, ip: Ipv4Addr) -> Option<Value> {
 
 fn vlan_entry(sim: &SimNode, vlan: u16) -> Option<Ipv4Addr> {
     let trunk = sim.node.ifindex("eth2").expect("trunk ifindex");
-    NodeMaps::open(sim.bpf_root())
+    VlansMap::open(sim.bpf_root())
         .expect("pinned maps")
-        .vlan(trunk, vlan)
+        .get(trunk, vlan)
         .expect("VLANS lookup")
 }
 

@@ -11,7 +11,8 @@
 //!   interface (matched by MAC) has appeared gets its ENIS entry and
 //!   programs, and VPC CIDRs flow into NO_SNAT (`reload_node_file`, which
 //!   leaves established flows alone);
-//! - a free-count watcher kicks the pool as soon as pods take IPs.
+//! - a free-count watcher kicks the pool as soon as pods take IPs (on the
+//!   agent's published changes).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -29,12 +30,7 @@ use trunkline_aws::{
     Kick, NodeConfig, PoolEni, PoolEnv, Reconciler, SdkEc2,
 };
 
-use crate::{
-    agent::{lock, Shared},
-    cloud::aws_pool::{IpamHolder, IpamSink},
-    config::RunConfig,
-    pods::ipam::{now_secs, Ipam},
-};
+use crate::{agent::Shared, cloud::aws_pool::IpamSink, config::RunConfig};
 
 /// The node file AWS mode renders, under the state directory.
 pub const NODE_FILE: &str = "aws-node.toml";
@@ -216,22 +212,13 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
     ))
 }
 
-/// IPAM inside the running agent.
-#[derive(Clone)]
-pub struct AgentIpam(pub Shared);
-
-impl IpamHolder for AgentIpam {
-    fn with_ipam<R>(&self, f: impl FnOnce(&mut Ipam) -> R) -> R {
-        f(lock(&self.0).pods.ipam_mut())
-    }
-}
-
-/// The interface name of a pool's ENI, if the agent knows it as an ENI.
+/// The interface name of a pool's ENI, if the agent knows it as an ENI
+/// (from its published snapshot: no lock of the agent's).
 fn pool_name(agent: Shared) -> crate::cloud::aws_pool::PoolName {
     Box::new(move |e: &PoolEni| {
-        let a = lock(&agent);
-        a.pods
-            .enis()
+        agent
+            .snapshot()
+            .enis
             .values()
             .find(|x| x.mac.eq_ignore_ascii_case(&e.mac))
             .map(|x| x.interface.clone())
@@ -252,7 +239,7 @@ pub fn spawn(agent: Shared, d: Discovered) {
         security_groups: primary.map(|p| p.security_groups).unwrap_or_default(),
     };
     let sink = Arc::new(IpamSink::new(
-        AgentIpam(agent.clone()),
+        agent.ipam().clone(),
         pool_name(agent.clone()),
     ));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -276,16 +263,20 @@ pub fn spawn(agent: Shared, d: Discovered) {
     });
 }
 
-/// Kicks the pool whenever pods took IPs since the last look.
+/// Kicks the pool at start and whenever pods took IPs: on every change
+/// the agent publishes (an AddPod), not by polling.
 async fn watch_free(agent: Shared, kick: Kick) {
+    let mut changes = agent.subscribe();
     let mut last = usize::MAX;
     loop {
-        let free = lock(&agent).pods.ipam_mut().free_count(now_secs());
+        let free = agent.ipam().free_count();
         if free < last {
             kick.kick();
         }
         last = free;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -322,7 +313,8 @@ async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
             tracing::warn!(error = format!("{e:#}"), "writing the node file failed");
             continue;
         }
-        match lock(&agent).reload_node_file() {
+        let reloaded = agent.lock().reload_node_file();
+        match reloaded {
             Ok(()) => {
                 current = text;
                 for e in &info.enis {

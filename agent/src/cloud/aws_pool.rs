@@ -11,12 +11,18 @@ use std::{
 
 use trunkline_aws::{PoolEni, PoolSink};
 
-use crate::pods::ipam::{now_secs, Ipam};
+use crate::pods::ipam::{now_secs, Ipam, SharedIpam};
 
-/// Gives the sink access to IPAM wherever it lives (the agent keeps it
-/// inside its shared state; tests hold one directly).
+/// Gives the sink access to IPAM wherever it lives (the agent's
+/// [`SharedIpam`], which the pods share; tests hold one directly).
 pub trait IpamHolder: Send + Sync + 'static {
     fn with_ipam<R>(&self, f: impl FnOnce(&mut Ipam) -> R) -> R;
+}
+
+impl IpamHolder for SharedIpam {
+    fn with_ipam<R>(&self, f: impl FnOnce(&mut Ipam) -> R) -> R {
+        f(&mut self.lock())
+    }
 }
 
 impl IpamHolder for Arc<Mutex<Ipam>> {

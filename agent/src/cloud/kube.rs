@@ -14,7 +14,7 @@
 //! | `MY_NODE_NAME` (else `NODE_NAME`) / `--node-name` | unset | this node's name; Kubernetes mode needs it (aws-node's DaemonSet sets `MY_NODE_NAME` from `spec.nodeName`) |
 //! | `TRUNKLINE_POD_ENI_WAIT` / `--pod-eni-wait` | `8` | seconds AddPod waits for the annotation of a pod that requests `vpc.amazonaws.com/pod-eni`; kept below trunkline-cni's 10 s RPC timeout, the runtime retries after a failure |
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tonic::Status;
 use trunkline_kube::{
@@ -22,11 +22,8 @@ use trunkline_kube::{
 };
 
 use crate::{
-    agent::{lock, Shared},
-    node::file::MacAddr,
-    pods::checkpoint::PodRecord,
-    pods::Branch,
-    serve::metrics::Metrics,
+    agent::Shared, config::KubeSettings, node::file::MacAddr, pods::checkpoint::PodRecord,
+    pods::Branch, serve::metrics::Metrics,
 };
 
 /// Default of `TRUNKLINE_POD_ENI_WAIT` (seconds).
@@ -35,16 +32,6 @@ pub const DEFAULT_POD_ENI_WAIT_SECS: u64 = 8;
 /// before it GETs the pod.
 const UNKNOWN_WAIT: Duration = Duration::from_secs(2);
 const GET_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// What `run` was told about Kubernetes.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct KubeSettings {
-    pub kubeconfig: Option<PathBuf>,
-    pub node_name: Option<String>,
-    pub pod_eni_wait: Duration,
-    /// `KUBERNETES_SERVICE_HOST` is set (running in a pod).
-    pub in_cluster: bool,
-}
 
 impl KubeSettings {
     /// The watch's options, or `None` (with the reason) in local mode.
@@ -174,14 +161,13 @@ async fn reconcile(agent: Shared, book: Arc<BranchBook>, metrics: Arc<Metrics>) 
             continue;
         }
         let ready = book.ready();
-        let mut guard = lock(&agent);
-        let a = &mut *guard;
         let keep = |r: &PodRecord| {
             ready
                 .get(&(r.namespace.clone(), r.name.clone()))
                 .is_some_and(|b| matches(r, b))
         };
-        match a.pods.revoke_branches(keep, &mut a.maps) {
+        let revoked = agent.lock().revoke_branches(keep);
+        match revoked {
             Ok(removed) if !removed.is_empty() => {
                 metrics.observe_branches_revoked(removed.len());
                 tracing::info!(count = removed.len(), "branch pods revoked")

@@ -5,16 +5,14 @@
 //! forgets host connections once their socket is gone. LRU eviction is
 //! the last resort; what GC finds of it is counted.
 
-use std::{collections::HashSet, path::Path, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
-use aya::maps::{HashMap, Map, MapData, MapError};
 use dataplane_common::{
     conntrack::{CT_F_SNAT, CT_STATE_CLOSING, CT_STATE_ESTABLISHED},
-    maps as names, CtEntry, CtKey, Ipv4,
+    CtEntry, CtKey, Ipv4,
 };
 
-/// `bpf_map_update_elem` flag: insert only if absent (linux/bpf.h).
-const BPF_NOEXIST: u64 = 1;
+use crate::dataplane::{CtMaps, DataplaneError};
 
 /// Flow timeouts (netfilter's defaults).
 #[derive(Clone, Copy, Debug)]
@@ -52,91 +50,6 @@ impl Timeouts {
             (17, _) => self.udp_unreplied,
             (1, _) => self.icmp,
             _ => self.other,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GcError {
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        #[source]
-        source: MapError,
-    },
-}
-
-fn err(name: &'static str) -> impl Fn(MapError) -> GcError {
-    move |source| GcError::Map { name, source }
-}
-
-fn is_not_found(e: &MapError) -> bool {
-    matches!(e, MapError::KeyNotFound | MapError::ElementNotFound)
-        || matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
-}
-
-/// `CT` and `SNAT_REV`, opened from their pins; only GC deletes from them
-/// in userspace.
-pub struct CtMaps {
-    ct: HashMap<MapData, CtKey, CtEntry>,
-    rev: HashMap<MapData, CtKey, CtKey>,
-}
-
-fn open(bpf_root: &Path, name: &'static str) -> Result<Map, GcError> {
-    let data = MapData::from_pin(bpf_root.join(name)).map_err(err(name))?;
-    Map::from_map_data(data).map_err(err(name))
-}
-
-impl CtMaps {
-    pub fn open(bpf_root: &Path) -> Result<Self, GcError> {
-        Ok(Self {
-            ct: HashMap::try_from(open(bpf_root, names::CT)?).map_err(err(names::CT))?,
-            rev: HashMap::try_from(open(bpf_root, names::SNAT_REV)?)
-                .map_err(err(names::SNAT_REV))?,
-        })
-    }
-
-    pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtEntry)>, GcError> {
-        self.ct
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(err(names::CT))
-    }
-
-    pub fn rev_entries(&self) -> Result<Vec<(CtKey, CtKey)>, GcError> {
-        self.rev
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(err(names::SNAT_REV))
-    }
-
-    /// Takes over a connection another conntrack tracked (migration):
-    /// `CT[key]` and, for a translated flow, `SNAT_REV[reply]`. Overwrites
-    /// whatever the data path recorded for these tuples meanwhile (an
-    /// identity "host flow" entry for the already-translated packets).
-    pub fn adopt(
-        &mut self,
-        key: CtKey,
-        entry: CtEntry,
-        reply: Option<CtKey>,
-    ) -> Result<(), GcError> {
-        if let Some(r) = reply {
-            self.rev.insert(r, key, 0).map_err(err(names::SNAT_REV))?;
-        }
-        self.ct.insert(key, entry, 0).map_err(err(names::CT))
-    }
-
-    fn remove_ct(&mut self, k: &CtKey) -> Result<(), GcError> {
-        match self.ct.remove(k) {
-            Err(e) if !is_not_found(&e) => Err(err(names::CT)(e)),
-            _ => Ok(()),
-        }
-    }
-
-    fn remove_rev(&mut self, k: &CtKey) -> Result<(), GcError> {
-        match self.rev.remove(k) {
-            Err(e) if !is_not_found(&e) => Err(err(names::SNAT_REV)(e)),
-            _ => Ok(()),
         }
     }
 }
@@ -189,14 +102,14 @@ impl Collector {
         now_ns: u64,
         node_ip: Ipv4,
         host_sockets: &HashSet<CtKey>,
-    ) -> Result<GcReport, GcError> {
+    ) -> Result<GcReport, DataplaneError> {
         let mut report = GcReport::default();
         let flows = maps.ct_entries()?;
         report.ct_scanned = flows.len();
         let mut live = HashSet::with_capacity(flows.len());
         for (key, ct) in &flows {
             let age = Duration::from_nanos(now_ns.saturating_sub(ct.last_seen_ns));
-            let reply = CtKey::new(key.dst_ip, ct.nat_ip, key.dst_port, ct.nat_port, key.proto);
+            let reply = key.snat_reply(ct.nat_ip, ct.nat_port);
             if age > self.timeouts.for_entry(key, ct) {
                 // The reverse first: a reply arriving in between finds nothing
                 // and goes to the stack rather than to a half-removed flow.
@@ -208,17 +121,11 @@ impl Collector {
                 continue;
             }
             live.insert(*key);
-            if ct.flags & CT_F_SNAT != 0 {
-                match maps.rev.get(&reply, 0) {
-                    Ok(_) => {}
-                    Err(e) if is_not_found(&e) => {
-                        // NOEXIST: a new flow may have taken the port meanwhile.
-                        if maps.rev.insert(reply, *key, BPF_NOEXIST).is_ok() {
-                            report.rev_repaired += 1;
-                        }
-                    }
-                    Err(e) => return Err(err(names::SNAT_REV)(e)),
-                }
+            if ct.flags & CT_F_SNAT != 0
+                && !maps.has_rev(&reply)?
+                && maps.insert_rev_if_free(reply, *key)
+            {
+                report.rev_repaired += 1;
             }
         }
         let mut suspects = HashSet::new();
@@ -265,13 +172,12 @@ pub fn next_interval(
 
 /// CLOCK_MONOTONIC_COARSE in ns: the clock of `CtEntry` timestamps.
 pub fn now_coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    use nix::time::{clock_gettime, ClockId};
+    // CLOCK_MONOTONIC_COARSE always exists on Linux; 0 (everything looks
+    // old) is never reached in practice.
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 /// The node's IPv4 TCP and UDP connections with a remote end, as `CT` keys

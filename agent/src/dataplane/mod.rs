@@ -3,10 +3,14 @@
 
 mod attach;
 mod bpffs;
+mod ct_maps;
 mod links;
+mod map_pin;
 mod maps;
 mod node_maps;
 mod pod_attach;
+mod pod_maps;
+mod views;
 
 use std::path::{Path, PathBuf};
 
@@ -15,10 +19,13 @@ use dataplane_common::{maps as names, Hook};
 
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::{ensure_bpffs_dir, is_bpffs};
+pub use ct_maps::{CtMaps, CtView};
 pub use links::{links_dir, list_link_pins, remove_link_pin, LinkPin, LINKS_DIR};
 pub use maps::{read_stats, PinnedStats, StatsByHook};
-pub use node_maps::{EnisMap, NodeMaps, PodsMap};
+pub use node_maps::NodeMaps;
 pub use pod_attach::detach_pod;
+pub use pod_maps::PodMaps;
+pub use views::{ConfigMap, EnisMap, PodsMap, VlansMap};
 
 /// Errors of the loader, with the object, path or interface they concern.
 #[derive(Debug, thiserror::Error)]

@@ -33,7 +33,7 @@ fn state_name(key: &CtKey, ct: &CtEntry) -> &'static str {
 /// The reply direction as it is on the wire (after SNAT when translated).
 fn reply_tuple(key: &CtKey, ct: &CtEntry) -> CtKey {
     if ct.flags & CT_F_SNAT != 0 {
-        CtKey::new(key.dst_ip, ct.nat_ip, key.dst_port, ct.nat_port, key.proto)
+        key.snat_reply(ct.nat_ip, ct.nat_port)
     } else {
         key.reversed()
     }

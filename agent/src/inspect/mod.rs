@@ -7,10 +7,10 @@ pub mod stats;
 
 use std::{net::Ipv4Addr, path::Path};
 
-use dataplane_common::{maps as names, CtEntry, CtKey, EniEntry, EniRole, PodEntry};
+use dataplane_common::{CtEntry, CtKey, EniEntry, EniRole, PodEntry};
 use serde_json::{json, Value};
 
-use crate::dataplane::{DataplaneError, EnisMap, PodsMap, Result};
+use crate::dataplane::{ConfigMap, CtView, EnisMap, PodsMap, Result};
 
 fn mac(m: &[u8; 6]) -> String {
     m.iter()
@@ -124,12 +124,7 @@ pub fn enis(bpf_root: &Path, as_json: bool) -> Result<String> {
 }
 
 fn flows(bpf_root: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
-    let open_err = |e: crate::conntrack_gc::GcError| DataplaneError::Io {
-        path: bpf_root.join(names::CT),
-        source: std::io::Error::other(e.to_string()),
-    };
-    let maps = crate::conntrack_gc::CtMaps::open(bpf_root).map_err(open_err)?;
-    maps.ct_entries().map_err(open_err)
+    CtView::open(bpf_root)?.entries()
 }
 
 /// `inspect ct`: conntrack as `conntrack -L` prints it.
@@ -149,7 +144,7 @@ pub fn ct(bpf_root: &Path, as_json: bool) -> Result<String> {
 /// `inspect nat`: every SNAT mapping and the destinations using most ports.
 pub fn nat(bpf_root: &Path, as_json: bool) -> Result<String> {
     let flows = flows(bpf_root)?;
-    let config = crate::dataplane::NodeMaps::open(bpf_root)?.config()?;
+    let config = ConfigMap::open(bpf_root)?.get()?;
     let range = (config.port_min, config.port_max);
     Ok(if as_json {
         let mappings: Vec<Value> =

@@ -30,7 +30,8 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{
     agent::Agent,
-    conntrack_gc::{now_coarse_ns, CtMaps},
+    conntrack_gc::now_coarse_ns,
+    dataplane::CtMaps,
     node::file::{MacAddr, NodeFile},
     node::netif,
     pods::Adoptee,
@@ -245,45 +246,41 @@ fn import(ct: &mut CtMaps, flows: &[Adopted], report: &mut Report) -> Result<()>
     Ok(())
 }
 
-/// Carries out `plan` on the started agent. Refuses a plan with blockers.
-pub fn execute(agent: &mut Agent, plan: &Plan) -> Result<Report> {
+/// Carries out `plan` on the started agent, copying connections into `ct`
+/// (the agent's one `CT`/`SNAT_REV` writer, which GC gets afterwards).
+/// Refuses a plan with blockers.
+pub fn execute(agent: &mut Agent, ct: &mut CtMaps, plan: &Plan) -> Result<Report> {
     if !plan.blockers.is_empty() {
         bail!(
             "migration blocked, nothing changed:\n{}",
             plan.blockers.join("\n")
         );
     }
-    let node_ip = agent.pods.node_ip();
-    let mut ct = CtMaps::open(&agent.config.bpf_root).context("opening CT and SNAT_REV")?;
+    let node_ip = agent.node_ip();
     let mut report = Report::default();
     for p in plan.adoptable() {
         let mac = pod_mac(p.pod.ip, &p.host_veth)
             .with_context(|| format!("pod {}/{}", p.pod.namespace, p.pod.name))?;
         import(
-            &mut ct,
+            ct,
             &adoptions(&read_conntrack()?, node_ip, &[p.pod.ip]),
             &mut report,
         )?;
         agent
-            .pods
-            .adopt(
-                Adoptee {
-                    container_id: p.pod.container_id.clone(),
-                    ifname: p.pod.ifname.clone(),
-                    namespace: p.pod.namespace.clone(),
-                    name: p.pod.name.clone(),
-                    ip: p.pod.ip,
-                    host_veth: p.host_veth.clone(),
-                    pod_mac: mac.to_string(),
-                },
-                &mut agent.dp,
-                &mut agent.maps,
-            )
+            .adopt_pod(Adoptee {
+                container_id: p.pod.container_id.clone(),
+                ifname: p.pod.ifname.clone(),
+                namespace: p.pod.namespace.clone(),
+                name: p.pod.name.clone(),
+                ip: p.pod.ip,
+                host_veth: p.host_veth.clone(),
+                pod_mac: mac.to_string(),
+            })
             .with_context(|| format!("adopting {}/{}", p.pod.namespace, p.pod.name))?;
         // Connections netfilter saw open between the read and the switch.
         let late = adoptions(&read_conntrack()?, node_ip, &[p.pod.ip]);
         let mut ignored = Report::default();
-        import(&mut ct, &late, &mut ignored)?;
+        import(ct, &late, &mut ignored)?;
         report.adopted += 1;
     }
     for step in &plan.removals {
@@ -299,11 +296,11 @@ pub fn execute(agent: &mut Agent, plan: &Plan) -> Result<Report> {
 /// --migrate-from-aws-node`. On success aws-node's checkpoint is renamed
 /// `<file>.migrated`, so that a later start does not take its stale entries
 /// for pods (a new pod of the same name gets the same veth name).
-pub fn migrate(agent: &mut Agent, checkpoint: &Path) -> Result<Report> {
-    let node = NodeFile::load(&agent.config.node_file)?;
-    let plan = plan(&node, |ip| agent.pods.eni_of(ip), checkpoint)?;
+pub fn migrate(agent: &mut Agent, ct: &mut CtMaps, checkpoint: &Path) -> Result<Report> {
+    let node = NodeFile::load(&agent.config().node_file)?;
+    let plan = plan(&node, |ip| agent.eni_of(ip), checkpoint)?;
     tracing::info!(plan = %plan, "migrating from aws-node");
-    let report = execute(agent, &plan)?;
+    let report = execute(agent, ct, &plan)?;
     let mut done = checkpoint.as_os_str().to_owned();
     done.push(".migrated");
     std::fs::rename(checkpoint, &done)
@@ -315,8 +312,10 @@ pub fn migrate(agent: &mut Agent, checkpoint: &Path) -> Result<Report> {
 /// `trunkline-agent migrate`: start the data path as `run` would (pinned,
 /// so it stays when this process exits), migrate, exit.
 pub fn run_once(config: crate::config::RunConfig, checkpoint: &Path) -> Result<Report> {
+    let bpf_root = config.bpf_root.clone();
     let (mut agent, _) = Agent::start(config)?;
-    migrate(&mut agent, checkpoint)
+    let mut ct = CtMaps::open(&bpf_root).context("opening CT and SNAT_REV")?;
+    migrate(&mut agent, &mut ct, checkpoint)
 }
 
 /// The ENI whose `pod_ips` in the node file hold `ip` (the dry run has no

@@ -110,10 +110,37 @@ pub fn config(node: &NodeFile, primary_ifindex: u32, snat: &SnatEnv) -> Config {
     }
 }
 
+/// The one writer of the node maps (`ENIS`, `CONFIG`, `NO_SNAT`,
+/// `SERVICE_CIDRS`) and of the ENIs' links: it holds the [`NodeMaps`] and
+/// the aws-node SNAT settings, and makes the maps say what a node file
+/// describes.
+pub struct NodeReconciler {
+    maps: NodeMaps,
+    snat: SnatEnv,
+}
+
+impl NodeReconciler {
+    pub fn new(maps: NodeMaps, snat: SnatEnv) -> Self {
+        Self { maps, snat }
+    }
+
+    /// Writes ENIS, CONFIG, NO_SNAT and SERVICE_CIDRS and attaches from_eni /
+    /// to_eni to every ENI (pinned links; already-pinned ones are kept as they
+    /// are, so a restart does not disturb forwarding).
+    pub fn apply(
+        &mut self,
+        node: &NodeFile,
+        enis: &BTreeMap<String, Eni>,
+        dp: &mut Dataplane,
+    ) -> Result<(), NodeStateError> {
+        reconcile_node(node, &self.snat, enis, dp, &mut self.maps)
+    }
+}
+
 /// Writes ENIS, CONFIG, NO_SNAT and SERVICE_CIDRS and attaches from_eni /
 /// to_eni to every ENI (pinned links; already-pinned ones are kept as they
 /// are, so a restart does not disturb forwarding).
-pub fn reconcile_node(
+fn reconcile_node(
     node: &NodeFile,
     snat: &SnatEnv,
     enis: &BTreeMap<String, Eni>,

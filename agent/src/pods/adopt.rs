@@ -2,11 +2,7 @@
 //! is — same IP, same veth — without a CNI ADD.
 
 use super::{key, PodError, Pods};
-use crate::{
-    dataplane::{Dataplane, NodeMaps},
-    node::netif,
-    pods::checkpoint::PodRecord,
-};
+use crate::{dataplane::Dataplane, node::netif, pods::checkpoint::PodRecord};
 
 /// A running pod to take over.
 #[derive(Clone, Debug)]
@@ -23,21 +19,16 @@ pub struct Adoptee {
 impl Pods {
     /// The ENI whose pool holds `ip`, if any.
     pub fn eni_of(&self, ip: std::net::Ipv4Addr) -> Option<String> {
-        self.ipam.eni_of(ip).map(str::to_string)
+        self.ipam().eni_of(ip).map(str::to_string)
     }
 
     /// Claims the pod's IP, records it (checkpoint) and wires it: programs on
     /// its veth first, then its `PODS` entry, which is the moment the data
     /// path takes over its traffic. Idempotent: an adopted pod is re-wired.
-    pub fn adopt(
-        &mut self,
-        a: Adoptee,
-        dp: &mut Dataplane,
-        maps: &mut NodeMaps,
-    ) -> Result<PodRecord, PodError> {
+    pub fn adopt(&mut self, a: Adoptee, dp: &mut Dataplane) -> Result<PodRecord, PodError> {
         let k = key(&a.container_id, &a.ifname);
         if let Some(r) = self.records.get(&k).cloned() {
-            self.wire(&r, dp, maps)?;
+            self.wire(&r, dp)?;
             return Ok(r);
         }
         let eni = self.eni_of(a.ip).ok_or_else(|| {
@@ -49,7 +40,7 @@ impl Pods {
         let host_ifindex =
             netif::ifindex(&a.host_veth).ok_or_else(|| PodError::NoVeth(a.host_veth.clone()))?;
         let owner = format!("{}/{}", a.container_id, a.ifname);
-        self.ipam.claim(a.ip, &owner)?;
+        self.ipam().claim(a.ip, &owner)?;
         let record = PodRecord {
             container_id: a.container_id,
             ifname: a.ifname,
@@ -69,11 +60,12 @@ impl Pods {
         let done = self
             .save()
             .map_err(PodError::from)
-            .and_then(|()| self.wire(&record, dp, maps));
+            .and_then(|()| self.wire(&record, dp));
         if let Err(e) = done {
-            let _ = self.unwire(&record, maps);
+            let _ = self.unwire(&record);
             self.records.remove(&k);
-            self.ipam.release(record.ip, crate::pods::ipam::now_secs());
+            self.ipam()
+                .release(record.ip, crate::pods::ipam::now_secs());
             let _ = self.save();
             return Err(e);
         }

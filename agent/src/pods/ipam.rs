@@ -5,6 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
@@ -40,6 +41,34 @@ pub struct Ipam {
     assigned: HashMap<Ipv4Addr, String>,
     cooling: BTreeMap<Ipv4Addr, UnixSecs>,
     cooldown: Duration,
+}
+
+/// IPAM shared by the pods (AddPod allocates) and the EC2 warm pool (it
+/// publishes and withdraws pool IPs): a leaf lock, taken for one call at a
+/// time, never while waiting for anything.
+#[derive(Clone, Debug)]
+pub struct SharedIpam(Arc<Mutex<Ipam>>);
+
+impl SharedIpam {
+    pub fn new(ipam: Ipam) -> Self {
+        Self(Arc::new(Mutex::new(ipam)))
+    }
+
+    /// Every IPAM operation leaves it consistent, so a panic elsewhere
+    /// while holding the lock does not make it unusable.
+    pub fn lock(&self) -> MutexGuard<'_, Ipam> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Free IPs now.
+    pub fn free_count(&self) -> usize {
+        self.lock().free_count(now_secs())
+    }
+
+    /// Free/used/cooling per ENI now.
+    pub fn usage(&self) -> Vec<PoolUsage> {
+        self.lock().usage(now_secs())
+    }
 }
 
 /// Free/used counts of one ENI (metrics, introspection).

@@ -2,7 +2,7 @@
 //! reconciler. One [`Pods`] owns IPAM, the checkpoint, the `PODS` map and
 //! the pod veth links.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use dataplane_common::{node::POD_F_STRICT, Hook, PodEntry};
 
@@ -14,14 +14,14 @@ mod restore;
 pub use adopt::Adoptee;
 pub use restore::RestoreReport;
 
+use self::ipam::{now_secs, Ipam, IpamError, SharedIpam};
 use crate::{
     crash,
-    dataplane::{detach_pod, Dataplane, DataplaneError, NodeMaps},
+    dataplane::{detach_pod, Dataplane, DataplaneError, PodMaps},
     node::file::{MacAddr, NodeFile},
     node::netif,
     node::reconcile::Eni,
     pods::checkpoint::{Checkpoint, CheckpointError, CheckpointFile, PodRecord},
-    pods::ipam::{now_secs, Ipam, IpamError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,37 +84,46 @@ fn key(container_id: &str, ifname: &str) -> Key {
     (container_id.to_string(), ifname.to_string())
 }
 
+/// The pods of the node and everything that is theirs: the records (and
+/// their checkpoint), the IPs (IPAM, shared with the EC2 warm pool), the
+/// `PODS`/`VLANS` maps and the programs on their veths.
 pub struct Pods {
     node: NodeFile,
     enis: BTreeMap<String, Eni>,
-    ipam: Ipam,
+    ipam: SharedIpam,
     records: BTreeMap<Key, PodRecord>,
     checkpoint: CheckpointFile,
+    maps: PodMaps,
+}
+
+/// The IP pools of the node file's ENIs: (ENI interface, its pod IPs).
+pub fn pools_of(node: &NodeFile) -> Vec<(String, Vec<Ipv4Addr>)> {
+    node.eni
+        .iter()
+        .map(|e| {
+            (
+                e.interface.get_ref().clone(),
+                e.pod_ips.iter().map(|s| *s.get_ref()).collect(),
+            )
+        })
+        .collect()
 }
 
 impl Pods {
     pub fn new(
         node: NodeFile,
         enis: BTreeMap<String, Eni>,
+        ipam: SharedIpam,
+        maps: PodMaps,
         checkpoint: CheckpointFile,
-        cooldown: Duration,
     ) -> Self {
-        let pools = node
-            .eni
-            .iter()
-            .map(|e| {
-                (
-                    e.interface.get_ref().clone(),
-                    e.pod_ips.iter().map(|s| *s.get_ref()).collect(),
-                )
-            })
-            .collect();
         Self {
             node,
             enis,
-            ipam: Ipam::new(pools, cooldown),
+            ipam,
             records: BTreeMap::new(),
             checkpoint,
+            maps,
         }
     }
 
@@ -138,8 +147,8 @@ impl Pods {
         self.enis = enis;
     }
 
-    pub fn ipam_mut(&mut self) -> &mut Ipam {
-        &mut self.ipam
+    fn ipam(&self) -> std::sync::MutexGuard<'_, Ipam> {
+        self.ipam.lock()
     }
 
     fn save(&mut self) -> Result<(), CheckpointError> {
@@ -147,7 +156,7 @@ impl Pods {
         self.checkpoint.save(&Checkpoint {
             version: 0,
             pods: self.records.values().cloned().collect(),
-            cooling: self.ipam.cooling(now),
+            cooling: self.ipam().cooling(now),
         })
     }
 
@@ -180,31 +189,31 @@ impl Pods {
     }
 
     /// Links and `PODS` entry of `r` (idempotent).
-    fn wire(&self, r: &PodRecord, dp: &mut Dataplane, maps: &mut NodeMaps) -> Result<(), PodError> {
+    fn wire(&mut self, r: &PodRecord, dp: &mut Dataplane) -> Result<(), PodError> {
         let entry = self.entry_for(r)?;
         if !netif::is_live(&r.host_veth, r.host_ifindex) {
             return Err(PodError::NoVeth(r.host_veth.clone()));
         }
         dp.attach_pod(&r.host_veth, &POD_HOOKS)?;
         crash::point("add-attached");
-        if maps.pod(r.ip)? != Some(entry) {
-            maps.put_pod(r.ip, &entry)?;
+        if self.maps.pod(r.ip)? != Some(entry) {
+            self.maps.put_pod(r.ip, &entry)?;
         }
-        if r.is_branch() && maps.vlan(entry.eni_ifindex, r.vlan)? != Some(r.ip) {
-            maps.put_vlan(entry.eni_ifindex, r.vlan, r.ip)?;
+        if r.is_branch() && self.maps.vlan(entry.eni_ifindex, r.vlan)? != Some(r.ip) {
+            self.maps.put_vlan(entry.eni_ifindex, r.vlan, r.ip)?;
         }
         crash::point("add-mapped");
         Ok(())
     }
 
     /// Removes the `PODS` entry (if it is still this pod's) and the links of `r`.
-    fn unwire(&self, r: &PodRecord, maps: &mut NodeMaps) -> Result<(), PodError> {
-        if let Some(e) = maps.pod(r.ip)? {
+    fn unwire(&mut self, r: &PodRecord) -> Result<(), PodError> {
+        if let Some(e) = self.maps.pod(r.ip)? {
             if e.host_ifindex == r.host_ifindex {
-                if r.is_branch() && maps.vlan(e.eni_ifindex, r.vlan)? == Some(r.ip) {
-                    maps.remove_vlan(e.eni_ifindex, r.vlan)?;
+                if r.is_branch() && self.maps.vlan(e.eni_ifindex, r.vlan)? == Some(r.ip) {
+                    self.maps.remove_vlan(e.eni_ifindex, r.vlan)?;
                 }
-                maps.remove_pod(r.ip)?;
+                self.maps.remove_pod(r.ip)?;
             }
         }
         crash::point("del-unmapped");
@@ -215,12 +224,7 @@ impl Pods {
         Ok(())
     }
 
-    pub fn add(
-        &mut self,
-        req: AddPod,
-        dp: &mut Dataplane,
-        maps: &mut NodeMaps,
-    ) -> Result<PodRecord, PodError> {
+    pub fn add(&mut self, req: AddPod, dp: &mut Dataplane) -> Result<PodRecord, PodError> {
         if req.container_id.is_empty() || req.ifname.is_empty() || req.host_veth.is_empty() {
             return Err(PodError::Invalid(
                 "container_id, ifname and host_veth_name are required".into(),
@@ -249,11 +253,11 @@ impl Pods {
             r.pod_mac = req.pod_mac.clone();
             r.netns = req.netns.clone();
             if r != old {
-                self.unwire(&old, maps)?;
+                self.unwire(&old)?;
                 self.records.insert(k.clone(), r.clone());
                 self.save()?;
             }
-            self.wire(&r, dp, maps)?;
+            self.wire(&r, dp)?;
             return Ok(r);
         }
 
@@ -271,7 +275,7 @@ impl Pods {
             .collect();
         for (c, i) in replaced {
             tracing::info!(container = %c, veth = %req.host_veth, "releasing the pod's earlier sandbox");
-            self.del(&c, &i, maps)?;
+            self.del(&c, &i)?;
         }
 
         let owner = format!("{}/{}", req.container_id, req.ifname);
@@ -309,7 +313,7 @@ impl Pods {
                 (ip, trunk, b.vlan, Some(b.mac.to_string()))
             }
             None => {
-                let (ip, eni) = self.ipam.allocate(&owner, now_secs())?;
+                let (ip, eni) = self.ipam().allocate(&owner, now_secs())?;
                 (ip, eni, 0, None)
             }
         };
@@ -335,15 +339,15 @@ impl Pods {
         let t_save = t0.elapsed();
         if let Err(e) = saved {
             self.records.remove(&k);
-            self.ipam.release(ip, now_secs());
+            self.ipam().release(ip, now_secs());
             return Err(e.into());
         }
         crash::point("add-checkpointed");
-        if let Err(e) = self.wire(&record, dp, maps) {
+        if let Err(e) = self.wire(&record, dp) {
             tracing::warn!(ip = %ip, error = %e, "wiring the pod failed; undoing");
-            let _ = self.unwire(&record, maps);
+            let _ = self.unwire(&record);
             self.records.remove(&k);
-            self.ipam.release(ip, now_secs());
+            self.ipam().release(ip, now_secs());
             let _ = self.save();
             return Err(e);
         }
@@ -357,20 +361,15 @@ impl Pods {
     }
 
     /// Releases what AddPod gave `(container_id, ifname)`; `None` when unknown.
-    pub fn del(
-        &mut self,
-        container_id: &str,
-        ifname: &str,
-        maps: &mut NodeMaps,
-    ) -> Result<Option<PodRecord>, PodError> {
+    pub fn del(&mut self, container_id: &str, ifname: &str) -> Result<Option<PodRecord>, PodError> {
         let k = key(container_id, ifname);
         let Some(r) = self.records.get(&k).cloned() else {
             return Ok(None);
         };
-        self.unwire(&r, maps)?;
+        self.unwire(&r)?;
         self.records.remove(&k);
         if !r.is_branch() {
-            self.ipam.release(r.ip, now_secs());
+            self.ipam().release(r.ip, now_secs());
         }
         self.save()?;
         tracing::info!(container = %container_id, ip = %r.ip, "pod deleted");
@@ -384,7 +383,6 @@ impl Pods {
     pub fn revoke_branches(
         &mut self,
         keep: impl Fn(&PodRecord) -> bool,
-        maps: &mut NodeMaps,
     ) -> Result<Vec<PodRecord>, PodError> {
         let gone: Vec<Key> = self
             .records
@@ -394,7 +392,7 @@ impl Pods {
             .collect();
         let mut removed = Vec::new();
         for (c, i) in gone {
-            if let Some(r) = self.del(&c, &i, maps)? {
+            if let Some(r) = self.del(&c, &i)? {
                 tracing::info!(pod = %format!("{}/{}", r.namespace, r.name), ip = %r.ip, vlan = r.vlan, "branch revoked: its pod-eni annotation is gone or changed");
                 removed.push(r);
             }
@@ -408,7 +406,6 @@ impl Pods {
         container_id: &str,
         ifname: &str,
         ip: Option<Ipv4Addr>,
-        maps: &NodeMaps,
     ) -> Result<(), String> {
         let r = self
             .records
@@ -428,7 +425,7 @@ impl Pods {
             ));
         }
         let want = self.entry_for(r).map_err(|e| e.to_string())?;
-        match maps.pod(r.ip) {
+        match self.maps.pod(r.ip) {
             Ok(Some(e)) if e == want => Ok(()),
             Ok(Some(e)) => Err(format!("PODS[{}] is {e:?}, want {want:?}", r.ip)),
             Ok(None) => Err(format!("PODS has no entry for {}", r.ip)),
@@ -437,11 +434,7 @@ impl Pods {
     }
 
     /// CNI GC: releases every attachment not in `valid`.
-    pub fn gc(
-        &mut self,
-        valid: &[(String, String)],
-        maps: &mut NodeMaps,
-    ) -> Result<usize, PodError> {
+    pub fn gc(&mut self, valid: &[(String, String)]) -> Result<usize, PodError> {
         let stale: Vec<Key> = self
             .records
             .keys()
@@ -449,7 +442,7 @@ impl Pods {
             .cloned()
             .collect();
         for (c, i) in &stale {
-            self.del(c, i, maps)?;
+            self.del(c, i)?;
         }
         Ok(stale.len())
     }

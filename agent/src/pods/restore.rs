@@ -5,7 +5,7 @@ use dataplane_common::Hook;
 
 use super::{key, PodError, Pods};
 use crate::{
-    dataplane::{list_link_pins, remove_link_pin, Dataplane, NodeMaps},
+    dataplane::{list_link_pins, remove_link_pin, Dataplane},
     node::netif,
     pods::checkpoint::Checkpoint,
     pods::ipam::now_secs,
@@ -18,6 +18,8 @@ pub struct RestoreReport {
     pub removed_records: usize,
     pub removed_entries: usize,
     pub removed_links: usize,
+    /// `VLANS` entries no branch pod explains.
+    pub removed_vlans: usize,
 }
 
 impl Pods {
@@ -28,7 +30,6 @@ impl Pods {
         &mut self,
         cp: Checkpoint,
         dp: &mut Dataplane,
-        maps: &mut NodeMaps,
     ) -> Result<RestoreReport, PodError> {
         let mut report = RestoreReport::default();
         for r in cp.pods {
@@ -36,35 +37,49 @@ impl Pods {
             let claimed = if r.is_branch() {
                 Ok(())
             } else {
-                self.ipam
+                self.ipam()
                     .claim(r.ip, &format!("{}/{}", r.container_id, r.ifname))
             };
             if netif::is_live(&r.host_veth, r.host_ifindex) && claimed.is_ok() {
-                self.wire(&r, dp, maps)?;
+                self.wire(&r, dp)?;
                 self.records.insert(k, r);
                 report.kept += 1;
             } else {
                 tracing::info!(container = %r.container_id, ip = %r.ip, veth = %r.host_veth, "pod's veth is gone: releasing");
-                self.unwire(&r, maps)?;
+                self.unwire(&r)?;
                 if claimed.is_ok() && !r.is_branch() {
-                    self.ipam.release(r.ip, now_secs());
+                    self.ipam().release(r.ip, now_secs());
                 }
                 report.removed_records += 1;
             }
         }
         for (ip, at) in cp.cooling {
-            self.ipam.restore_cooling(ip, at);
+            self.ipam().restore_cooling(ip, at);
         }
         // PODS entries no record explains (e.g. written before a crash whose
         // checkpoint never made it).
-        for (ip, e) in maps.pods()? {
+        for (ip, e) in self.maps.pods()? {
             let known = self
                 .records
                 .values()
                 .any(|r| r.ip == ip && r.host_ifindex == e.host_ifindex);
             if !known {
-                maps.remove_pod(ip)?;
+                self.maps.remove_pod(ip)?;
                 report.removed_entries += 1;
+            }
+        }
+        // VLANS entries no branch pod explains (its pod is gone, or its
+        // entry was left by a crash between the two map writes).
+        for (trunk, vlan, ip) in self.maps.vlans()? {
+            let known = self.records.values().any(|r| {
+                r.is_branch()
+                    && r.vlan == vlan
+                    && r.ip == ip
+                    && self.enis.get(&r.eni).map(|e| e.ifindex) == Some(trunk)
+            });
+            if !known {
+                self.maps.remove_vlan(trunk, vlan)?;
+                report.removed_vlans += 1;
             }
         }
         // Pod programs are cls_bpf filters, never pinned links: a pod-hook

@@ -6,9 +6,9 @@ use tonic::{Request, Response, Status};
 use trunkline_rpc::{v1, POD_GATEWAY};
 
 use crate::{
-    agent::{lock, Shared},
+    agent::Shared,
     cloud::kube::BranchSource,
-    pods::ipam::{now_secs, IpamError},
+    pods::ipam::IpamError,
     pods::{AddPod, BranchChoice, PodError},
     serve::metrics::Metrics,
 };
@@ -84,8 +84,7 @@ impl v1::agent_server::Agent for AgentService {
             },
         };
         let result = {
-            let mut guard = lock(&self.agent);
-            let a = &mut *guard;
+            let mut agent = self.agent.lock();
             let mut add = add;
             if let (Some(src), Some(b)) = (&self.branches, decided) {
                 if !src.still(&add.namespace, &add.name, &b) {
@@ -93,15 +92,15 @@ impl v1::agent_server::Agent for AgentService {
                         "the pod-eni annotation of {}/{} changed during AddPod; retry",
                         add.namespace, add.name
                     )));
-                    drop(guard);
+                    drop(agent);
                     self.observe("AddPod", start, &result);
                     return result;
                 }
                 add.branch = BranchChoice::Decided(b);
             }
-            let mtu = a.config.mtu;
-            a.pods
-                .add(add, &mut a.dp, &mut a.maps)
+            let mtu = agent.config().mtu;
+            agent
+                .add_pod(add)
                 .map(|rec| v1::AddPodReply {
                     ip: rec.ip.to_string(),
                     gateway: POD_GATEWAY.to_string(),
@@ -125,10 +124,9 @@ impl v1::agent_server::Agent for AgentService {
         let start = Instant::now();
         let r = req.into_inner();
         let result = {
-            let mut guard = lock(&self.agent);
-            let a = &mut *guard;
-            a.pods
-                .del(&r.container_id, &r.ifname, &mut a.maps)
+            self.agent
+                .lock()
+                .del_pod(&r.container_id, &r.ifname)
                 .map(|rec| v1::DelPodReply {
                     released: rec.is_some(),
                     ip: rec.map(|r| r.ip.to_string()).unwrap_or_default(),
@@ -153,10 +151,7 @@ impl v1::agent_server::Agent for AgentService {
                     .map_err(|_| Status::invalid_argument(format!("ip {:?} is not IPv4", r.ip)))?,
             )
         };
-        let verdict = {
-            let a = lock(&self.agent);
-            a.pods.check(&r.container_id, &r.ifname, ip, &a.maps)
-        };
+        let verdict = self.agent.lock().check_pod(&r.container_id, &r.ifname, ip);
         let result = Ok(match verdict {
             Ok(()) => v1::CheckPodReply {
                 ok: true,
@@ -172,10 +167,7 @@ impl v1::agent_server::Agent for AgentService {
         &self,
         _req: Request<v1::StatusRequest>,
     ) -> Result<Response<v1::StatusReply>, Status> {
-        let free = {
-            let mut a = lock(&self.agent);
-            a.pods.ipam_mut().free_count(now_secs())
-        };
+        let free = self.agent.ipam().free_count();
         let free_ips = u32::try_from(free).unwrap_or(u32::MAX);
         Ok(Response::new(v1::StatusReply {
             ready: free > 0,
@@ -197,10 +189,9 @@ impl v1::agent_server::Agent for AgentService {
             .map(|a| (a.container_id, a.ifname))
             .collect();
         let result = {
-            let mut guard = lock(&self.agent);
-            let a = &mut *guard;
-            a.pods
-                .gc(&valid, &mut a.maps)
+            self.agent
+                .lock()
+                .gc_pods(&valid)
                 .map(|n| v1::GcReply {
                     released: u32::try_from(n).unwrap_or(u32::MAX),
                 })

@@ -1,42 +1,35 @@
-//! The two small HTTP endpoints: Prometheus metrics (`/metrics`) and the
-//! JSON introspection API (`/v1/pods`, `/v1/enis`, `/v1/config`). Plain
-//! HTTP/1.1 GET on hyper, which tonic already pulls in.
+//! The two small HTTP endpoints, routed by axum (which tonic already pulls
+//! in): Prometheus metrics (`/metrics`) and the JSON introspection API
+//! (`/v1/pods`, `/v1/enis`, `/v1/config`). Both read the agent's published
+//! [`Snapshot`] and the pinned maps' read-only views, never the agent's lock.
 
-use std::{convert::Infallible, sync::Arc};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use serde_json::json;
+use axum::{
+    extract::State,
+    http::{header, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::{
-    agent::{lock, Agent, Shared},
-    pods::ipam::now_secs,
+    agent::{Shared, Snapshot},
+    dataplane::{ConfigMap, PodsMap},
+    pods::ipam::PoolUsage,
     serve::metrics::Metrics,
 };
 
-#[derive(Clone, Copy, Debug)]
-pub enum Endpoint {
-    Metrics,
-    Introspection,
-}
-
-fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    if let Ok(v) = content_type.parse() {
-        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
-    }
-    r
-}
-
-pub fn pods_json(a: &Agent) -> serde_json::Value {
-    let entries = a.maps.pods().unwrap_or_default();
-    let pods: Vec<_> = a
+/// `/v1/pods`: every pod record with its `PODS` entry.
+pub fn pods_json(
+    snapshot: &Snapshot,
+    entries: &[(std::net::Ipv4Addr, dataplane_common::PodEntry)],
+) -> Value {
+    let pods: Vec<_> = snapshot
         .pods
-        .records()
+        .iter()
         .map(|r| {
             let entry = entries.iter().find(|(ip, _)| *ip == r.ip).map(|(_, e)| {
                 json!({"host_ifindex": e.host_ifindex, "eni_ifindex": e.eni_ifindex, "vlan_id": e.vlan_id, "flags": e.flags})
@@ -53,11 +46,10 @@ pub fn pods_json(a: &Agent) -> serde_json::Value {
     json!(pods)
 }
 
-fn enis_json(a: &mut Agent) -> serde_json::Value {
-    let usage = a.pods.ipam_mut().usage(now_secs());
-    let enis: Vec<_> = a
-        .pods
-        .enis()
+/// `/v1/enis`: every ENI with its IP counts.
+fn enis_json(snapshot: &Snapshot, usage: &[PoolUsage]) -> Value {
+    let enis: Vec<_> = snapshot
+        .enis
         .values()
         .map(|e| {
             let u = usage.iter().find(|u| u.eni == e.interface);
@@ -67,79 +59,58 @@ fn enis_json(a: &mut Agent) -> serde_json::Value {
     json!(enis)
 }
 
-fn route(
-    endpoint: Endpoint,
-    path: &str,
-    agent: &Shared,
-    metrics: &Metrics,
-) -> Response<Full<Bytes>> {
-    let mut a = lock(agent);
-    match (endpoint, path) {
-        (Endpoint::Metrics, "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            metrics.render(&mut a),
-        ),
-        (Endpoint::Introspection, "/v1/pods") => reply(
-            StatusCode::OK,
-            "application/json",
-            pods_json(&a).to_string(),
-        ),
-        (Endpoint::Introspection, "/v1/enis") => reply(
-            StatusCode::OK,
-            "application/json",
-            enis_json(&mut a).to_string(),
-        ),
-        (Endpoint::Introspection, "/v1/config") => {
-            let body =
-                json!({"run": a.config, "maps": {"CONFIG": format!("{:?}", a.maps.config().ok())}});
-            reply(StatusCode::OK, "application/json", body.to_string())
-        }
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            format!("no such endpoint: {path}\n"),
-        ),
+async fn pods(State(agent): State<Shared>) -> Json<Value> {
+    let entries = PodsMap::open(&agent.config().bpf_root)
+        .and_then(|m| m.entries())
+        .unwrap_or_default();
+    Json(pods_json(&agent.snapshot(), &entries))
+}
+
+async fn enis(State(agent): State<Shared>) -> Json<Value> {
+    Json(enis_json(&agent.snapshot(), &agent.ipam().usage()))
+}
+
+async fn config(State(agent): State<Shared>) -> Json<Value> {
+    let map = ConfigMap::open(&agent.config().bpf_root).and_then(|m| m.get());
+    Json(json!({"run": agent.config(), "maps": {"CONFIG": format!("{:?}", map.ok())}}))
+}
+
+async fn metrics(State((agent, metrics)): State<(Shared, Arc<Metrics>)>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        metrics.render(&agent),
+    )
+        .into_response()
+}
+
+async fn not_found(uri: Uri) -> (StatusCode, String) {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {}\n", uri.path()),
+    )
+}
+
+/// `/metrics` on `listener` until the task is dropped.
+pub async fn serve_metrics(listener: TcpListener, agent: Shared, metrics: Arc<Metrics>) {
+    let app = Router::new()
+        .route("/metrics", get(self::metrics))
+        .fallback(not_found)
+        .with_state((agent, metrics));
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, endpoint = "metrics", "HTTP server stopped");
     }
 }
 
-/// Serves `endpoint` on `listener` until the task is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    endpoint: Endpoint,
-    agent: Shared,
-    metrics: Arc<Metrics>,
-) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, ?endpoint, "accept");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let agent = agent.clone();
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = if req.method() != Method::GET {
-                    reply(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "text/plain",
-                        "GET only\n".into(),
-                    )
-                } else {
-                    route(endpoint, req.uri().path(), &agent, &metrics)
-                };
-                async move { Ok::<_, Infallible>(resp) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "http connection");
-            }
-        });
+/// The introspection API on `listener` until the task is dropped.
+pub async fn serve_introspection(listener: TcpListener, agent: Shared) {
+    let app = Router::new()
+        .route("/v1/pods", get(pods))
+        .route("/v1/enis", get(enis))
+        .route("/v1/config", get(config))
+        .fallback(not_found)
+        .with_state(agent);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::warn!(error = %e, endpoint = "introspection", "HTTP server stopped");
     }
 }

@@ -1,6 +1,6 @@
 //! Prometheus metrics (text format). RPC latencies and errors are recorded
 //! as they happen; pod, IP, map and data-path gauges are refreshed from the
-//! agent's state and the pinned maps at each scrape.
+//! agent's published snapshot and the pinned maps at each scrape.
 
 use std::time::Duration;
 
@@ -11,7 +11,11 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{agent::Agent, conntrack_gc::GcReport, dataplane::read_stats, pods::ipam::now_secs};
+use crate::{
+    agent::Shared,
+    conntrack_gc::GcReport,
+    dataplane::{read_stats, EnisMap, PodsMap},
+};
 
 type Labels = Vec<(String, String)>;
 
@@ -199,25 +203,29 @@ impl Metrics {
         }
     }
 
-    fn refresh(&self, agent: &mut Agent) {
-        let count = agent.pods.records().count();
-        self.pods.set(count as i64);
-        for u in agent.pods.ipam_mut().usage(now_secs()) {
+    fn refresh(&self, agent: &Shared) {
+        self.pods.set(agent.snapshot().pods.len() as i64);
+        for u in agent.ipam().usage() {
             for (state, v) in [("free", u.free), ("used", u.used), ("cooling", u.cooling)] {
                 self.eni_ips
                     .get_or_create(&labels(&[("eni", &u.eni), ("state", state)]))
                     .set(v as i64);
             }
         }
+        let bpf_root = &agent.config().bpf_root;
         let counts = [
             (
                 names::PODS,
-                agent.maps.pods().map(|v| v.len()),
+                PodsMap::open(bpf_root)
+                    .and_then(|m| m.entries())
+                    .map(|v| v.len()),
                 names::PODS_MAX,
             ),
             (
                 names::ENIS,
-                agent.maps.enis().map(|v| v.len()),
+                EnisMap::open(bpf_root)
+                    .and_then(|m| m.entries())
+                    .map(|v| v.len()),
                 names::ENIS_MAX,
             ),
         ];
@@ -241,7 +249,7 @@ impl Metrics {
                 .get_or_create(&labels(&[("map", name)]))
                 .set(cap as i64);
         }
-        if let Ok(stats) = read_stats(&agent.config.bpf_root) {
+        if let Ok(stats) = read_stats(bpf_root) {
             let total = stats.total();
             let mut nat_fail = 0u64;
             for (name, v) in Stats::NAMES.iter().zip(total.values()) {
@@ -268,8 +276,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, refreshed from `agent`.
-    pub fn render(&self, agent: &mut Agent) -> String {
+    /// The text exposition, refreshed from `agent`'s snapshot, IPAM and
+    /// the pinned maps (read-only views; the agent's lock is not taken).
+    pub fn render(&self, agent: &Shared) -> String {
         self.refresh(agent);
         let mut out = String::new();
         if let Err(e) = encode(&mut out, &self.registry) {

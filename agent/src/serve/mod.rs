@@ -12,10 +12,9 @@ pub mod metrics;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc,
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -27,12 +26,13 @@ use tokio_stream::wrappers::UnixListenerStream;
 use trunkline_rpc::v1::agent_server::AgentServer;
 
 use crate::{
-    agent::Agent,
+    agent::{Agent, Shared},
     config::RunConfig,
-    conntrack_gc::{self, Collector, CtMaps, Timeouts},
+    conntrack_gc::{self, Collector, Timeouts},
+    dataplane::CtMaps,
 };
 
-use self::{grpc::AgentService, http::Endpoint, metrics::Metrics};
+use self::{grpc::AgentService, metrics::Metrics};
 
 /// Binds the unix socket with mode 0600 from the start (no window where
 /// another user could connect), replacing a stale one.
@@ -47,11 +47,11 @@ fn bind_socket(path: &std::path::Path) -> Result<UnixListener> {
             return Err(e).with_context(|| format!("removing stale socket {}", path.display()))
         }
     }
-    // SAFETY: umask has no memory-safety preconditions; we restore it at once.
-    let old = unsafe { libc::umask(0o177) };
+    use nix::sys::stat::{umask, Mode};
+    // The process-wide umask, for the bind only: restored at once.
+    let old = umask(Mode::from_bits_truncate(0o177));
     let listener = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
+    umask(old);
     let listener = listener.with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod 0600 {}", path.display()))?;
@@ -59,14 +59,15 @@ fn bind_socket(path: &std::path::Path) -> Result<UnixListener> {
 }
 
 /// SIGHUP: re-read the node file (e.g. a VPC CIDR was added).
-async fn reload_on_sighup(agent: crate::agent::Shared) {
+async fn reload_on_sighup(agent: Shared) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler; restart to reload the node file");
         return;
     };
     while hup.recv().await.is_some() {
-        if let Err(e) = crate::agent::lock(&agent).reload_node_file() {
+        let reloaded = agent.lock().reload_node_file();
+        if let Err(e) = reloaded {
             tracing::warn!(
                 error = format!("{e:#}"),
                 "node file reload failed; keeping the running configuration"
@@ -102,7 +103,7 @@ pub fn run(config: RunConfig) -> Result<()> {
 }
 
 /// Called on the runtime once the agent is up (AWS mode starts its tasks).
-pub type OnStart = Box<dyn FnOnce(crate::agent::Shared) + Send>;
+pub type OnStart = Box<dyn FnOnce(Shared) + Send>;
 
 pub fn run_with(config: RunConfig, on_start: OnStart) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -115,10 +116,14 @@ pub fn run_with(config: RunConfig, on_start: OnStart) -> Result<()> {
 async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
     let shutdown = shutdown_signal();
     let (agent, report) = Agent::start(config.clone())?;
+    // CT and SNAT_REV's one userspace writer (pinned by the start above):
+    // migration's, then GC's.
+    let mut ct = CtMaps::open(&config.bpf_root).context("opening CT and SNAT_REV")?;
     tracing::info!(
         kept = report.kept,
         removed_records = report.removed_records,
         removed_entries = report.removed_entries,
+        removed_vlans = report.removed_vlans,
         removed_links = report.removed_links,
         bpf_root = %config.bpf_root.display(),
         "agent started"
@@ -128,23 +133,18 @@ async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
         if checkpoint.exists() {
             // A blocked or failed migration leaves the legacy pods on the
             // legacy plumbing; the agent still serves new pods.
-            if let Err(e) = crate::migrate::migrate(&mut agent, checkpoint) {
+            if let Err(e) = crate::migrate::migrate(&mut agent, &mut ct, checkpoint) {
                 tracing::error!(error = format!("{e:#}"), "migration from aws-node failed");
             }
         } else {
             tracing::info!(checkpoint = %checkpoint.display(), "no aws-node checkpoint: nothing to migrate");
         }
     }
-    let node_ip = agent.pods_node_ip();
-    let agent = Arc::new(Mutex::new(agent));
+    let node_ip = agent.node_ip().octets();
+    let agent = Shared::new(agent);
     let metrics = Arc::new(Metrics::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let gc = spawn_conntrack_gc(
-        config.bpf_root.clone(),
-        node_ip,
-        metrics.clone(),
-        stop.clone(),
-    )?;
+    let gc = spawn_conntrack_gc(ct, node_ip, metrics.clone(), stop.clone())?;
 
     let metrics_l = TcpListener::bind(&config.metrics_addr)
         .await
@@ -152,18 +152,12 @@ async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
     let intro_l = TcpListener::bind(&config.introspection_addr)
         .await
         .with_context(|| format!("binding --introspection-addr {}", config.introspection_addr))?;
-    tokio::spawn(http::serve(
+    tokio::spawn(http::serve_metrics(
         metrics_l,
-        Endpoint::Metrics,
         agent.clone(),
         metrics.clone(),
     ));
-    tokio::spawn(http::serve(
-        intro_l,
-        Endpoint::Introspection,
-        agent.clone(),
-        metrics.clone(),
-    ));
+    tokio::spawn(http::serve_introspection(intro_l, agent.clone()));
 
     tokio::spawn(reload_on_sighup(agent.clone()));
     on_start(agent.clone());
@@ -195,12 +189,11 @@ async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
 /// enough that it must not stall the RPC server), at an interval that
 /// adapts to churn, until `stop`.
 fn spawn_conntrack_gc(
-    bpf_root: PathBuf,
+    mut maps: CtMaps,
     node_ip: dataplane_common::Ipv4,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
 ) -> Result<JoinHandle<()>> {
-    let mut maps = CtMaps::open(&bpf_root).context("opening CT and SNAT_REV for GC")?;
     let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
     let handle = std::thread::Builder::new()
         .name("conntrack-gc".into())
