@@ -18,9 +18,7 @@ pub const POINTS: &[&str] = &[
 pub fn point(name: &'static str) {
     if std::env::var(ENV).is_ok_and(|v| v == name) {
         tracing::warn!(point = name, "{ENV}: killing the agent with SIGKILL");
-        // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
-        unsafe {
-            libc::kill(libc::getpid(), libc::SIGKILL);
-        }
+        use nix::{sys::signal, unistd::getpid};
+        let _ = signal::kill(getpid(), signal::Signal::SIGKILL);
     }
 }

@@ -1,13 +1,10 @@
 //! Interfaces of the agent's own network namespace, by name.
 
-use std::ffi::CString;
-
 /// The ifindex of `name` in the calling thread's namespace, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
-    let c = CString::new(name).ok()?;
-    // SAFETY: `c` is a valid NUL-terminated string.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    (idx != 0).then_some(idx)
+    nix::net::if_::if_nametoindex(name)
+        .ok()
+        .filter(|i| *i != 0)
 }
 
 /// Whether the interface `name` exists and is still the one with `index`
