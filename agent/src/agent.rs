@@ -41,19 +41,6 @@ fn object_identity(bytes: &[u8]) -> String {
     format!("{h:016x}-{}", bytes.len())
 }
 
-/// Temp file, fsync, rename: never a half-written file.
-fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// What the agent's readers (metrics, introspection, the warm pool's
 /// interface lookup) see of it: a copy published after every change, read
 /// without the agent's lock.
@@ -279,9 +266,9 @@ impl Agent {
             if previous.is_some() {
                 tracing::info!(object = %object_id, "new eBPF object: existing attachments switched to its programs");
             }
-            write_atomically(&id_file, object_id.as_bytes()).with_context(|| {
-                format!("recording the object identity in {}", id_file.display())
-            })?;
+            crate::atomic_file::write(&id_file, object_id.as_bytes(), 0o644).with_context(
+                || format!("recording the object identity in {}", id_file.display()),
+            )?;
         }
         let (published, _) = watch::channel(Arc::new(Snapshot::default()));
         let mut agent = Self {

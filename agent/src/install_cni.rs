@@ -3,11 +3,7 @@
 //! through a temporary file and a rename, so kubelet never reads a
 //! half-written conflist or executes a half-copied binary.
 
-use std::{
-    io::Write as _,
-    os::unix::fs::PermissionsExt as _,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -44,20 +40,10 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> InstallError + '_ {
     }
 }
 
-/// Writes `bytes` at `dest` with `mode` through `<dest>.tmp-trunkline`,
-/// fsync and rename.
+/// Writes `bytes` at `dest` with `mode`, atomically (kubelet never reads
+/// a half-written conflist nor runs a half-copied binary).
 fn install_atomically(dest: &Path, bytes: &[u8], mode: u32) -> Result<(), InstallError> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let mut tmp = dest.as_os_str().to_owned();
-    tmp.push(".tmp-trunkline");
-    let tmp = PathBuf::from(tmp);
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, dest).map_err(io(dest))
+    crate::atomic_file::write(dest, bytes, mode).map_err(io(dest))
 }
 
 /// Installs `plugin` as `<bin_dir>/trunkline-cni` and the conflist in `conf_dir`.
@@ -81,6 +67,7 @@ pub fn install(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn installs_plugin_and_conflist_atomically() {

@@ -22,6 +22,7 @@
 //! - [`inspect`]: `trunkline-agent inspect ...`.
 
 pub mod agent;
+pub mod atomic_file;
 pub mod aws_node_env;
 pub mod cloud;
 pub mod config;

@@ -204,10 +204,6 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    // aws-sdk-ec2 and kube each enable a rustls crypto provider (aws-lc-rs,
-    // ring); with both compiled in, rustls will not choose: pick one for the
-    // process before any TLS client exists.
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => {

@@ -68,6 +68,18 @@ impl Default for PoolEnv {
     }
 }
 
+/// An aws-node boolean, read the way aws-node reads its variables (Go's
+/// `strconv.ParseBool`): `1 t T TRUE true True` and `0 f F FALSE false
+/// False`, surrounding blanks ignored; anything else is `None`. The one
+/// boolean rule for every aws-node variable trunkline reads.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
 fn non_empty(get: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
     get(name)
         .map(|v| v.trim().to_string())
@@ -93,8 +105,7 @@ pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<PoolEnv, EnvError> 
     let d = PoolEnv::default();
     let prefix_delegation = match non_empty(&get, ENABLE_PREFIX_DELEGATION).as_deref() {
         None => false,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) if parse_bool(v).is_some() => parse_bool(v) == Some(true),
         Some(v) => {
             return Err(EnvError {
                 name: ENABLE_PREFIX_DELEGATION,

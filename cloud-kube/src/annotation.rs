@@ -13,12 +13,9 @@
 //! checked, every failure is a message naming the key, and no input
 //! panics (the parser is fuzzed: `fuzz/`).
 
-use std::{
-    fmt,
-    net::{Ipv4Addr, Ipv6Addr},
-    str::FromStr,
-};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
+pub use dataplane_common::MacAddr;
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde_json::{Map, Value};
 
@@ -29,61 +26,27 @@ pub const POD_ENI: &str = "vpc.amazonaws.com/pod-eni";
 /// did not come from an apiserver and is refused before parsing.
 pub const MAX_LEN: usize = 256 * 1024;
 
-/// A MAC address, `02:b0:01:6c:b5:79`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+/// An ENI's MAC address: parsed as every MAC in trunkline is
+/// ([`MacAddr`]), and then unicast, since a group address would make the
+/// data path send the pod's frames to every port of the trunk's segment.
+fn eni_mac(s: &str) -> Result<MacAddr, String> {
+    let mac: MacAddr = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a MAC address ({e})"))?;
+    if mac.is_zero() {
+        return Err(format!("{s:?} is the all-zero MAC address"));
     }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+    if !mac.is_unicast() {
+        return Err(format!("{s:?} is a multicast MAC address, not an ENI's"));
     }
-}
-
-impl FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad =
-            || format!("{s:?} is not a MAC address (want six hex octets like 02:b0:01:6c:b5:79)");
-        let mut mac = [0u8; 6];
-        let mut n = 0;
-        for part in s.split(':') {
-            if n == 6 || part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(bad());
-            }
-            mac[n] = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-            n += 1;
-        }
-        if n != 6 {
-            return Err(bad());
-        }
-        if mac == [0; 6] {
-            return Err(format!("{s:?} is the all-zero MAC address"));
-        }
-        // An ENI's address is unicast; a group address would make the data
-        // path send the pod's frames to every port of the trunk's segment.
-        if mac[0] & 1 == 1 {
-            return Err(format!("{s:?} is a multicast MAC address, not an ENI's"));
-        }
-        Ok(Self(mac))
-    }
+    Ok(mac)
 }
 
 /// One branch ENI, as the annotation gives it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BranchEni {
     pub eni_id: String,
-    pub mac: Mac,
+    pub mac: MacAddr,
     pub ip: Ipv4Addr,
     /// 1..=4094.
     pub vlan: u16,
@@ -223,10 +186,7 @@ pub fn parse(text: &str) -> Result<BranchEni, AnnotationError> {
             format!("{ip} cannot be a pod's address"),
         ));
     }
-    let mac: Mac = f
-        .required("ifAddress")?
-        .parse()
-        .map_err(|e: String| invalid("ifAddress", e))?;
+    let mac = eni_mac(f.required("ifAddress")?).map_err(|e| invalid("ifAddress", e))?;
     let vlan = match f.get("vlanId") {
         None => return Err(AnnotationError::Missing("vlanId")),
         Some(Value::Number(n)) => match n.as_u64() {

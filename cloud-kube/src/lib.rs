@@ -14,7 +14,7 @@ pub mod pod_watch;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
-pub use annotation::{AnnotationError, BranchEni, Mac};
+pub use annotation::{AnnotationError, BranchEni, MacAddr};
 pub use branches::{BranchBook, BranchState, PodView, WaitError};
 
 use events::EventPoster;

@@ -48,10 +48,7 @@ pub struct Link {
 }
 
 pub fn mac_string(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    dataplane_common::MacAddr(*m).to_string()
 }
 
 fn link_of(msg: &LinkMessage) -> Link {

@@ -12,6 +12,8 @@
 pub mod config;
 pub mod conntrack;
 pub mod csum;
+#[cfg(feature = "host")]
+pub mod mac;
 pub mod maps;
 pub mod node;
 pub mod stats;
@@ -20,6 +22,8 @@ pub mod verdict;
 
 pub use config::{Config, SnatMode};
 pub use conntrack::{CtEntry, CtKey, FragKey, FragPorts};
+#[cfg(feature = "host")]
+pub use mac::{MacAddr, MacParseError};
 pub use node::{EniEntry, EniRole, PodEntry, VlanKey};
 pub use stats::{DropReason, Hook, Stats};
 pub use verdict::VerdictRecord;

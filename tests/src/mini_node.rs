@@ -86,11 +86,7 @@ impl MiniNode {
 /// (no proxy ARP). The veth `pod:eth0` ↔ `node:host_veth` must exist.
 pub fn wire_pod(pod: &Netns, node: &Netns, host_veth: &str, ip: Ipv4Addr) -> Result<()> {
     let host_mac = node.mac(host_veth)?;
-    let host_mac = host_mac
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":");
+    let host_mac = dataplane_common::MacAddr(host_mac).to_string();
     pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
     pod.ip(&["route", "add", POD_GATEWAY, "dev", "eth0", "scope", "link"])?;
     pod.ip(&["route", "add", "default", "via", POD_GATEWAY, "dev", "eth0"])?;

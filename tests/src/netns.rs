@@ -156,15 +156,10 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
 }
 
 pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6 {
-        bail!("not a MAC: {s:?}");
-    }
-    let mut mac = [0u8; 6];
-    for (i, p) in parts.iter().enumerate() {
-        mac[i] = u8::from_str_radix(p, 16).with_context(|| format!("not a MAC: {s:?}"))?;
-    }
-    Ok(mac)
+    let mac: dataplane_common::MacAddr = s
+        .parse()
+        .map_err(|e| anyhow::anyhow!("not a MAC: {s:?} ({e})"))?;
+    Ok(mac.0)
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -14,6 +14,7 @@ pub mod unsupported;
 
 use dataplane_common::SnatMode;
 use ipnet::Ipv4Net;
+use trunkline_aws::env::parse_bool;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EnvError {
@@ -84,9 +85,10 @@ pub fn parse(
     host_ephemeral: Option<(u16, u16)>,
 ) -> Result<SnatEnv, EnvError> {
     let external = match get(EXTERNALSNAT).as_deref().map(str::trim) {
-        None | Some("") | Some("false") | Some("False") | Some("FALSE") => false,
-        Some("true") | Some("True") | Some("TRUE") => true,
-        Some(v) => return Err(invalid(EXTERNALSNAT, v, "expected true or false")),
+        None | Some("") => false,
+        Some(v) => {
+            parse_bool(v).ok_or_else(|| invalid(EXTERNALSNAT, v, "expected true or false"))?
+        }
     };
     let mode = match get(RANDOMIZESNAT).as_deref().map(str::trim) {
         None | Some("") | Some("prng") => SnatMode::Random,

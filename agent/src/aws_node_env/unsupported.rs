@@ -37,11 +37,10 @@ pub const NOT_HONOURED: &[(&str, bool, &str)] = &[
     ("AWS_VPC_K8S_CNI_LOG_FILE", false, "the agent logs to stderr"),
 ];
 
+/// Whether a refusing variable is on, as aws-node decides it: its boolean
+/// rule, and a value that is not a boolean is its default, off.
 fn enabled(value: &str) -> bool {
-    !matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "" | "false" | "0" | "no"
-    )
+    trunkline_aws::env::parse_bool(value) == Some(true)
 }
 
 /// Errors for set variables whose absence would change the pods' network,

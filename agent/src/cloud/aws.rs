@@ -16,7 +16,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -30,7 +29,12 @@ use trunkline_aws::{
     Kick, NodeConfig, PoolEni, PoolEnv, Reconciler, SdkEc2,
 };
 
-use crate::{agent::Shared, cloud::aws_pool::IpamSink, config::RunConfig};
+use crate::{
+    agent::Shared,
+    cloud::aws_pool::IpamSink,
+    config::RunConfig,
+    node::file::{EniSection, MacAddr, NodeFile, NodeSection, Role},
+};
 
 /// The node file AWS mode renders, under the state directory.
 pub const NODE_FILE: &str = "aws-node.toml";
@@ -51,9 +55,8 @@ pub fn interfaces_by_mac() -> HashMap<String, String> {
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         if let Some(mac) = crate::node::netif::mac(&name) {
-            let mac = crate::node::file::MacAddr(mac).to_string();
-            if mac != "00:00:00:00:00:00" {
-                out.entry(mac).or_insert(name);
+            if !mac.is_zero() {
+                out.entry(mac.to_string()).or_insert(name);
             }
         }
     }
@@ -111,26 +114,8 @@ pub fn render_node_file(
             primary.mac
         );
     }
-    let list = |v: &mut dyn Iterator<Item = String>| {
-        v.map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
-    };
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# Rendered by trunkline-agent from IMDS ({}); do not edit.",
-        info.instance_id
-    );
-    let _ = writeln!(out, "[node]\nprimary_ip = \"{primary_ip}\"");
-    let _ = writeln!(
-        out,
-        "vpc_cidrs = [{}]",
-        list(&mut info.vpc_cidrs.iter().map(|c| c.to_string()))
-    );
-    let _ = writeln!(
-        out,
-        "service_cidrs = [{}]",
-        list(&mut services.iter().map(|c| c.to_string()))
-    );
+    let unspanned = |v| toml::Spanned::new(0..0, v);
+    let mut enis = Vec::new();
     for e in &info.enis {
         let Some(iface) = ifaces.get(&e.mac) else {
             tracing::info!(eni = %e.interface_id, mac = %e.mac, "ENI has no interface in the namespace yet");
@@ -139,37 +124,49 @@ pub fn render_node_file(
         let Some(eni_ip) = e.local_ipv4s.first() else {
             continue;
         };
-        let role = if e.mac == info.primary_mac {
-            "primary"
-        } else {
-            "secondary"
-        };
+        let mac: MacAddr = e.mac.parse().map_err(|err| {
+            anyhow::anyhow!(
+                "IMDS gives ENI {} the MAC {:?}: {err}",
+                e.interface_id,
+                e.mac
+            )
+        })?;
         let ips = if pools { pod_ips(e) } else { vec![] };
-        let _ = writeln!(
-            out,
-            "\n[[eni]]\ninterface = \"{iface}\"\nrole = \"{role}\"\nmac = \"{}\"\nprimary_ip = \"{eni_ip}\"\nsubnet = \"{}\"\npod_ips = [{}]",
-            e.mac,
-            e.subnet_cidr,
-            list(&mut ips.iter().map(|i| i.to_string()))
-        );
+        enis.push(EniSection {
+            interface: unspanned(iface.clone()),
+            role: if e.mac == info.primary_mac {
+                Role::Primary
+            } else {
+                Role::Secondary
+            },
+            mac,
+            primary_ip: *eni_ip,
+            subnet: toml::Spanned::new(0..0, e.subnet_cidr),
+            pod_ips: ips
+                .into_iter()
+                .map(|ip| toml::Spanned::new(0..0, ip))
+                .collect(),
+            gateway_mac: None,
+        });
     }
+    let node = NodeFile {
+        node: NodeSection {
+            primary_ip: *primary_ip,
+            vpc_cidrs: info.vpc_cidrs.clone(),
+            service_cidrs: services.to_vec(),
+        },
+        eni: enis,
+        branch: vec![],
+    };
+    let out = format!(
+        "# Rendered by trunkline-agent from IMDS ({}); do not edit.\n{}",
+        info.instance_id,
+        toml::to_string(&node).context("rendering the node file")?
+    );
     // The same validation as a hand-written node file.
     crate::node::file::NodeFile::parse(Path::new("<rendered from IMDS>"), &out)
         .context("the node file rendered from IMDS is invalid")?;
     Ok(out)
-}
-
-fn write_atomically(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
 }
 
 /// What discovery found, for the run-time tasks.
@@ -197,7 +194,8 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
     tracing::info!(instance = %info.instance_id, instance_type = %info.instance_type, region = %info.region, enis = info.enis.len(), vpc_cidrs = ?info.vpc_cidrs, "discovered the node from IMDS");
     let text = render_node_file(&info, &interfaces_by_mac(), &services, true)?;
     let node_file = config.state_dir.join(NODE_FILE);
-    write_atomically(&node_file, &text)?;
+    crate::atomic_file::write(&node_file, text.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", node_file.display()))?;
     config.node_file = node_file.clone();
     // The aws-node variable wins over the flag's default.
     config.ip_cooldown = pool_env.ip_cooldown;
@@ -309,7 +307,7 @@ async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
         if strip_pools(&text) == strip_pools(&current) {
             continue;
         }
-        if let Err(e) = write_atomically(&d.node_file, &text) {
+        if let Err(e) = crate::atomic_file::write(&d.node_file, text.as_bytes(), 0o644) {
             tracing::warn!(error = format!("{e:#}"), "writing the node file failed");
             continue;
         }

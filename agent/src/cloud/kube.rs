@@ -22,8 +22,8 @@ use trunkline_kube::{
 };
 
 use crate::{
-    agent::Shared, config::KubeSettings, node::file::MacAddr, pods::checkpoint::PodRecord,
-    pods::Branch, serve::metrics::Metrics,
+    agent::Shared, config::KubeSettings, pods::checkpoint::PodRecord, pods::Branch,
+    serve::metrics::Metrics,
 };
 
 /// Default of `TRUNKLINE_POD_ENI_WAIT` (seconds).
@@ -71,7 +71,7 @@ fn branch_of(b: &BranchEni) -> Branch {
     Branch {
         ip: b.ip,
         vlan: b.vlan,
-        mac: MacAddr(b.mac.0),
+        mac: b.mac,
     }
 }
 

@@ -7,16 +7,13 @@ pub mod stats;
 
 use std::{net::Ipv4Addr, path::Path};
 
-use dataplane_common::{CtEntry, CtKey, EniEntry, EniRole, PodEntry};
+use dataplane_common::{CtEntry, CtKey, EniEntry, EniRole, MacAddr, PodEntry};
 use serde_json::{json, Value};
 
 use crate::dataplane::{ConfigMap, CtView, EnisMap, PodsMap, Result};
 
 fn mac(m: &[u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    MacAddr(*m).to_string()
 }
 
 /// Renders rows as columns padded to their widest cell.

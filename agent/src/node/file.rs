@@ -8,58 +8,15 @@
 
 use std::{
     collections::HashSet,
-    fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use ipnet::Ipv4Net;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use toml::Spanned;
 
-/// A MAC address written `02:a5:ee:3d:4a:c9`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(format!(
-                "{s:?} is not a MAC address (want 6 hex octets like 02:a5:ee:3d:4a:c9)"
-            ));
-        }
-        let mut mac = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(format!("{s:?} is not a MAC address (octet {p:?})"));
-            }
-            mac[i] = u8::from_str_radix(p, 16)
-                .map_err(|_| format!("{s:?} is not a MAC address (octet {p:?})"))?;
-        }
-        Ok(Self(mac))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use dataplane_common::MacAddr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,7 +26,7 @@ pub enum Role {
     Trunk,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     pub primary_ip: Ipv4Addr,
@@ -78,7 +35,7 @@ pub struct NodeSection {
     pub service_cidrs: Vec<Ipv4Net>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EniSection {
     pub interface: Spanned<String>,
@@ -90,11 +47,11 @@ pub struct EniSection {
     pub pod_ips: Vec<Spanned<Ipv4Addr>>,
     /// The subnet gateway's MAC, for frames the data path builds itself
     /// (tagged branch-pod traffic on the trunk). Optional.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway_mac: Option<MacAddr>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BranchSection {
     /// `namespace/name` of the pod.
@@ -106,13 +63,13 @@ pub struct BranchSection {
     pub subnet: Ipv4Net,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeFile {
     pub node: NodeSection,
     #[serde(default)]
     pub eni: Vec<EniSection>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub branch: Vec<BranchSection>,
 }
 

@@ -1,10 +1,10 @@
 //! Interfaces of the agent's own network namespace, by name.
 
+use dataplane_common::MacAddr;
+
 /// The ifindex of `name` in the calling thread's namespace, if it exists.
 pub fn ifindex(name: &str) -> Option<u32> {
-    nix::net::if_::if_nametoindex(name)
-        .ok()
-        .filter(|i| *i != 0)
+    nix::net::if_::if_nametoindex(name).ok().filter(|i| *i != 0)
 }
 
 /// Whether the interface `name` exists and is still the one with `index`
@@ -15,15 +15,10 @@ pub fn is_live(name: &str, index: u32) -> bool {
 
 /// The MAC address of `name` in the agent's namespace (from sysfs, which
 /// the agent sees for its own network namespace).
-pub fn mac(name: &str) -> Option<[u8; 6]> {
+pub fn mac(name: &str) -> Option<MacAddr> {
     if name.contains('/') || name.is_empty() {
         return None;
     }
     let text = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for b in &mut mac {
-        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
+    text.trim().parse().ok()
 }

@@ -4,8 +4,7 @@
 //! crash at any point leaves either the old or the new file.
 
 use std::{
-    fs::{self, File},
-    io::Write as _,
+    fs,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -118,26 +117,17 @@ impl CheckpointFile {
             let path = path.to_path_buf();
             move |source| CheckpointError::Io { path, source }
         };
-        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
         let path = self.path();
-        let tmp = self.dir.join(format!("{FILE_NAME}.tmp"));
         let mut data = serde_json::to_vec_pretty(&Checkpoint {
             version: VERSION,
             ..cp.clone()
         })
         .map_err(|e| CheckpointError::Io {
-            path: tmp.clone(),
+            path: path.clone(),
             source: std::io::Error::other(e),
         })?;
         data.push(b'\n');
-        let mut f = File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&data).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
+        crate::atomic_file::write(&path, &data, 0o644).map_err(io(&path))?;
         Ok(())
     }
 }

@@ -170,7 +170,11 @@ impl Pods {
             .parse()
             .map_err(|e| PodError::Invalid(format!("pod MAC: {e}")))?;
         let branch_mac = match &r.branch_mac {
-            Some(m) => m.parse::<MacAddr>().map_err(PodError::Invalid)?.0,
+            Some(m) => {
+                m.parse::<MacAddr>()
+                    .map_err(|e| PodError::Invalid(format!("branch MAC {m:?}: {e}")))?
+                    .0
+            }
             None => [0; 6],
         };
         // Replies enter the pod from its host veth's MAC.
@@ -180,7 +184,7 @@ impl Pods {
             host_ifindex: r.host_ifindex,
             eni_ifindex: eni.ifindex,
             mac: mac.0,
-            host_mac,
+            host_mac: host_mac.0,
             branch_mac,
             vlan_id: r.vlan,
             flags: if r.is_branch() { POD_F_STRICT } else { 0 },
