@@ -15,7 +15,7 @@ use crate::{
     aws_node_env,
     config::RunConfig,
     dataplane::{list_link_pins, remove_link_pin, Dataplane, NodeMaps, PodMaps},
-    node::file::NodeFile,
+    node::file::NodeSpec,
     node::netif,
     node::reconcile::{resolve_enis, Eni, NodeReconciler},
     pods::checkpoint::CheckpointFile,
@@ -138,21 +138,34 @@ impl Agent {
         out
     }
 
-    /// Re-reads the node file and re-programs what it describes of the node
-    /// (VPC and service CIDRs, ENIs): a changed VPC CIDR reaches `NO_SNAT`
-    /// at once, while established flows keep their translation. Pod pools
-    /// are read at start only (AWS mode feeds them from the warm pool).
-    pub fn reload_node_file(&mut self) -> anyhow::Result<()> {
+    /// The node's desired state as last applied.
+    pub fn node_spec(&self) -> &NodeSpec {
+        self.pods.node()
+    }
+
+    /// Re-programs what `spec` describes of the node (VPC and service
+    /// CIDRs, ENIs): a changed VPC CIDR reaches `NO_SNAT` at once, while
+    /// established flows keep their translation. Pod pools are taken at
+    /// start only (AWS mode feeds them from the warm pool).
+    pub fn apply_node(&mut self, spec: NodeSpec) -> anyhow::Result<()> {
         use anyhow::Context as _;
-        let node = NodeFile::load(&self.config.node_file)?;
-        let enis = resolve_enis(&node)?;
+        let enis = resolve_enis(&spec)?;
         self.node
-            .apply(&node, &enis, &mut self.dp)
+            .apply(&spec, &enis, &mut self.dp)
             .context("re-programming the node's maps")?;
-        tracing::info!(vpc_cidrs = ?node.node.vpc_cidrs, "node file reloaded");
+        tracing::info!(vpc_cidrs = ?spec.node.vpc_cidrs, "node applied");
         // New ENIs (AWS mode attaches them at run time) become pod owners.
-        self.changing(|a| a.pods.set_node(node, enis));
+        self.changing(|a| a.pods.set_node(spec, enis));
         Ok(())
+    }
+
+    /// SIGHUP in local mode: re-reads the node file and applies it.
+    pub fn reload_node_file(&mut self) -> anyhow::Result<()> {
+        if self.config.node_file.as_os_str().is_empty() {
+            anyhow::bail!("AWS mode: the node comes from IMDS (re-read every few seconds), not from a node file");
+        }
+        let spec = NodeSpec::load(&self.config.node_file)?;
+        self.apply_node(spec)
     }
 
     /// AddPod: an IP (or the pod's branch ENI), the checkpoint, the programs
@@ -203,11 +216,10 @@ impl Agent {
         self.pods.eni_of(ip)
     }
 
-    /// Loads the node file and the data path (re-using pinned maps and
-    /// links), programs the node maps and ENIs, and restores the pods.
-    pub fn start(config: RunConfig) -> anyhow::Result<(Self, RestoreReport)> {
+    /// Loads the data path (re-using pinned maps and links), programs the
+    /// node maps and ENIs that `node` describes, and restores the pods.
+    pub fn start(config: RunConfig, node: NodeSpec) -> anyhow::Result<(Self, RestoreReport)> {
         use anyhow::Context as _;
-        let node = NodeFile::load(&config.node_file)?;
         let (refused, ignored) = crate::aws_node_env::unsupported::check(|k| std::env::var(k).ok());
         for w in &ignored {
             tracing::warn!("{w}");

@@ -4,7 +4,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use trunkline_agent::config::RunConfig;
+use trunkline_agent::{config::RunConfig, node::file::NodeSpec};
 
 #[derive(Parser)]
 #[command(
@@ -211,12 +211,15 @@ fn main() -> anyhow::Result<()> {
             let config = a.config();
             if aws {
                 let (config, found) = trunkline_agent::cloud::aws::prepare(config)?;
+                let node = found.spec.clone();
                 trunkline_agent::serve::run_with(
                     config,
+                    node,
                     Box::new(move |agent| trunkline_agent::cloud::aws::spawn(agent, found)),
                 )?
             } else {
-                trunkline_agent::serve::run(config)?
+                let node = NodeSpec::load(&config.node_file)?;
+                trunkline_agent::serve::run(config, node)?
             }
         }
         Command::Migrate {
@@ -225,13 +228,16 @@ fn main() -> anyhow::Result<()> {
             dry_run,
         } => {
             let aws = run.node_file.is_none();
-            let mut config = run.config();
-            if aws {
-                // The node from IMDS, written where local mode reads it.
-                config = trunkline_agent::cloud::aws::prepare(config)?.0;
-            }
+            let (config, node) = if aws {
+                // The node from IMDS.
+                let (config, found) = trunkline_agent::cloud::aws::prepare(run.config())?;
+                (config, found.spec)
+            } else {
+                let config = run.config();
+                let node = NodeSpec::load(&config.node_file)?;
+                (config, node)
+            };
             if dry_run {
-                let node = trunkline_agent::node::file::NodeFile::load(&config.node_file)?;
                 let plan = trunkline_agent::migrate::plan(
                     &node,
                     |ip| trunkline_agent::migrate::pool_of(&node, ip),
@@ -242,7 +248,8 @@ fn main() -> anyhow::Result<()> {
                     anyhow::bail!("{} blocker(s)", plan.blockers.len());
                 }
             } else {
-                let report = trunkline_agent::migrate::run_once(config, &aws_node_checkpoint)?;
+                let report =
+                    trunkline_agent::migrate::run_once(config, node, &aws_node_checkpoint)?;
                 println!(
                     "migrated: {} pod(s) adopted, {} SNAT and {} via-stack connection(s) copied, {} legacy object(s) removed",
                     report.adopted, report.snat_flows, report.via_stack_flows, report.removed

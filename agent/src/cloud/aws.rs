@@ -1,16 +1,18 @@
 //! AWS mode: `trunkline-agent run` without `--node-file`.
 //!
-//! There is one desired state for the node, the node file: in AWS mode the
-//! agent renders it from IMDS (instance, ENIs by MAC, subnets, VPC CIDRs;
-//! the ENIs' current secondary IPs as the initial pod pools) into
-//! `<state-dir>/aws-node.toml`, and the unchanged local-mode machinery
-//! loads it. At run time:
+//! There is one desired state for the node, [`NodeSpec`]: in AWS mode the
+//! agent builds it from IMDS (instance, ENIs by MAC, subnets, VPC CIDRs;
+//! the ENIs' current secondary IPs as the initial pod pools), checked as a
+//! node file is, and hands it to the agent directly (a copy goes to
+//! `<state-dir>/aws-node.toml` for operators; nothing reads it back). At
+//! run time:
 //! - the EC2 warm pool (`trunkline_aws::Reconciler`) feeds IPAM through
 //!   [`IpamSink`]; a pod add only reads IPAM and never waits for EC2;
-//! - an IMDS watcher re-renders the file every [`WATCH_PERIOD`]: an ENI whose
-//!   interface (matched by MAC) has appeared gets its ENIS entry and
-//!   programs, and VPC CIDRs flow into NO_SNAT (`reload_node_file`, which
-//!   leaves established flows alone);
+//! - an IMDS watcher rebuilds the spec every [`WATCH_PERIOD`] and applies
+//!   it when it differs (typed, pools aside): an ENI whose interface
+//!   (matched by MAC) has appeared gets its ENIS entry and programs, and
+//!   VPC CIDRs flow into NO_SNAT (`Agent::apply_node`, which leaves
+//!   established flows alone);
 //! - a free-count watcher kicks the pool as soon as pods take IPs (on the
 //!   agent's published changes).
 
@@ -33,7 +35,7 @@ use crate::{
     agent::Shared,
     cloud::aws_pool::IpamSink,
     config::RunConfig,
-    node::file::{EniSection, MacAddr, NodeFile, NodeSection, Role},
+    node::file::{EniSection, MacAddr, NodeSection, NodeSpec, Role},
 };
 
 /// The node file AWS mode renders, under the state directory.
@@ -86,16 +88,17 @@ fn pod_ips(e: &trunkline_aws::imds::ImdsEni) -> Vec<Ipv4Addr> {
     ips
 }
 
-/// Renders the node file from IMDS. ENIs whose interface is not (yet) in
-/// the namespace are left out; the primary's must be there. `pools`:
-/// include the ENIs' secondary IPs as pod IPs (start) or not (reloads,
-/// where IPAM's pools come from the warm pool).
-pub fn render_node_file(
+/// The node's desired state from IMDS, checked as a node file is. ENIs
+/// whose interface is not (yet) in the namespace are left out; the
+/// primary's must be there. `pools`: include the ENIs' secondary IPs as pod
+/// IPs (start) or not (re-reads, where IPAM's pools come from the warm
+/// pool).
+pub fn node_spec(
     info: &NodeInfo,
     ifaces: &HashMap<String, String>,
     services: &[Ipv4Net],
     pools: bool,
-) -> Result<String> {
+) -> Result<NodeSpec> {
     let primary = info.primary_eni().with_context(|| {
         format!(
             "IMDS lists no ENI with the primary MAC {}",
@@ -149,7 +152,7 @@ pub fn render_node_file(
             gateway_mac: None,
         });
     }
-    let node = NodeFile {
+    let node = NodeSpec {
         node: NodeSection {
             primary_ip: *primary_ip,
             vpc_cidrs: info.vpc_cidrs.clone(),
@@ -158,15 +161,28 @@ pub fn render_node_file(
         eni: enis,
         branch: vec![],
     };
-    let out = format!(
-        "# Rendered by trunkline-agent from IMDS ({}); do not edit.\n{}",
-        info.instance_id,
-        toml::to_string(&node).context("rendering the node file")?
-    );
-    // The same validation as a hand-written node file.
-    crate::node::file::NodeFile::parse(Path::new("<rendered from IMDS>"), &out)
-        .context("the node file rendered from IMDS is invalid")?;
-    Ok(out)
+    // The same checks as a hand-written node file.
+    node.check()
+        .map_err(|reason| anyhow::anyhow!("the node IMDS describes is invalid: {reason}"))?;
+    Ok(node)
+}
+
+/// `spec` as a node file, for operators (`<state-dir>/aws-node.toml`: what
+/// the agent runs with); the agent never reads it back.
+pub fn render_node_file(spec: &NodeSpec, instance_id: &str) -> Result<String> {
+    Ok(format!(
+        "# What trunkline-agent discovered from IMDS ({instance_id}); informational, not read back.\n{}",
+        toml::to_string(spec).context("rendering the node file")?
+    ))
+}
+
+/// Writes the informational node file; a failure is only logged.
+fn write_node_file(path: &Path, spec: &NodeSpec, instance_id: &str) {
+    let written = render_node_file(spec, instance_id)
+        .and_then(|text| Ok(crate::atomic_file::write(path, text.as_bytes(), 0o644)?));
+    if let Err(e) = written {
+        tracing::warn!(path = %path.display(), error = format!("{e:#}"), "writing the node file failed");
+    }
 }
 
 /// What discovery found, for the run-time tasks.
@@ -175,11 +191,14 @@ pub struct Discovered {
     pub info: NodeInfo,
     pub services: Vec<Ipv4Net>,
     pub pool_env: PoolEnv,
+    /// The desired node at start (with the ENIs' current IPs as pools).
+    pub spec: NodeSpec,
+    /// Where the informational copy of the spec is written.
     pub node_file: PathBuf,
 }
 
-/// Discovers the node from IMDS and writes the node file; returns the run
-/// configuration pointing at it.
+/// Discovers the node from IMDS: the run configuration (with aws-node's
+/// cooldown) and what was found, the node's spec included.
 pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
     let pool_env =
         trunkline_aws::env::from_process().context("reading the warm-pool environment")?;
@@ -192,11 +211,9 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
         .block_on(Imds::from_env().discover())
         .context("discovering the node from IMDS")?;
     tracing::info!(instance = %info.instance_id, instance_type = %info.instance_type, region = %info.region, enis = info.enis.len(), vpc_cidrs = ?info.vpc_cidrs, "discovered the node from IMDS");
-    let text = render_node_file(&info, &interfaces_by_mac(), &services, true)?;
+    let spec = node_spec(&info, &interfaces_by_mac(), &services, true)?;
     let node_file = config.state_dir.join(NODE_FILE);
-    crate::atomic_file::write(&node_file, text.as_bytes(), 0o644)
-        .with_context(|| format!("writing {}", node_file.display()))?;
-    config.node_file = node_file.clone();
+    write_node_file(&node_file, &spec, &info.instance_id);
     // The aws-node variable wins over the flag's default.
     config.ip_cooldown = pool_env.ip_cooldown;
     Ok((
@@ -205,6 +222,7 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
             info,
             services,
             pool_env,
+            spec,
             node_file,
         },
     ))
@@ -281,7 +299,7 @@ async fn watch_free(agent: Shared, kick: Kick) {
 /// Re-reads IMDS: new ENIs whose interface appeared, VPC CIDR changes.
 async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
     let imds = Imds::from_env();
-    let mut current = std::fs::read_to_string(&d.node_file).unwrap_or_default();
+    let mut current = d.spec.clone();
     let mut known: HashSet<String> = HashSet::new();
     loop {
         tokio::time::sleep(WATCH_PERIOD).await;
@@ -293,28 +311,25 @@ async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
             }
         };
         let ifaces = interfaces_by_mac();
-        let text = match render_node_file(&info, &ifaces, &d.services, false) {
-            Ok(t) => t,
+        let spec = match node_spec(&info, &ifaces, &d.services, false) {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
-                    "re-rendering the node file failed"
+                    "the node IMDS describes is not usable"
                 );
                 continue;
             }
         };
-        // Compare without the pod pools (the start file carries them).
-        if strip_pools(&text) == strip_pools(&current) {
+        // Pools come from the warm pool after the start: not a change.
+        if spec.same_apart_from_pools(&current) {
             continue;
         }
-        if let Err(e) = crate::atomic_file::write(&d.node_file, text.as_bytes(), 0o644) {
-            tracing::warn!(error = format!("{e:#}"), "writing the node file failed");
-            continue;
-        }
-        let reloaded = agent.lock().reload_node_file();
-        match reloaded {
+        let applied = agent.lock().apply_node(spec.clone());
+        match applied {
             Ok(()) => {
-                current = text;
+                write_node_file(&d.node_file, &spec, &info.instance_id);
+                current = spec;
                 for e in &info.enis {
                     if ifaces.contains_key(&e.mac) && known.insert(e.mac.clone()) {
                         tracing::info!(eni = %e.interface_id, mac = %e.mac, "ENI in service");
@@ -325,13 +340,6 @@ async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
             Err(e) => tracing::warn!(error = format!("{e:#}"), "node reload failed"),
         }
     }
-}
-
-fn strip_pools(text: &str) -> String {
-    text.lines()
-        .filter(|l| !l.starts_with("pod_ips"))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[cfg(test)]
@@ -376,9 +384,10 @@ mod tests {
     fn renders_a_valid_node_file_with_present_enis_only() {
         let ifaces: HashMap<String, String> =
             [("02:00:00:00:00:01".to_string(), "eth0".to_string())].into();
-        let text =
-            render_node_file(&info(), &ifaces, &["172.20.0.0/16".parse().unwrap()], true).unwrap();
-        let nf = crate::node::file::NodeFile::parse(Path::new("t"), &text).unwrap();
+        let spec = node_spec(&info(), &ifaces, &["172.20.0.0/16".parse().unwrap()], true).unwrap();
+        let text = render_node_file(&spec, "i-1").unwrap();
+        let nf = NodeSpec::parse(Path::new("t"), &text).unwrap();
+        assert_eq!(nf, spec, "the informational file reads back as the spec");
         assert_eq!(nf.node.primary_ip, "10.0.0.5".parse::<Ipv4Addr>().unwrap());
         assert_eq!(nf.eni.len(), 1, "eth1 not there yet");
         assert_eq!(nf.eni[0].pod_ips.len(), 1 + 16, "secondary IP + the /28");
@@ -388,12 +397,12 @@ mod tests {
             ("02:00:00:00:00:02".to_string(), "eth1".to_string()),
         ]
         .into();
-        let text = render_node_file(&info(), &ifaces, &[], false).unwrap();
-        let nf = crate::node::file::NodeFile::parse(Path::new("t"), &text).unwrap();
+        let nf = node_spec(&info(), &ifaces, &[], false).unwrap();
+        assert!(nf.same_apart_from_pools(&node_spec(&info(), &ifaces, &[], true).unwrap()));
         assert_eq!(nf.eni.len(), 2);
         assert!(nf.eni.iter().all(|e| e.pod_ips.is_empty()));
         // Without the primary's interface: an error, not a half node.
-        assert!(render_node_file(&info(), &HashMap::new(), &[], true).is_err());
+        assert!(node_spec(&info(), &HashMap::new(), &[], true).is_err());
     }
 
     #[test]

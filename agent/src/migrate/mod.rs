@@ -32,7 +32,7 @@ use crate::{
     agent::Agent,
     conntrack_gc::now_coarse_ns,
     dataplane::CtMaps,
-    node::file::{MacAddr, NodeFile},
+    node::file::{MacAddr, NodeSpec},
     node::netif,
     pods::Adoptee,
 };
@@ -136,7 +136,7 @@ fn is_branch_veth(name: &str) -> bool {
 
 /// What migration would do on this node (changes nothing).
 pub fn plan(
-    node: &NodeFile,
+    node: &NodeSpec,
     eni_of: impl Fn(Ipv4Addr) -> Option<String>,
     checkpoint: &Path,
 ) -> Result<Plan> {
@@ -297,7 +297,7 @@ pub fn execute(agent: &mut Agent, ct: &mut CtMaps, plan: &Plan) -> Result<Report
 /// `<file>.migrated`, so that a later start does not take its stale entries
 /// for pods (a new pod of the same name gets the same veth name).
 pub fn migrate(agent: &mut Agent, ct: &mut CtMaps, checkpoint: &Path) -> Result<Report> {
-    let node = NodeFile::load(&agent.config().node_file)?;
+    let node = agent.node_spec().clone();
     let plan = plan(&node, |ip| agent.eni_of(ip), checkpoint)?;
     tracing::info!(plan = %plan, "migrating from aws-node");
     let report = execute(agent, ct, &plan)?;
@@ -311,16 +311,20 @@ pub fn migrate(agent: &mut Agent, ct: &mut CtMaps, checkpoint: &Path) -> Result<
 
 /// `trunkline-agent migrate`: start the data path as `run` would (pinned,
 /// so it stays when this process exits), migrate, exit.
-pub fn run_once(config: crate::config::RunConfig, checkpoint: &Path) -> Result<Report> {
+pub fn run_once(
+    config: crate::config::RunConfig,
+    node: NodeSpec,
+    checkpoint: &Path,
+) -> Result<Report> {
     let bpf_root = config.bpf_root.clone();
-    let (mut agent, _) = Agent::start(config)?;
+    let (mut agent, _) = Agent::start(config, node)?;
     let mut ct = CtMaps::open(&bpf_root).context("opening CT and SNAT_REV")?;
     migrate(&mut agent, &mut ct, checkpoint)
 }
 
 /// The ENI whose `pod_ips` in the node file hold `ip` (the dry run has no
 /// agent to ask).
-pub fn pool_of(node: &NodeFile, ip: Ipv4Addr) -> Option<String> {
+pub fn pool_of(node: &NodeSpec, ip: Ipv4Addr) -> Option<String> {
     node.eni
         .iter()
         .find(|e| e.pod_ips.iter().any(|p| *p.get_ref() == ip))

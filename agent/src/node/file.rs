@@ -1,6 +1,9 @@
-//! The local-mode node file (TOML): what EC2 and Kubernetes would tell the
-//! agent on AWS — the node's IPs and CIDRs, its ENIs with the IPs each may
-//! give pods, and the branch ENIs of security-group pods.
+//! The node's desired state, [`NodeSpec`]: the node's IPs and CIDRs, its
+//! ENIs with the IPs each may give pods, and the branch ENIs of
+//! security-group pods. Local mode reads it from the node file (TOML, its
+//! serde form, a user-facing input); AWS mode builds it from IMDS
+//! (`crate::cloud::aws::node_spec`). The node reconciler and the pods diff
+//! it against the maps.
 //!
 //! Unknown keys and invalid values are rejected with the file, the line and
 //! the reason; so are values that parse but contradict each other (an IP
@@ -26,7 +29,7 @@ pub enum Role {
     Trunk,
 }
 
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
     pub primary_ip: Ipv4Addr,
@@ -35,7 +38,7 @@ pub struct NodeSection {
     pub service_cidrs: Vec<Ipv4Net>,
 }
 
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EniSection {
     pub interface: Spanned<String>,
@@ -51,7 +54,7 @@ pub struct EniSection {
     pub gateway_mac: Option<MacAddr>,
 }
 
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BranchSection {
     /// `namespace/name` of the pod.
@@ -63,9 +66,9 @@ pub struct BranchSection {
     pub subnet: Ipv4Net,
 }
 
-#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeFile {
+pub struct NodeSpec {
     pub node: NodeSection,
     #[serde(default)]
     pub eni: Vec<EniSection>,
@@ -90,7 +93,7 @@ pub enum NodeFileError {
     },
 }
 
-impl NodeFile {
+impl NodeSpec {
     pub fn load(path: &Path) -> Result<Self, NodeFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| NodeFileError::Read {
             path: path.to_path_buf(),
@@ -105,13 +108,32 @@ impl NodeFile {
             line: line_of(text, offset),
             reason,
         };
-        let file: NodeFile = toml::from_str(text).map_err(|e| {
+        let file: NodeSpec = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start).unwrap_or(0);
             invalid(offset, e.message().to_string())
         })?;
         file.validate()
             .map_err(|(offset, reason)| invalid(offset, reason))?;
         Ok(file)
+    }
+
+    /// The cross-field checks of a node file, for a spec built in code
+    /// (AWS mode): the reason, without a place in a file.
+    pub fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|(_, reason)| reason)
+    }
+
+    /// Whether `other` describes the same node apart from the ENIs' pod IPs
+    /// (in AWS mode those come from the warm pool, not from the spec).
+    pub fn same_apart_from_pools(&self, other: &Self) -> bool {
+        let without_pools = |s: &Self| {
+            let mut s = s.clone();
+            for e in &mut s.eni {
+                e.pod_ips.clear();
+            }
+            s
+        };
+        without_pools(self) == without_pools(other)
     }
 
     /// Cross-field checks; the error carries the byte offset of the culprit.
@@ -306,8 +328,8 @@ subnet = "192.168.0.0/19"
         assert_eq!(f.node.service_cidrs.len(), 1);
     }
 
-    fn parse(s: &str) -> Result<NodeFile, NodeFileError> {
-        NodeFile::parse(Path::new("node.toml"), s)
+    fn parse(s: &str) -> Result<NodeSpec, NodeFileError> {
+        NodeSpec::parse(Path::new("node.toml"), s)
     }
 
     #[test]

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use crate::{
     aws_node_env::{SgMode, SnatEnv},
     dataplane::{Dataplane, NodeMaps},
-    node::file::{gateway_of, NodeFile, Role},
+    node::file::{gateway_of, NodeSpec, Role},
     node::netif,
 };
 
@@ -45,7 +45,7 @@ pub fn role_of(r: Role) -> EniRole {
 }
 
 /// Resolves every ENI of the node file to its ifindex.
-pub fn resolve_enis(node: &NodeFile) -> Result<BTreeMap<String, Eni>, NodeStateError> {
+pub fn resolve_enis(node: &NodeSpec) -> Result<BTreeMap<String, Eni>, NodeStateError> {
     let mut out = BTreeMap::new();
     for e in &node.eni {
         let name = e.interface.get_ref().clone();
@@ -68,7 +68,7 @@ pub fn resolve_enis(node: &NodeFile) -> Result<BTreeMap<String, Eni>, NodeStateE
 }
 
 /// `NO_SNAT`: the VPC CIDRs and `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`.
-pub fn no_snat(node: &NodeFile, snat: &SnatEnv) -> Vec<(Ipv4Net, u32)> {
+pub fn no_snat(node: &NodeSpec, snat: &SnatEnv) -> Vec<(Ipv4Net, u32)> {
     let vpc = node
         .node
         .vpc_cidrs
@@ -80,7 +80,7 @@ pub fn no_snat(node: &NodeFile, snat: &SnatEnv) -> Vec<(Ipv4Net, u32)> {
 
 /// `SERVICE_CIDRS`: the service CIDRs (kube-proxy) and every address of the
 /// node itself, all handed to the host stack by `from_pod`.
-pub fn pass_to_stack(node: &NodeFile, enis: &BTreeMap<String, Eni>) -> Vec<(Ipv4Net, u32)> {
+pub fn pass_to_stack(node: &NodeSpec, enis: &BTreeMap<String, Eni>) -> Vec<(Ipv4Net, u32)> {
     let services = node
         .node
         .service_cidrs
@@ -94,7 +94,7 @@ pub fn pass_to_stack(node: &NodeFile, enis: &BTreeMap<String, Eni>) -> Vec<(Ipv4
 }
 
 /// `CONFIG` from the node file and the aws-node environment.
-pub fn config(node: &NodeFile, primary_ifindex: u32, snat: &SnatEnv) -> Config {
+pub fn config(node: &NodeSpec, primary_ifindex: u32, snat: &SnatEnv) -> Config {
     Config {
         node_ip: node.node.primary_ip.octets(),
         primary_eni_ifindex: primary_ifindex,
@@ -129,7 +129,7 @@ impl NodeReconciler {
     /// are, so a restart does not disturb forwarding).
     pub fn apply(
         &mut self,
-        node: &NodeFile,
+        node: &NodeSpec,
         enis: &BTreeMap<String, Eni>,
         dp: &mut Dataplane,
     ) -> Result<(), NodeStateError> {
@@ -141,7 +141,7 @@ impl NodeReconciler {
 /// to_eni to every ENI (pinned links; already-pinned ones are kept as they
 /// are, so a restart does not disturb forwarding).
 fn reconcile_node(
-    node: &NodeFile,
+    node: &NodeSpec,
     snat: &SnatEnv,
     enis: &BTreeMap<String, Eni>,
     dp: &mut Dataplane,

@@ -18,7 +18,7 @@ use self::ipam::{now_secs, Ipam, IpamError, SharedIpam};
 use crate::{
     crash,
     dataplane::{detach_pod, Dataplane, DataplaneError, PodMaps},
-    node::file::{MacAddr, NodeFile},
+    node::file::{MacAddr, NodeSpec},
     node::netif,
     node::reconcile::Eni,
     pods::checkpoint::{Checkpoint, CheckpointError, CheckpointFile, PodRecord},
@@ -67,9 +67,9 @@ pub struct Branch {
 /// Which source says whether a pod has a branch ENI.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum BranchChoice {
-    /// Local mode: the node file's `[[branch]]` entries.
+    /// The node spec's branches (local mode: the node file's `[[branch]]` entries).
     #[default]
-    NodeFile,
+    NodeSpec,
     /// Decided from the Kubernetes API before AddPod took the lock
     /// (`crate::cloud::kube`): `None` is a regular pod.
     Decided(Option<Branch>),
@@ -88,7 +88,7 @@ fn key(container_id: &str, ifname: &str) -> Key {
 /// their checkpoint), the IPs (IPAM, shared with the EC2 warm pool), the
 /// `PODS`/`VLANS` maps and the programs on their veths.
 pub struct Pods {
-    node: NodeFile,
+    node: NodeSpec,
     enis: BTreeMap<String, Eni>,
     ipam: SharedIpam,
     records: BTreeMap<Key, PodRecord>,
@@ -97,7 +97,7 @@ pub struct Pods {
 }
 
 /// The IP pools of the node file's ENIs: (ENI interface, its pod IPs).
-pub fn pools_of(node: &NodeFile) -> Vec<(String, Vec<Ipv4Addr>)> {
+pub fn pools_of(node: &NodeSpec) -> Vec<(String, Vec<Ipv4Addr>)> {
     node.eni
         .iter()
         .map(|e| {
@@ -111,7 +111,7 @@ pub fn pools_of(node: &NodeFile) -> Vec<(String, Vec<Ipv4Addr>)> {
 
 impl Pods {
     pub fn new(
-        node: NodeFile,
+        node: NodeSpec,
         enis: BTreeMap<String, Eni>,
         ipam: SharedIpam,
         maps: PodMaps,
@@ -127,6 +127,11 @@ impl Pods {
         }
     }
 
+    /// The node spec the pods are wired by.
+    pub fn node(&self) -> &NodeSpec {
+        &self.node
+    }
+
     /// The node's primary IP (from the node file).
     pub fn node_ip(&self) -> std::net::Ipv4Addr {
         self.node.node.primary_ip
@@ -140,9 +145,9 @@ impl Pods {
         &self.enis
     }
 
-    /// A reloaded node file: its ENIs and branch entries apply to pods
+    /// A newly applied node spec: its ENIs and branch entries apply to pods
     /// added from now on. IPAM's pools are not touched.
-    pub fn set_node(&mut self, node: NodeFile, enis: BTreeMap<String, Eni>) {
+    pub fn set_node(&mut self, node: NodeSpec, enis: BTreeMap<String, Eni>) {
         self.node = node;
         self.enis = enis;
     }
@@ -284,7 +289,7 @@ impl Pods {
 
         let owner = format!("{}/{}", req.container_id, req.ifname);
         let branch = match &req.branch {
-            BranchChoice::NodeFile => {
+            BranchChoice::NodeSpec => {
                 self.node
                     .branch_for(&req.namespace, &req.name)
                     .map(|b| Branch {

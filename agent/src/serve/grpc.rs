@@ -67,7 +67,7 @@ impl v1::agent_server::Agent for AgentService {
             host_veth: r.host_veth_name,
             host_ifindex: r.host_veth_ifindex,
             pod_mac: r.pod_mac,
-            branch: BranchChoice::NodeFile,
+            branch: BranchChoice::NodeSpec,
         };
         // The branch decision may wait for an annotation: before the lock,
         // so other pods' RPCs go on meanwhile.

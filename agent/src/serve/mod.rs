@@ -30,6 +30,7 @@ use crate::{
     config::RunConfig,
     conntrack_gc::{self, Collector, Timeouts},
     dataplane::CtMaps,
+    node::file::NodeSpec,
 };
 
 use self::{grpc::AgentService, metrics::Metrics};
@@ -98,24 +99,24 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-pub fn run(config: RunConfig) -> Result<()> {
-    run_with(config, Box::new(|_| {}))
+pub fn run(config: RunConfig, node: NodeSpec) -> Result<()> {
+    run_with(config, node, Box::new(|_| {}))
 }
 
 /// Called on the runtime once the agent is up (AWS mode starts its tasks).
 pub type OnStart = Box<dyn FnOnce(Shared) + Send>;
 
-pub fn run_with(config: RunConfig, on_start: OnStart) -> Result<()> {
+pub fn run_with(config: RunConfig, node: NodeSpec, on_start: OnStart) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(serve(config, on_start))
+    rt.block_on(serve(config, node, on_start))
 }
 
-async fn serve(config: RunConfig, on_start: OnStart) -> Result<()> {
+async fn serve(config: RunConfig, node: NodeSpec, on_start: OnStart) -> Result<()> {
     let shutdown = shutdown_signal();
-    let (agent, report) = Agent::start(config.clone())?;
+    let (agent, report) = Agent::start(config.clone(), node)?;
     // CT and SNAT_REV's one userspace writer (pinned by the start above):
     // migration's, then GC's.
     let mut ct = CtMaps::open(&config.bpf_root).context("opening CT and SNAT_REV")?;
