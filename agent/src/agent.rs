@@ -153,7 +153,6 @@ impl Agent {
         self.node
             .apply(&spec, &enis, &mut self.dp)
             .context("re-programming the node's maps")?;
-        tracing::info!(vpc_cidrs = ?spec.node.vpc_cidrs, "node applied");
         // New ENIs (AWS mode attaches them at run time) become pod owners.
         self.changing(|a| a.pods.set_node(spec, enis));
         Ok(())
@@ -165,7 +164,10 @@ impl Agent {
             anyhow::bail!("AWS mode: the node comes from IMDS (re-read every few seconds), not from a node file");
         }
         let spec = NodeSpec::load(&self.config.node_file)?;
-        self.apply_node(spec)
+        let vpc_cidrs = spec.node.vpc_cidrs.clone();
+        self.apply_node(spec)?;
+        tracing::info!(?vpc_cidrs, "node file reloaded");
+        Ok(())
     }
 
     /// AddPod: an IP (or the pod's branch ENI), the checkpoint, the programs

@@ -328,6 +328,7 @@ async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
         let applied = agent.lock().apply_node(spec.clone());
         match applied {
             Ok(()) => {
+                tracing::info!(vpc_cidrs = ?spec.node.vpc_cidrs, "node from IMDS applied");
                 write_node_file(&d.node_file, &spec, &info.instance_id);
                 current = spec;
                 for e in &info.enis {
