@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ebpf, packages, paths, pyvenv};
+use crate::{ebpf, packages, paths, pyvenv, vm};
 
 /// The env var through which tests, the demo and (later) the agent's build
 /// find the kernel object.
@@ -172,10 +172,20 @@ pub fn bench(quick: bool) -> Result<()> {
         "--bin",
         "trunkline-bench",
     ]))?;
+    // The verifier's cost on the host and on the LTS kernels EKS runs.
+    let cells = vm::verifier_costs(&[
+        vm::Target::Host,
+        vm::Target::parse_list("6.1")?[0],
+        vm::Target::parse_list("6.12")?[0],
+    ])?;
+    let verifier = paths::target_dir().join("verifier-costs.json");
+    std::fs::write(&verifier, serde_json::to_string_pretty(&cells)?)?;
     let bins = paths::target_dir().join("debug");
     checked(Command::new(bins.join("trunkline-pktcost")).env(OBJECT_ENV, &obj))?;
     let mut bench = Command::new(bins.join("trunkline-bench"));
-    bench.env(OBJECT_ENV, &obj);
+    bench
+        .env(OBJECT_ENV, &obj)
+        .env("TRUNKLINE_VERIFIER_COSTS", &verifier);
     if quick {
         bench.arg("--quick");
     }

@@ -3,6 +3,7 @@
 
 mod attach;
 mod bpffs;
+pub mod kernel;
 mod links;
 mod maps;
 mod node_maps;
