@@ -35,6 +35,10 @@ enum Command {
     /// Install what is missing, build, and run every test (host unit tests,
     /// golden-packet tests, network-namespace end-to-end tests).
     Test {
+        /// Only the host kernel: skip the QEMU kernel matrix that runs after
+        /// the host tests (it is also skipped when a test filter is given).
+        #[arg(long)]
+        host_only: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -75,7 +79,7 @@ fn main() -> anyhow::Result<()> {
             let obj = ebpf::build(true)?;
             run::cargo_build_workspace(&obj, release)?;
         }
-        Command::Test { args } => run::test(&args)?,
+        Command::Test { host_only, args } => run::test(&args, host_only)?,
         Command::Demo => run::demo()?,
         Command::VmTest {
             kernel,

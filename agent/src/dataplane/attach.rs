@@ -3,7 +3,7 @@
 //! priority and handle, never prio 1 / handle 1 that other agents take.
 
 use aya::programs::{
-    tc::{self, NlOptions, TcAttachOptions, TcHandle},
+    tc::{NlOptions, TcAttachOptions, TcHandle},
     LinkOrder, SchedClassifier, TcAttachType,
 };
 use dataplane_common::Hook;
@@ -54,12 +54,8 @@ pub(super) fn attach(prog: &mut SchedClassifier, iface: &str, hook: Hook) -> Res
         .map_err(|e| err(format!("tcx: {e}")))?;
         AttachMode::Tcx
     } else {
-        match tc::qdisc_add_clsact(iface) {
-            Ok(()) => {}
-            // Already there (another agent, or an earlier attach of ours).
-            Err(tc::TcError::IoError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(err(format!("adding clsact qdisc: {e}"))),
-        }
+        // Already there (another agent, or an earlier attach of ours) is fine.
+        super::pod_attach::add_clsact(iface)?;
         prog.attach_with_options(
             iface,
             attach_type(hook),

@@ -30,7 +30,9 @@ fn errno(e: &ProgramError) -> Option<i32> {
     }
 }
 
-fn add_clsact(iface: &str) -> Result<()> {
+/// Adds the clsact qdisc to `iface`; one that is already there is fine
+/// (aya reports EEXIST as a netlink or an I/O error, by kernel).
+pub(super) fn add_clsact(iface: &str) -> Result<()> {
     match tc::qdisc_add_clsact(iface) {
         Ok(()) => Ok(()),
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),

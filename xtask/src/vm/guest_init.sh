@@ -26,7 +26,14 @@ mount -t bpf bpf /newroot/sys/fs/bpf
 mount -t tracefs tracefs /newroot/sys/kernel/tracing 2>/dev/null
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
 # Modules (nft, veth, cls_bpf, ...) load on demand from the kernel package.
-cat /newroot/tmp/vmout/modprobe-path > /proc/sys/kernel/modprobe
+# The kernel runs this helper in init's root, not the chroot: it enters the
+# host's root to run modprobe on the package's module tree.
+cat > /tl-modprobe <<'EOF2'
+#!/bin/sh
+exec /bin/chroot /newroot /usr/sbin/modprobe -d "$(cat /newroot/tmp/vmout/modules-dir)" "$@"
+EOF2
+chmod 755 /tl-modprobe
+echo /tl-modprobe > /proc/sys/kernel/modprobe
 chroot /newroot /bin/sh /tmp/vmout/run.sh
 echo "init: run.sh exited $?"
 sync

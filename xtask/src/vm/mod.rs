@@ -183,6 +183,7 @@ fn run_cell(
         }
     };
     cell.seconds = started.elapsed().as_secs_f64();
+    keep_logs(&scratch.dir, &cell.kernel, suite);
     match suite {
         Suite::Verifier => {
             let err = std::fs::read_to_string(scratch.dir.join("check.err")).unwrap_or_default();
@@ -268,6 +269,30 @@ fn inputs<'a>(
         filter,
         out,
         verifier_stats,
+    }
+}
+
+/// Copies the suite's logs to `target/vm-test/<kernel>/<suite>/` (the
+/// scratch directory goes when the cell ends).
+fn keep_logs(scratch: &std::path::Path, kernel: &str, suite: Suite) {
+    let dir = report_dir()
+        .join(kernel.replace(' ', "-"))
+        .join(suite.name());
+    let _ = std::fs::remove_dir_all(&dir);
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    for entry in std::fs::read_dir(scratch).into_iter().flatten().flatten() {
+        let p = entry.path();
+        let keep = p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "log" | "err" | "json" | "txt"));
+        if keep {
+            if let Some(name) = p.file_name() {
+                let _ = std::fs::copy(&p, dir.join(name));
+            }
+        }
     }
 }
 

@@ -158,20 +158,7 @@ pub fn run(kernel: &Kernel, scratch: &Scratch, script: &str, limit: Duration) ->
     let initrd = initramfs(kernel)?;
     let out = &scratch.dir;
     // Modules load on demand from the kernel package (read-only via 9p).
-    let wrapper = format!(
-        "#!/bin/sh\nexec /usr/sbin/modprobe -d '{}' \"$@\"\n",
-        kernel.dir.display()
-    );
-    std::fs::write(out.join("modprobe.sh"), wrapper)?;
-    checked(
-        Command::new("chmod")
-            .arg("755")
-            .arg(out.join("modprobe.sh")),
-    )?;
-    std::fs::write(
-        out.join("modprobe-path"),
-        format!("{GUEST_OUT}/modprobe.sh\n"),
-    )?;
+    std::fs::write(out.join("modules-dir"), kernel.dir.display().to_string())?;
     std::fs::write(out.join("suite.sh"), script)?;
     std::fs::write(
         out.join("run.sh"),

@@ -73,7 +73,9 @@ pub fn build_test_binaries(tests: &[&str]) -> Result<BTreeMap<String, PathBuf>> 
     }
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(paths::workspace_root())
-        .args(["test", "--quiet", "-p", "trunkline-tests", "--no-run"])
+        // --workspace, as `cargo xtask test` builds: the same feature
+        // resolution, so nothing (the AWS SDK above all) is built twice.
+        .args(["test", "--quiet", "--workspace", "--no-run"])
         .args(["--message-format", "json"]);
     for t in tests {
         cmd.args(["--test", t]);
