@@ -147,7 +147,7 @@ fn run_cell(
             let out = scratch.dir.display().to_string();
             let script = suites::script(
                 suite,
-                &inputs(built, &binaries, filter, &out, verifier_stats),
+                &inputs(built, &binaries, filter, &out, verifier_stats, 1),
             );
             let status = Command::new("sh")
                 .arg("-c")
@@ -160,7 +160,14 @@ fn run_cell(
             let k = kernels::ensure(l)?;
             let script = suites::script(
                 suite,
-                &inputs(built, &binaries, filter, qemu::GUEST_OUT, verifier_stats),
+                &inputs(
+                    built,
+                    &binaries,
+                    filter,
+                    qemu::GUEST_OUT,
+                    verifier_stats,
+                    qemu::time_scale(),
+                ),
             );
             eprintln!(
                 "xtask: {} on {} (QEMU; at most {} s)",
@@ -260,6 +267,7 @@ fn inputs<'a>(
     filter: &'a [String],
     out: &'a str,
     verifier_stats: bool,
+    time_scale: u32,
 ) -> suites::Inputs<'a> {
     suites::Inputs {
         object: &built.object,
@@ -269,6 +277,7 @@ fn inputs<'a>(
         filter,
         out,
         verifier_stats,
+        time_scale,
     }
 }
 

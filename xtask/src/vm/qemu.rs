@@ -152,6 +152,16 @@ fn kvm_usable() -> bool {
             .is_ok()
 }
 
+/// How much slower than the host a guest runs: emulation (TCG) is several
+/// times slower; KVM about as fast.
+pub fn time_scale() -> u32 {
+    if kvm_usable() {
+        1
+    } else {
+        4
+    }
+}
+
 /// Boots `kernel`, runs `script` (sh, chrooted into the host's root, with
 /// the scratch directory at [`GUEST_OUT`]) and waits at most `limit`.
 pub fn run(kernel: &Kernel, scratch: &Scratch, script: &str, limit: Duration) -> Result<Boot> {

@@ -123,6 +123,9 @@ pub struct Inputs<'a> {
     /// Also run the verifier with its full log for peak states (slow under
     /// emulation: minutes per kernel; the bench asks for it).
     pub verifier_stats: bool,
+    /// How much slower than the host the kernel under test runs (the test
+    /// bed stretches its bounded waits by it).
+    pub time_scale: u32,
 }
 
 fn sh_quote(s: &str) -> String {
@@ -162,9 +165,11 @@ pub fn script(suite: Suite, i: &Inputs) -> String {
             s += &format!(
                 "mkdir -p {home}\nexport HOME={home}\n\
                  export TRUNKLINE_EBPF_OBJECT={obj} TRUNKLINE_AGENT_BIN={agent} TRUNKLINE_CNI_BIN={}\n\
+                 export TRUNKLINE_TEST_TIME_SCALE={}\n\
                  cd {}\n\
                  status=0\n",
                 sh_quote(&i.cni.display().to_string()),
+                i.time_scale,
                 sh_quote(&paths::workspace_root().join("tests").display().to_string()),
             );
             let filter: Vec<String> = i.filter.iter().map(|f| sh_quote(f)).collect();
