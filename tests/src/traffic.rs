@@ -322,7 +322,7 @@ pub fn udp_stream_across(
             sender_sock.send_to(&i.to_be_bytes(), dst)?;
             i += 1;
             p.store(i, Ordering::Release);
-            if i % 100 == 0 {
+            if i.is_multiple_of(100) {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
