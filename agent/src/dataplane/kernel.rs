@@ -147,22 +147,24 @@ pub fn probe() -> Result<KernelSupport, Unsupported> {
     if !at_least(FLOOR) {
         return Err(Unsupported::TooOld { version });
     }
-    let attach = if at_least(TCX_SINCE) {
-        AttachMode::Tcx
-    } else {
-        AttachMode::Clsact
-    };
-    Ok(KernelSupport { version, attach })
+    Ok(KernelSupport {
+        version,
+        attach: attach_mode(),
+    })
 }
 
-/// The attach mode for this kernel (TCX from 6.6, else clsact + cls_bpf).
+/// The attach mode for this kernel (TCX from 6.6, else clsact + cls_bpf),
+/// decided once per process: the kernel does not change under it.
 pub fn attach_mode() -> AttachMode {
-    let (v, _) = current_version();
-    if v >= KernelVersion::new(TCX_SINCE.0 as u8, TCX_SINCE.1 as u8, 0) {
-        AttachMode::Tcx
-    } else {
-        AttachMode::Clsact
-    }
+    static MODE: std::sync::OnceLock<AttachMode> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        let (v, _) = current_version();
+        if v >= KernelVersion::new(TCX_SINCE.0 as u8, TCX_SINCE.1 as u8, 0) {
+            AttachMode::Tcx
+        } else {
+            AttachMode::Clsact
+        }
+    })
 }
 
 /// What loading one program cost on this kernel (from the kernel's own

@@ -19,8 +19,9 @@ pub struct KernelLine {
     pub name: &'static str,
     /// The Debian suite that carries it.
     pub suite: &'static str,
-    /// Package name, as an anchored regular expression (apt-cache search).
-    pattern: &'static str,
+    /// Package names are `<prefix><number><suffix>`.
+    prefix: &'static str,
+    suffix: &'static str,
     /// For a kernel below the floor: what the agent's refusal must say.
     pub refusal: Option<&'static str>,
     /// Which EKS node images run this line (README's table).
@@ -31,21 +32,24 @@ pub const LINES: &[KernelLine] = &[
     KernelLine {
         name: "6.12",
         suite: "trixie",
-        pattern: r"^linux-image-6\.12\.[0-9]+\+deb13-amd64-unsigned$",
+        prefix: "linux-image-6.12.",
+        suffix: "+deb13-amd64-unsigned",
         refusal: None,
         eks: "Amazon Linux 2023 (6.12 kernel), Bottlerocket 1.3x+",
     },
     KernelLine {
         name: "6.1",
         suite: "bookworm",
-        pattern: r"^linux-image-6\.1\.0-[0-9]+-amd64-unsigned$",
+        prefix: "linux-image-6.1.0-",
+        suffix: "-amd64-unsigned",
         refusal: None,
         eks: "Amazon Linux 2023 (default), Bottlerocket (6.1 variants)",
     },
     KernelLine {
         name: "5.10",
         suite: "bullseye",
-        pattern: r"^linux-image-5\.10\.0-[0-9]+-amd64-unsigned$",
+        prefix: "linux-image-5.10.0-",
+        suffix: "-amd64-unsigned",
         refusal: Some("lacks bpf_ktime_get_coarse_ns (Linux 5.11); trunkline needs Linux >= 6.1"),
         eks: "Amazon Linux 2 (unsupported: refused at start)",
     },
@@ -97,16 +101,9 @@ fn version_key(package: &str) -> Vec<u64> {
 }
 
 fn matches(line: &KernelLine, package: &str) -> bool {
-    // The patterns are `^prefix[0-9]+suffix$` with one variable number.
-    let p = line.pattern.trim_start_matches('^').trim_end_matches('$');
-    let Some((prefix, suffix)) = p.split_once("[0-9]+") else {
-        return false;
-    };
-    let unescape = |s: &str| s.replace('\\', "");
-    let (prefix, suffix) = (unescape(prefix), unescape(suffix));
     package
-        .strip_prefix(&prefix)
-        .and_then(|rest| rest.strip_suffix(&suffix))
+        .strip_prefix(line.prefix)
+        .and_then(|rest| rest.strip_suffix(line.suffix))
         .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -234,7 +231,12 @@ impl PrivateApt {
     fn newest(&self, line: &KernelLine) -> Result<String> {
         let out = Command::new("apt-cache")
             .args(self.options())
-            .args(["search", "--names-only", line.pattern])
+            // A coarse search (the prefix); `matches` decides.
+            .args([
+                "search",
+                "--names-only",
+                &format!("^{}", line.prefix.replace('.', "\\.")),
+            ])
             .output()
             .context("apt-cache search")?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -245,8 +247,8 @@ impl PrivateApt {
             .map(str::to_string)
             .with_context(|| {
                 format!(
-                    "no package matching {} in Debian {}",
-                    line.pattern, line.suite
+                    "no package {}<n>{} in Debian {}",
+                    line.prefix, line.suffix, line.suite
                 )
             })
     }
