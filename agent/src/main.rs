@@ -68,6 +68,20 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Probe the running kernel: the BPF features the data path needs and
+    /// the attach mode it gets (TCX from 6.6, else clsact + cls_bpf). Exits
+    /// non-zero with one line naming what is missing below the floor (6.1).
+    CheckKernel {
+        /// Also load every program into the verifier and print its cost.
+        #[arg(long)]
+        load: bool,
+        /// The kernel object for `--load` (default: the embedded one).
+        #[arg(long, env = "TRUNKLINE_EBPF_OBJECT")]
+        ebpf_object: Option<PathBuf>,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the pinned maps (works while the agent is down).
     Inspect {
         #[command(subcommand)]
@@ -181,6 +195,59 @@ impl RunArgs {
     }
 }
 
+use trunkline_agent::dataplane::kernel;
+
+/// Refuses to go on below the floor, with the probe's one line.
+fn supported_kernel() -> anyhow::Result<()> {
+    let k = kernel::probe().map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(kernel = %k.version, attach = ?k.attach, "kernel supported");
+    Ok(())
+}
+
+fn check_kernel(load: bool, object: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
+    let k = kernel::probe().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let costs = if load {
+        let bytes = trunkline_agent::object::load(object)?;
+        let costs = kernel::load_report(&bytes)
+            .map_err(|e| anyhow::anyhow!("kernel {}: {e}", k.version))?;
+        Some(costs)
+    } else {
+        None
+    };
+    if json {
+        let v = serde_json::json!({
+            "kernel": k.version,
+            "attach": format!("{:?}", k.attach).to_lowercase(),
+            "programs": costs,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "kernel {}: supported, attach mode {}",
+        k.version,
+        format!("{:?}", k.attach).to_lowercase()
+    );
+    if let Some(costs) = costs {
+        println!(
+            "{:<10} {:>14} {:>13} {:>12} {:>10}",
+            "program", "verified insns", "xlated bytes", "jited bytes", "load ms"
+        );
+        for c in &costs {
+            let opt = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+            println!(
+                "{:<10} {:>14} {:>13} {:>12} {:>10.1}",
+                c.program,
+                opt(c.verified_insns),
+                opt(c.xlated_bytes),
+                c.jited_bytes,
+                c.load_us as f64 / 1e3
+            );
+        }
+    }
+    Ok(())
+}
+
 #[derive(Subcommand, Clone, Copy)]
 enum InspectWhat {
     /// PODS: pod IP → host veth, pod MAC, owning ENI, VLAN, branch MAC.
@@ -207,6 +274,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(a) => {
+            supported_kernel()?;
             let aws = a.node_file.is_none();
             let config = a.config();
             if aws {
@@ -227,6 +295,9 @@ fn main() -> anyhow::Result<()> {
             aws_node_checkpoint,
             dry_run,
         } => {
+            if !dry_run {
+                supported_kernel()?;
+            }
             let aws = run.node_file.is_none();
             let (config, node) = if aws {
                 // The node from IMDS.
@@ -277,12 +348,23 @@ fn main() -> anyhow::Result<()> {
             socket,
             timeout_secs,
         } => {
-            trunkline_agent::serve::health::check(
+            if let Err(why) = trunkline_agent::serve::health::check(
                 &socket,
                 std::time::Duration::from_secs(timeout_secs),
-            )
-            .map_err(anyhow::Error::msg)?;
+            ) {
+                // An agent that refused this kernel never opens its socket:
+                // say why, not only that nobody answers.
+                if let Err(kernel) = kernel::probe() {
+                    anyhow::bail!("{kernel}");
+                }
+                anyhow::bail!("{why}");
+            }
         }
+        Command::CheckKernel {
+            load,
+            ebpf_object,
+            json,
+        } => check_kernel(load, ebpf_object.as_deref(), json)?,
         Command::Inspect {
             what,
             bpf_root,

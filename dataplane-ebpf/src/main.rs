@@ -4,6 +4,8 @@
 //! → `steer`) → `verdict`, over the packet it sees at its hook. This object is
 //! built only by `cargo xtask build-ebpf` (target bpfel-unknown-none).
 #![no_std]
+// Inline assembly on the BPF target (one masking instruction in `parse`).
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod conntrack;

@@ -71,20 +71,54 @@ impl Parsed {
     }
 }
 
+/// A power-of-two mask above [`MAX_HDR_OFF`]: every offset below it is
+/// left unchanged by `& HDR_OFF_MASK`.
+const HDR_OFF_MASK: u64 = 0xff;
+const _: () = assert!(MAX_HDR_OFF as u64 <= HDR_OFF_MASK && (HDR_OFF_MASK + 1).is_power_of_two());
+
+/// `off & HDR_OFF_MASK`, computed in the very register the caller then adds
+/// to the packet pointer.
+///
+/// Why: a comparison bounds only the register it is made on. LLVM freely
+/// compares one copy of an offset and adds another (a reload of the same
+/// stack slot). Linux 6.8+ links such copies; 6.1 does not when the value was
+/// spilled before it was bounded, and rejects the program with "math between
+/// pkt pointer and register with unbounded min value". LLVM cannot see through
+/// inline assembly, so it can neither drop this AND (it is a no-op for the
+/// offsets that reach it) nor move the bound away from the use; the result
+/// is bounded by construction, and a bounded scalar keeps its bounds across
+/// spills on every kernel trunkline supports.
+#[inline(always)]
+fn verifier_bounded(off: usize) -> usize {
+    let mut v = off as u64;
+    // SAFETY: one ALU instruction on a register; no memory, no stack, no
+    // control flow.
+    unsafe {
+        core::arch::asm!(
+            "{v} &= {mask}",
+            v = inout(reg) v,
+            mask = const HDR_OFF_MASK,
+            options(pure, nomem, nostack),
+        )
+    };
+    v as usize
+}
+
 /// The address of a `T` at `off` bytes into the packet, if the packet
 /// holds it: the single bounds check of the data path.
 #[inline(always)]
 fn checked<T>(ctx: &TcContext, off: usize) -> Option<usize> {
-    // Bounds the offset for the verifier even when the compiler has spilled
-    // it to the stack and reloaded it wider (no header lies this deep).
+    // No header lies deeper; this also makes the mask below a no-op.
     if off > MAX_HDR_OFF {
         return None;
     }
+    let off = verifier_bounded(off);
     let start = ctx.data();
-    if start + off + size_of::<T>() > ctx.data_end() {
+    let at = start + off;
+    if at + size_of::<T>() > ctx.data_end() {
         return None;
     }
-    Some(start + off)
+    Some(at)
 }
 
 /// A reference to a `T` at `off` bytes into the packet.

@@ -51,7 +51,7 @@ impl AgentProc {
             child: Some(child),
             log: log.to_path_buf(),
         };
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + crate::scaled(START_TIMEOUT);
         loop {
             if std::os::unix::net::UnixStream::connect(socket).is_ok() {
                 return Ok(me);

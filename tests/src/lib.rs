@@ -19,6 +19,7 @@ pub mod cni;
 pub mod fixture;
 pub mod golden;
 pub mod imds_fixture;
+pub mod kernel;
 pub mod kube_api;
 pub mod legacy;
 pub mod legacy_node;
@@ -41,4 +42,16 @@ pub fn unique(tag: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{tag}-{}-{n}", std::process::id())
+}
+
+/// `d` stretched by `TRUNKLINE_TEST_TIME_SCALE` (default 1): waits in the
+/// test bed are bounded, and `cargo xtask vm-test` sets the scale when the
+/// kernel under test runs emulated (TCG), several times slower than here.
+pub fn scaled(d: std::time::Duration) -> std::time::Duration {
+    let scale = std::env::var("TRUNKLINE_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|s| (1..=20).contains(s))
+        .unwrap_or(1);
+    d * scale
 }

@@ -314,10 +314,33 @@ impl SimNode {
         serde_json::from_slice(&out.stdout).context("inspect output is not JSON")
     }
 
-    /// Names of the link pins under `<bpf-root>/links`.
+    /// Names of trunkline's ENI attachments (see [`Self::eni_attachments`]):
+    /// the link pins under `<bpf-root>/links` on a TCX kernel.
     pub fn link_pins(&self) -> Result<Vec<String>> {
+        Ok(self
+            .eni_attachments()?
+            .into_iter()
+            .map(|a| a.name)
+            .collect())
+    }
+
+    /// trunkline's programs on the node's ENIs, named `<hook>-<ifindex>-<iface>`
+    /// as the agent names its link pins: the TCX links pinned under `links/`
+    /// where the kernel has TCX (6.6+), else the cls_bpf filters at
+    /// trunkline's priority on the node's interfaces (which need no pin).
+    pub fn eni_attachments(&self) -> Result<Vec<EniAttachment>> {
+        let mut v = if crate::kernel::has_tcx() {
+            self.pinned_eni_links()?
+        } else {
+            self.eni_filters()?
+        };
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(v)
+    }
+
+    fn pinned_eni_links(&self) -> Result<Vec<EniAttachment>> {
         let dir = self.bpf_root().join("links");
-        let mut v: Vec<String> = match std::fs::read_dir(&dir) {
+        let names: Vec<String> = match std::fs::read_dir(&dir) {
             Ok(rd) => rd
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -325,8 +348,57 @@ impl SimNode {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).context("reading links dir"),
         };
-        v.sort();
-        Ok(v)
+        let mut out = Vec::new();
+        for name in names {
+            let path = dir.join(&name);
+            let o = std::process::Command::new("bpftool")
+                .args(["-j", "link", "show", "pinned"])
+                .arg(&path)
+                .output()
+                .context("bpftool link show pinned")?;
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout)
+                .with_context(|| format!("bpftool JSON for {}", path.display()))?;
+            out.push(EniAttachment {
+                name,
+                prog_id: v["prog_id"].as_u64().context("prog_id")?,
+                identity: format!("link {} prog {}", v["id"], v["prog_id"]),
+            });
+        }
+        Ok(out)
+    }
+
+    fn eni_filters(&self) -> Result<Vec<EniAttachment>> {
+        let links = self.node.exec_ok("ip", &["-o", "link", "show"])?;
+        let mut out = Vec::new();
+        for line in links.lines() {
+            let mut parts = line.split(": ");
+            let (Some(idx), Some(name)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let iface = name.split('@').next().unwrap_or(name);
+            for dir in ["ingress", "egress"] {
+                let json = self
+                    .node
+                    .exec_ok("tc", &["-j", "filter", "show", "dev", iface, dir])?;
+                let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap_or_default();
+                for f in v.as_array().into_iter().flatten() {
+                    let prog = &f["options"]["prog"];
+                    let (Some(pname), Some(id)) = (prog["name"].as_str(), prog["id"].as_u64())
+                    else {
+                        continue;
+                    };
+                    if f["pref"].as_u64() != Some(20_000) || !pname.ends_with("_eni") {
+                        continue;
+                    }
+                    out.push(EniAttachment {
+                        name: format!("{pname}-{}-{iface}", idx.trim()),
+                        prog_id: id,
+                        identity: format!("cls_bpf pref 20000 prog {id}"),
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// `tc filter show` of `veth`'s ingress and egress in the node namespace
@@ -367,6 +439,18 @@ impl SimNode {
             .exec_ok("ip", &["route", "show", "table", "all"])?;
         Ok(format!("{rules}\n{routes}"))
     }
+}
+
+/// One of trunkline's attachments on an ENI (see [`SimNode::eni_attachments`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniAttachment {
+    /// `<hook>-<ifindex>-<iface>`.
+    pub name: String,
+    /// The program it runs.
+    pub prog_id: u64,
+    /// What changes if the attachment is re-created (link id and program,
+    /// or the filter's program).
+    pub identity: String,
 }
 
 impl Drop for SimNode {

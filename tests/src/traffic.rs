@@ -11,7 +11,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::netns::Netns;
 
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one exchange may take (scaled for emulated kernels).
+pub fn timeout() -> Duration {
+    crate::scaled(Duration::from_secs(5))
+}
 
 /// What the server saw of one exchange.
 #[derive(Debug)]
@@ -53,13 +56,13 @@ pub fn tcp_echo_via(
     listener.set_nonblocking(true)?;
     let len = payload.len();
     let srv = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         let (mut conn, peer) = loop {
             match listener.accept() {
                 Ok(c) => break c,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     if Instant::now() > deadline {
-                        bail!("no connection within {TIMEOUT:?}");
+                        bail!("no connection within {:?}", timeout());
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -67,7 +70,7 @@ pub fn tcp_echo_via(
             }
         };
         conn.set_nonblocking(false)?;
-        conn.set_read_timeout(Some(TIMEOUT))?;
+        conn.set_read_timeout(Some(timeout()))?;
         let mut buf = vec![0u8; len];
         conn.read_exact(&mut buf)?;
         conn.write_all(&buf)?;
@@ -75,8 +78,8 @@ pub fn tcp_echo_via(
     });
     let payload = payload.to_vec();
     let echoed = client.run_in(move || -> Result<Vec<u8>> {
-        let mut s = TcpStream::connect_timeout(&connect, TIMEOUT)?;
-        s.set_read_timeout(Some(TIMEOUT))?;
+        let mut s = TcpStream::connect_timeout(&connect, timeout())?;
+        s.set_read_timeout(Some(timeout()))?;
         s.write_all(&payload)?;
         let mut back = vec![0u8; payload.len()];
         s.read_exact(&mut back)?;
@@ -106,7 +109,7 @@ pub fn udp_echo(
     let sock = server
         .run_in(|| UdpSocket::bind((server_ip, port)))
         .with_context(|| format!("binding udp {server_ip}:{port} in {}", server.name()))?;
-    sock.set_read_timeout(Some(TIMEOUT))?;
+    sock.set_read_timeout(Some(timeout()))?;
     let srv = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
         let mut last = None;
         let mut buf = [0u8; 2048];
@@ -119,7 +122,7 @@ pub fn udp_echo(
     });
     let echoed = client.run_in(move || -> Result<Vec<u8>> {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        s.set_read_timeout(Some(TIMEOUT))?;
+        s.set_read_timeout(Some(timeout()))?;
         let mut buf = [0u8; 2048];
         let mut last = Vec::new();
         for i in 0..count {
@@ -256,21 +259,42 @@ pub struct StreamSeen {
     pub received: u32,
     /// Source addresses the server saw (one: the flow kept its translation).
     pub sources: std::collections::HashSet<SocketAddr>,
+    /// Datagrams sent when `during` began and when it ended: both inside
+    /// `0..sent` means it ran while the stream did.
+    pub sent_when_started: u32,
+    pub sent_when_done: u32,
 }
 
-/// A steady UDP stream (`count` datagrams, ~10,000 a second, one flow) from
-/// `client` to `server` (a socket bound where the far end is), with
-/// `during` run half a second in (an agent restart, an upgrade). Returns
-/// what the server received.
+/// Datagrams sent after `during` ended, so that the stream outlasts it on
+/// any machine (an agent restart under emulation takes seconds).
+const TAIL_AFTER_DURING: u32 = 2_000;
+/// Bounds of the stream whatever `during` does.
+const STREAM_MAX: u32 = 2_000_000;
+const STREAM_MAX_TIME: Duration = Duration::from_secs(120);
+
+/// A steady UDP stream (at least `count` datagrams, ~10,000 a second, one
+/// flow) from `client` to `server` (a socket bound where the far end is),
+/// with `during` run half a second in (an agent restart, an upgrade); the
+/// stream goes on for [`TAIL_AFTER_DURING`] datagrams after `during` ends
+/// (bounded in count and time). Returns what the server received.
 pub fn udp_stream_across(
     client: &Netns,
     server: UdpSocket,
     count: u32,
     during: impl FnOnce() -> Result<()>,
 ) -> Result<StreamSeen> {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU32, Ordering},
+        Arc,
+    };
     let dst = server.local_addr()?;
     let sock = server;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+    // What is measured is the data path's loss, not the receiver's: a
+    // receiver that falls behind (an emulated kernel, tests in parallel)
+    // must not overflow its queue. RCVBUFFORCE: past rmem_max, as root.
+    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(64 << 20))
+        .context("SO_RCVBUFFORCE on the stream's receiver")?;
     let receiver = std::thread::spawn(move || {
         let mut received = 0u32;
         let mut sources = std::collections::HashSet::new();
@@ -282,17 +306,37 @@ pub fn udp_stream_across(
         (received, sources)
     });
     let sender_sock = client.run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        for i in 0..count {
+    let progress = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let stop_at = Arc::new(AtomicU32::new(count));
+    let (p, d, stop) = (progress.clone(), done.clone(), stop_at.clone());
+    let sender = std::thread::spawn(move || -> std::io::Result<u32> {
+        let started = Instant::now();
+        let mut i = 0u32;
+        // Until `during` is over and the tail is out (or `count`, whichever
+        // is later), within the bounds.
+        while (!d.load(Ordering::Acquire) || i < stop.load(Ordering::Acquire))
+            && i < STREAM_MAX
+            && started.elapsed() < STREAM_MAX_TIME
+        {
             sender_sock.send_to(&i.to_be_bytes(), dst)?;
-            if i % 100 == 99 {
+            i += 1;
+            p.store(i, Ordering::Release);
+            if i.is_multiple_of(100) {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-        Ok(())
+        Ok(i)
     });
     std::thread::sleep(Duration::from_millis(500));
+    let sent_when_started = progress.load(Ordering::Acquire);
     let during = during();
+    let sent_when_done = progress.load(Ordering::Acquire);
+    stop_at.fetch_max(
+        sent_when_done.saturating_add(TAIL_AFTER_DURING),
+        Ordering::AcqRel,
+    );
+    done.store(true, Ordering::Release);
     let sent = sender
         .join()
         .map_err(|_| anyhow::anyhow!("sender panicked"))?;
@@ -300,11 +344,13 @@ pub fn udp_stream_across(
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
     during?;
-    sent?;
+    let sent = sent?;
     Ok(StreamSeen {
-        sent: count,
+        sent,
         received,
         sources,
+        sent_when_started,
+        sent_when_done,
     })
 }
 
@@ -350,10 +396,10 @@ impl Transfer {
             .run_in(|| TcpListener::bind(at))
             .with_context(|| format!("binding {at} in {}", server.name()))?;
         let conn = client
-            .run_in(|| TcpStream::connect_timeout(&at, TIMEOUT))
+            .run_in(|| TcpStream::connect_timeout(&at, timeout()))
             .with_context(|| format!("connecting to {at} from {}", client.name()))?;
         listener.set_nonblocking(true)?;
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout();
         let (accepted, peer) = loop {
             match listener.accept() {
                 Ok(c) => break c,

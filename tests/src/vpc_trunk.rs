@@ -27,6 +27,9 @@ impl VpcTrunk {
         let mut ebpf =
             Ebpf::load(&crate::object::testvpc_bytes()).context("loading trunkline-testvpc")?;
         vpc.run_in(|| -> Result<()> {
+            // Below Linux 6.6 (no TCX) aya attaches through a clsact qdisc,
+            // which must exist first; one that is already there is fine.
+            let _ = aya::programs::tc::qdisc_add_clsact(iface);
             for (name, dir) in [
                 ("vpc_trunk_in", TcAttachType::Ingress),
                 ("vpc_trunk_out", TcAttachType::Egress),

@@ -48,26 +48,13 @@ fn ok(node: &SimNode, c: &Call<'_>, prev: Option<&Value>) -> Value {
     out.json()
 }
 
-/// `bpftool link show pinned` of every pin: link id and program id, which
-/// change if a link is re-created.
+/// What serves each ENI (link id and program id of a pinned TCX link, or
+/// the cls_bpf filter's program), which changes if it is re-created.
 fn link_identities(node: &SimNode) -> Vec<String> {
-    node.link_pins()
-        .expect("pins")
+    node.eni_attachments()
+        .expect("ENI attachments")
         .iter()
-        .map(|p| {
-            let path = node.bpf_root().join("links").join(p);
-            let out = std::process::Command::new("bpftool")
-                .args(["link", "show", "pinned"])
-                .arg(&path)
-                .output()
-                .expect("bpftool");
-            assert!(
-                out.status.success(),
-                "bpftool link show pinned {}",
-                path.display()
-            );
-            format!("{p}: {}", String::from_utf8_lossy(&out.stdout).trim())
-        })
+        .map(|a| format!("{}: {}", a.name, a.identity))
         .collect()
 }
 

@@ -8,6 +8,7 @@ mod paths;
 mod pyvenv;
 mod run;
 mod toolchain;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -34,12 +35,29 @@ enum Command {
     /// Install what is missing, build, and run every test (host unit tests,
     /// golden-packet tests, network-namespace end-to-end tests).
     Test {
+        /// Only the host kernel: skip the QEMU kernel matrix that runs after
+        /// the host tests (it is also skipped when a test filter is given).
+        #[arg(long)]
+        host_only: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Build what is missing and run the demo: a simulated node with real traffic.
     Demo,
+    /// Run the test binaries on the kernels EKS nodes run: Debian's 6.1 and
+    /// 6.12 LTS builds booted under QEMU (and 5.10, which the agent must
+    /// refuse), and the host kernel; prints a kernel × suite table.
+    VmTest {
+        /// host, 6.1, 6.12, 5.10 or all (comma-separated list allowed).
+        #[arg(long, default_value = "all")]
+        kernel: String,
+        /// verifier, golden, agent or all (comma-separated list allowed).
+        #[arg(long, default_value = "all")]
+        suite: String,
+        /// A test name filter passed to every test binary.
+        filter: Vec<String>,
+    },
     /// Measure trunkline against the legacy plumbing and plain routing in one
     /// run (throughput, pps, connection rate, latency) and the per-packet
     /// program cost; results under bench/results/.
@@ -61,8 +79,13 @@ fn main() -> anyhow::Result<()> {
             let obj = ebpf::build(true)?;
             run::cargo_build_workspace(&obj, release)?;
         }
-        Command::Test { args } => run::test(&args)?,
+        Command::Test { host_only, args } => run::test(&args, host_only)?,
         Command::Demo => run::demo()?,
+        Command::VmTest {
+            kernel,
+            suite,
+            filter,
+        } => vm::vm_test(&kernel, &suite, &filter)?,
         Command::Bench { quick } => run::bench(quick)?,
     }
     Ok(())

@@ -20,6 +20,17 @@ const NEEDED: &[(&str, &str)] = &[
     ("curl", "curl"),
 ];
 
+/// What `cargo xtask vm-test` adds: QEMU, the guest's busybox, kmod for
+/// the kernels' module lists, cpio and xz for the initramfs and modules.
+const VM_NEEDED: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("/bin/busybox", "busybox-static"),
+    ("depmod", "kmod"),
+    ("cpio", "cpio"),
+    ("xz", "xz-utils"),
+    ("dpkg-deb", "dpkg"),
+];
+
 fn has(cmd: &str) -> bool {
     if cmd.starts_with('/') {
         return std::path::Path::new(cmd).exists();
@@ -33,7 +44,16 @@ fn has(cmd: &str) -> bool {
 
 /// Installs whichever of [`NEEDED`] is missing.
 pub fn ensure() -> Result<()> {
-    let missing: Vec<&str> = NEEDED
+    install_missing(NEEDED)
+}
+
+/// Installs whichever of [`VM_NEEDED`] is missing.
+pub fn ensure_vm() -> Result<()> {
+    install_missing(VM_NEEDED)
+}
+
+fn install_missing(needed: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = needed
         .iter()
         .filter(|(c, _)| !has(c))
         .map(|(_, p)| *p)

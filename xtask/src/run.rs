@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::{ebpf, packages, paths, pyvenv};
+use crate::{ebpf, packages, paths, pyvenv, vm};
 
 /// The env var through which tests, the demo and (later) the agent's build
 /// find the kernel object.
@@ -103,7 +103,7 @@ pub fn build_binaries(obj: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((dir.join("trunkline-agent"), dir.join("trunkline-cni")))
 }
 
-pub fn test(extra: &[String]) -> Result<()> {
+pub fn test(extra: &[String], host_only: bool) -> Result<()> {
     packages::ensure()?;
     let venv = pyvenv::ensure_moto()?;
     let obj = ebpf::build(true)?;
@@ -132,8 +132,22 @@ pub fn test(extra: &[String]) -> Result<()> {
         bail!("tests left these behind: {leaked:?}");
     }
     println!("xtask: no network namespace or bpffs mount left behind");
-    Ok(())
+    if !extra.is_empty() || host_only {
+        println!("xtask: kernel matrix not run (a test filter or --host-only was given)");
+        return Ok(());
+    }
+    // The kernels EKS nodes run: every program through the verifier on 6.1
+    // and 6.12, the refusal on 5.10, and the golden-packet suite on 6.1
+    // (`cargo xtask vm-test --kernel all` runs the whole matrix; the agent
+    // suite joins here once it is green on 6.1).
+    vm::vm_test(VM_KERNELS_VERIFIER, "verifier", &[])?;
+    vm::vm_test(VM_KERNELS_SUITES, VM_SUITES, &[])
 }
+
+/// What `cargo xtask test` runs of the kernel matrix.
+const VM_KERNELS_VERIFIER: &str = "6.1,6.12,5.10";
+const VM_KERNELS_SUITES: &str = "6.1";
+const VM_SUITES: &str = "golden";
 
 pub fn demo() -> Result<()> {
     packages::ensure()?;
@@ -172,10 +186,20 @@ pub fn bench(quick: bool) -> Result<()> {
         "--bin",
         "trunkline-bench",
     ]))?;
+    // The verifier's cost on the host and on the LTS kernels EKS runs.
+    let cells = vm::verifier_costs(&[
+        vm::Target::Host,
+        vm::Target::parse_list("6.1")?[0],
+        vm::Target::parse_list("6.12")?[0],
+    ])?;
+    let verifier = paths::target_dir().join("verifier-costs.json");
+    std::fs::write(&verifier, serde_json::to_string_pretty(&cells)?)?;
     let bins = paths::target_dir().join("debug");
     checked(Command::new(bins.join("trunkline-pktcost")).env(OBJECT_ENV, &obj))?;
     let mut bench = Command::new(bins.join("trunkline-bench"));
-    bench.env(OBJECT_ENV, &obj);
+    bench
+        .env(OBJECT_ENV, &obj)
+        .env("TRUNKLINE_VERIFIER_COSTS", &verifier);
     if quick {
         bench.arg("--quick");
     }

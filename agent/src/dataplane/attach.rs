@@ -2,12 +2,9 @@
 //! otherwise a clsact qdisc with a cls_bpf filter at trunkline's own
 //! priority and handle, never prio 1 / handle 1 that other agents take.
 
-use aya::{
-    programs::{
-        tc::{self, NlOptions, TcAttachOptions, TcHandle},
-        LinkOrder, SchedClassifier, TcAttachType,
-    },
-    util::KernelVersion,
+use aya::programs::{
+    tc::{NlOptions, TcAttachOptions, TcHandle},
+    LinkOrder, SchedClassifier, TcAttachType,
 };
 use dataplane_common::Hook;
 
@@ -39,12 +36,6 @@ pub const fn attach_type(hook: Hook) -> TcAttachType {
     }
 }
 
-fn tcx_available() -> bool {
-    KernelVersion::current()
-        .map(|v| v >= KernelVersion::new(6, 6, 0))
-        .unwrap_or(false)
-}
-
 pub(super) fn attach(prog: &mut SchedClassifier, iface: &str, hook: Hook) -> Result<Attachment> {
     let program = hook.program_name();
     let err = |reason: String| DataplaneError::Attach {
@@ -52,7 +43,7 @@ pub(super) fn attach(prog: &mut SchedClassifier, iface: &str, hook: Hook) -> Res
         iface: iface.to_string(),
         reason,
     };
-    let mode = if tcx_available() {
+    let mode = if super::kernel::attach_mode() == AttachMode::Tcx {
         // Last in the chain: a policy agent's program that returns TCX_NEXT
         // runs before our redirects.
         prog.attach_with_options(
@@ -63,12 +54,8 @@ pub(super) fn attach(prog: &mut SchedClassifier, iface: &str, hook: Hook) -> Res
         .map_err(|e| err(format!("tcx: {e}")))?;
         AttachMode::Tcx
     } else {
-        match tc::qdisc_add_clsact(iface) {
-            Ok(()) => {}
-            // Already there (another agent, or an earlier attach of ours).
-            Err(tc::TcError::IoError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(err(format!("adding clsact qdisc: {e}"))),
-        }
+        // Already there (another agent, or an earlier attach of ours) is fine.
+        super::pod_attach::add_clsact(iface)?;
         prog.attach_with_options(
             iface,
             attach_type(hook),

@@ -14,7 +14,7 @@ use aya::programs::{
 };
 use dataplane_common::Hook;
 
-use super::{attach::attach_type, Dataplane, DataplaneError, Result};
+use super::{attach::attach_type, kernel, AttachMode, Dataplane, DataplaneError, Result};
 
 pub const LINKS_DIR: &str = "links";
 
@@ -154,7 +154,15 @@ impl Dataplane {
     /// Each TCX attach to a fresh device waits for RCU grace periods under
     /// the RTNL lock (~15 ms on a 2-vCPU VM), so attaching in parallel
     /// gains nothing; this is most of AddPod's latency.
+    ///
+    /// Without TCX (before 6.6) the hooks become persistent cls_bpf filters
+    /// at trunkline's priority and handle instead, as on pod veths: they
+    /// outlive the agent with no pin, and an upgrade replaces them in one
+    /// netlink request.
     pub fn attach_pinned(&mut self, iface: &str, ifindex: u32, hooks: &[Hook]) -> Result<usize> {
+        if kernel::attach_mode() == AttachMode::Clsact {
+            return self.attach_filters(iface, hooks);
+        }
         let root = self
             .bpf_root()
             .ok_or(DataplaneError::Attach {

@@ -4,6 +4,7 @@
 mod attach;
 mod bpffs;
 mod ct_maps;
+pub mod kernel;
 mod links;
 mod map_pin;
 mod maps;

@@ -6,8 +6,9 @@
 //! millisecond. A filter belongs to the interface, not to a file
 //! descriptor, so it keeps forwarding while the agent is down and goes
 //! away with the veth. (ENIs, attached once at start, keep pinned TCX
-//! links; TCX programs run before cls_bpf ones, so a policy agent's TCX
-//! program on a pod veth still runs first.)
+//! links where the kernel has TCX, 6.6+, and get these filters below it;
+//! TCX programs run before cls_bpf ones, so a policy agent's TCX program on
+//! a pod veth still runs first.)
 
 use aya::programs::{
     links::Link as _,
@@ -29,7 +30,9 @@ fn errno(e: &ProgramError) -> Option<i32> {
     }
 }
 
-fn add_clsact(iface: &str) -> Result<()> {
+/// Adds the clsact qdisc to `iface`; one that is already there is fine
+/// (aya reports EEXIST as a netlink or an I/O error, by kernel).
+pub(super) fn add_clsact(iface: &str) -> Result<()> {
     match tc::qdisc_add_clsact(iface) {
         Ok(()) => Ok(()),
         Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
@@ -101,6 +104,13 @@ impl Dataplane {
     /// namespace) as persistent cls_bpf filters. A hook that already has
     /// trunkline's filter is left untouched. Returns how many were added.
     pub fn attach_pod(&mut self, iface: &str, hooks: &[Hook]) -> Result<usize> {
+        self.attach_filters(iface, hooks)
+    }
+
+    /// Persistent cls_bpf filters of `hooks` on `iface`: pod veths always,
+    /// ENIs on kernels without TCX. An existing filter of ours is kept, or
+    /// switched to this object's program by a netlink replace on upgrade.
+    pub(super) fn attach_filters(&mut self, iface: &str, hooks: &[Hook]) -> Result<usize> {
         add_clsact(iface)?;
         let mut made = 0;
         let replace = self.replace_existing;

@@ -396,7 +396,47 @@ fn main() -> Result<()> {
     md.push_str(&format!(
         "\nConnections that failed (no answer within 1 s) across all measurements: {failures}.\n"
     ));
+    // The verifier's cost per program and kernel, measured by `cargo xtask
+    // bench` (host and the 6.1/6.12 VMs) before this binary runs.
+    let verifier: Value = std::env::var_os("TRUNKLINE_VERIFIER_COSTS")
+        .and_then(|p| std::fs::read(p).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    if let Some(cells) = verifier.as_array() {
+        md.push_str("
+Verifier cost per program and kernel (processed instructions and peak states from the verifier's own statistics; object = instructions in the ELF; the limit is 1,000,000 processed):
+
+| kernel | program | object insns | processed | peak states | verification ms | jited bytes |\n|---|---|---|---|---|---|---|\n");
+        for c in cells {
+            let kernel = c.get("kernel").and_then(Value::as_str).unwrap_or("?");
+            for p in c
+                .get("programs")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let n = |k: &str| {
+                    p.get(k)
+                        .and_then(Value::as_u64)
+                        .map_or("-".to_string(), |v| v.to_string())
+                };
+                let ms = p
+                    .get("verification_us")
+                    .and_then(Value::as_u64)
+                    .map_or("-".to_string(), |us| format!("{:.1}", us as f64 / 1e3));
+                md.push_str(&format!(
+                    "| {kernel} | {} | {} | {} | {} | {ms} | {} |\n",
+                    p.get("program").and_then(Value::as_str).unwrap_or("?"),
+                    n("object_insns"),
+                    n("processed_insns"),
+                    n("peak_states"),
+                    n("jited_bytes"),
+                ));
+            }
+        }
+    }
     let json = json!({
+        "verifier": verifier,
         "connection_failures": failures,
         "restart_lost": sent - restart_got,
         "upgrade_lost": sent - upgrade_got,
