@@ -5,7 +5,7 @@
 //! forgets host connections once their socket is gone. LRU eviction is
 //! the last resort; what GC finds of it is counted.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 use dataplane_common::{
     conntrack::{CT_F_SNAT, CT_STATE_CLOSING, CT_STATE_ESTABLISHED},
@@ -182,37 +182,35 @@ pub fn now_coarse_ns() -> u64 {
 
 /// The node's IPv4 TCP and UDP connections with a remote end, as `CT` keys
 /// from the node's side, read from `/proc/net/{tcp,udp}` of the agent's
-/// network namespace.
+/// network namespace. A table that cannot be read contributes nothing: the
+/// GC then keeps only what the kernel's own timestamps say is live.
 pub fn host_sockets() -> HashSet<CtKey> {
-    let mut out = HashSet::new();
-    for (file, proto) in [("/proc/net/tcp", 6u8), ("/proc/net/udp", 17u8)] {
-        if let Ok(text) = std::fs::read_to_string(file) {
-            out.extend(
-                text.lines()
-                    .skip(1)
-                    .filter_map(|l| parse_proc_net_line(l, proto)),
-            );
-        }
-    }
-    out
+    let tcp = procfs::net::tcp()
+        .into_iter()
+        .flatten()
+        .map(|e| (e.local_address, e.remote_address, 6u8));
+    let udp = procfs::net::udp()
+        .into_iter()
+        .flatten()
+        .map(|e| (e.local_address, e.remote_address, 17u8));
+    tcp.chain(udp)
+        .filter_map(|(local, remote, proto)| socket_key(local, remote, proto))
+        .collect()
 }
 
-/// `  0: 0A0010AC:9C40 0A0071CB:01BB 01 ...` → key. Addresses are the raw
-/// network-order word printed in host order, ports in host order.
-fn parse_proc_net_line(line: &str, proto: u8) -> Option<CtKey> {
-    let mut cols = line.split_whitespace();
-    let local = cols.nth(1)?;
-    let remote = cols.next()?;
-    let endpoint = |s: &str| -> Option<(Ipv4, u16)> {
-        let (ip, port) = s.split_once(':')?;
-        Some((
-            u32::from_str_radix(ip, 16).ok()?.to_ne_bytes(),
-            u16::from_str_radix(port, 16).ok()?,
-        ))
-    };
-    let (lip, lport) = endpoint(local)?;
-    let (rip, rport) = endpoint(remote)?;
-    (rport != 0).then(|| CtKey::new(lip, rip, lport, rport, proto))
+/// A connected IPv4 socket as the `CT` key of its flow; listening and
+/// unconnected sockets (remote port 0) and IPv6 have none.
+fn socket_key(local: SocketAddr, remote: SocketAddr, proto: u8) -> Option<CtKey> {
+    match (local, remote) {
+        (SocketAddr::V4(l), SocketAddr::V4(r)) if r.port() != 0 => Some(CtKey::new(
+            l.ip().octets(),
+            r.ip().octets(),
+            l.port(),
+            r.port(),
+            proto,
+        )),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -220,21 +218,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proc_net_lines_parse_to_node_side_keys() {
-        let ip = |a: [u8; 4]| format!("{:08X}", u32::from_ne_bytes(a));
-        let line = format!(
-            "   3: {}:9C40 {}:01BB 01 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 20 4 30 10 -1",
-            ip([192, 168, 16, 10]),
-            ip([203, 0, 113, 10])
-        );
-        let k = parse_proc_net_line(&line, 6).unwrap();
+    fn the_processes_own_connected_sockets_are_seen_as_node_side_keys() {
+        use std::net::{Ipv4Addr, TcpListener, TcpStream, UdpSocket};
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen");
+        let server = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(server).expect("connect");
+        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("udp");
+        udp.connect(server).expect("udp connect");
+        let seen = host_sockets();
+        let key = |local: SocketAddr, proto| socket_key(local, server, proto).expect("key");
+        assert!(seen.contains(&key(client.local_addr().expect("addr"), 6)));
+        assert!(seen.contains(&key(udp.local_addr().expect("addr"), 17)));
+        let lo = [127, 0, 0, 1];
         assert_eq!(
-            k,
-            CtKey::new([192, 168, 16, 10], [203, 0, 113, 10], 40000, 443, 6)
+            key(client.local_addr().expect("addr"), 6),
+            CtKey::new(
+                lo,
+                lo,
+                client.local_addr().expect("addr").port(),
+                server.port(),
+                6
+            )
         );
-        let listen = format!("   0: {}:0050 00000000:0000 0A ...", ip([0, 0, 0, 0]));
         assert_eq!(
-            parse_proc_net_line(&listen, 6),
+            socket_key(server, "0.0.0.0:0".parse().expect("addr"), 6),
             None,
             "listening sockets have no remote end"
         );

@@ -4,26 +4,10 @@ use std::path::Path;
 
 use super::{DataplaneError, Result};
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
 /// Whether `path` lives on a bpf filesystem.
 pub fn is_bpffs(path: &Path) -> bool {
-    nix_statfs_magic(path) == Some(BPF_FS_MAGIC)
-}
-
-fn nix_statfs_magic(path: &Path) -> Option<i64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::zeroed();
-    // SAFETY: `c` is a valid NUL-terminated path, `buf` is a writable statfs.
-    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: statfs returned 0, so it filled `buf`. (f_type is i64 on
-    // x86_64 but narrower elsewhere, hence the cast.)
-    #[allow(clippy::unnecessary_cast)]
-    Some(unsafe { buf.assume_init() }.f_type as i64)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 /// Creates `dir` (and parents) and checks it is on a bpf filesystem.

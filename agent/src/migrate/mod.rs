@@ -39,6 +39,7 @@ use crate::{
 use aws_node_checkpoint::LegacyPod;
 use legacy_plumbing::Step;
 use nf_conntrack::Adopted;
+use procfs::net::ARPFlags;
 
 /// A pod of the aws-node checkpoint and what migration does with it.
 #[derive(Clone, Debug)]
@@ -197,13 +198,11 @@ pub fn plan(
 /// to the discard port over the legacy pod route makes the kernel resolve it.
 fn pod_mac(ip: Ipv4Addr, veth: &str) -> Result<MacAddr> {
     let lookup = || -> Option<MacAddr> {
-        let arp = std::fs::read_to_string("/proc/net/arp").ok()?;
-        arp.lines().skip(1).find_map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            // IP, HW type, flags (0x2: complete), MAC, mask, device.
-            (w.len() == 6 && w[0] == ip.to_string() && w[2] == "0x2" && w[5] == veth)
-                .then(|| w[3].parse().ok())
+        procfs::net::arp().ok()?.into_iter().find_map(|e| {
+            (e.ip_address == ip && e.device == veth && e.flags.contains(ARPFlags::COM))
+                .then_some(e.hw_address)
                 .flatten()
+                .map(MacAddr)
         })
     };
     if let Some(m) = lookup() {
