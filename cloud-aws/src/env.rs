@@ -1,15 +1,9 @@
 //! The aws-node warm-pool variables, parsed with aws-node's defaults so that a
 //! cluster's existing ConfigMap/DaemonSet env keeps its meaning.
 //!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `WARM_ENI_TARGET` | `1` | keep this many whole ENIs' worth of free IPs (used only when neither `WARM_IP_TARGET` nor `MINIMUM_IP_TARGET` is set) |
-//! | `WARM_IP_TARGET` | unset | keep this many free IPs (0 = unset) |
-//! | `MINIMUM_IP_TARGET` | unset | keep at least this many IPs in total, used or not (0 = unset) |
-//! | `ENABLE_PREFIX_DELEGATION` | `false` | allocate /28 prefixes instead of single secondary IPs |
-//! | `WARM_PREFIX_TARGET` | `1` | prefix mode: keep this many free /28 prefixes (ignored when `WARM_IP_TARGET`/`MINIMUM_IP_TARGET` is set) |
-//! | `IP_COOLDOWN_PERIOD` | `30` | seconds a released IP stays unused before it is handed out or returned to EC2 |
-//! | `MAX_ENI` | `-1` (no limit) | never attach more ENIs than this (the instance type's limit still applies) |
+//! The variables, their defaults and meanings are in README.md §
+//! "aws-node environment variables" (checked against [`parse`] by the
+//! agent's `the_readme_table_matches_the_parsers`).
 
 use std::time::Duration;
 

@@ -2,13 +2,10 @@
 //! security groups for pods, parsed with aws-node's defaults, so that a
 //! cluster migrates by changing the image, not the manifest.
 //!
-//! | variable | default | meaning |
-//! |---|---|---|
-//! | `AWS_VPC_K8S_CNI_EXTERNALSNAT` | `false` | `true`: no SNAT at all (a NAT gateway translates) |
-//! | `AWS_VPC_K8S_CNI_RANDOMIZESNAT` | `prng` | `prng` = `--random-fully`, `hashrandom` = `--random`, `none` = keep the source port when free |
-//! | `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS` | empty | comma-separated IPv4 CIDRs never SNATed; invalid and IPv6 entries are skipped with a warning |
-//! | `POD_SECURITY_GROUP_ENFORCING_MODE` | `strict` | `strict` or `standard` |
-//! | `TRUNKLINE_SNAT_PORT_RANGE` | the larger side of `1024-65535` outside the host's ephemeral range (`1024-32767` with Linux's default) | `MIN-MAX` |
+//! Names, defaults and meanings are in one table, README.md § "aws-node
+//! environment variables"; `the_readme_table_matches_the_parsers` checks
+//! that every variable read here and in `trunkline_aws::env` has a row whose
+//! default, set explicitly, means what leaving it unset means.
 
 pub mod unsupported;
 
@@ -250,5 +247,80 @@ mod tests {
                 .sg_mode,
             SgMode::Standard
         );
+    }
+}
+
+/// The README's table of aws-node variables is the only place their
+/// defaults are written for users; this keeps it and the parsers one thing.
+#[cfg(test)]
+mod readme_table {
+    use std::collections::HashMap;
+
+    const README: &str = include_str!("../../../README.md");
+
+    /// `variable -> default` of each row of the README's aws-node table;
+    /// a default that is not one backticked value (`unset`, `empty`) is None.
+    fn rows() -> HashMap<String, Option<String>> {
+        let section = README
+            .split("\n## aws-node environment variables\n")
+            .nth(1)
+            .expect("README has the aws-node section");
+        let section = section.split("\n## ").next().unwrap_or(section);
+        let tick = |cell: &str| {
+            let cell = cell.trim();
+            (cell.starts_with('`') && cell.ends_with('`') && cell.matches('`').count() == 2)
+                .then(|| cell.trim_matches('`').to_string())
+        };
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .flat_map(|l| {
+                let cells: Vec<&str> = l.split('|').collect();
+                let default = cells.get(2).and_then(|c| tick(c));
+                // A row may name several variables: "`A`, `B`".
+                cells[1]
+                    .split(',')
+                    .filter_map(|n| n.split_whitespace().next().and_then(tick))
+                    .map(|n| (n, default.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_table_matches_the_parsers() {
+        let rows = rows();
+        let snat = [
+            super::EXTERNALSNAT,
+            super::RANDOMIZESNAT,
+            super::EXCLUDE_SNAT_CIDRS,
+            super::SG_ENFORCING_MODE,
+        ];
+        let ephemeral = Some((32768, 60999));
+        let unset_snat = super::parse(|_| None, ephemeral).expect("defaults parse");
+        let unset_pool = trunkline_aws::env::parse(|_| None).expect("defaults parse");
+        let mut checked = 0;
+        for name in snat.iter().chain(trunkline_aws::env::ALL) {
+            let default = rows
+                .get(*name)
+                .unwrap_or_else(|| panic!("README's aws-node table has no row for {name}"));
+            let Some(default) = default else { continue };
+            let set = |n: &str| (n == *name).then(|| default.clone());
+            if snat.contains(name) {
+                assert_eq!(
+                    super::parse(set, ephemeral).expect("README default parses"),
+                    unset_snat,
+                    "{name}={default} (README's default) differs from unset"
+                );
+            } else {
+                assert_eq!(
+                    trunkline_aws::env::parse(set).expect("README default parses"),
+                    unset_pool,
+                    "{name}={default} (README's default) differs from unset"
+                );
+            }
+            checked += 1;
+        }
+        assert!(checked >= 8, "only {checked} defaults were comparable");
     }
 }
