@@ -134,9 +134,9 @@ struct RunArgs {
         default_value = "127.0.0.1:61679"
     )]
     introspection_addr: String,
-    /// The kernel object (`cargo xtask build-ebpf --release` prints its
-    /// path). Default: the object embedded at build time, when the build
-    /// had TRUNKLINE_EBPF_OBJECT set (cargo xtask build/test/demo do).
+    /// A kernel object other than the one the build embedded (the build
+    /// script builds dataplane-ebpf; `cargo xtask build-ebpf --release`
+    /// prints the path of a fresh one).
     #[arg(long, env = "TRUNKLINE_EBPF_OBJECT")]
     ebpf_object: Option<PathBuf>,
     /// MTU the CNI plugin gives pods when its config sets none.

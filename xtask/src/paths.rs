@@ -20,14 +20,8 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
-/// Tools we build once per machine (bpf-linker and its LLVM link):
-/// `TRUNKLINE_TOOLS_DIR`, else `~/.cache/trunkline`.
+/// Tools we build once per machine (bpf-linker and its LLVM link, QEMU
+/// kernels, the Python venv): `TRUNKLINE_TOOLS_DIR`, else `~/.cache/trunkline`.
 pub fn tools_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("TRUNKLINE_TOOLS_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/root"));
-    home.join(".cache").join("trunkline")
+    ebpf_build::tools_dir()
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{paths, run::checked};
 
-pub const NIGHTLY: &str = "nightly";
+use ebpf_build::NIGHTLY;
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Makes sure nightly, rust-src and bpf-linker are there; returns the
@@ -66,8 +66,8 @@ fn nightly_llvm(sysroot: &Path) -> Result<(PathBuf, u32)> {
 }
 
 fn ensure_bpf_linker(sysroot: &Path) -> Result<PathBuf> {
-    let root = paths::tools_dir().join("bpf-linker");
-    let bin_dir = root.join("bin");
+    let bin_dir = ebpf_build::linker_dir();
+    let root = bin_dir.parent().map(Path::to_path_buf).unwrap_or_default();
     let bin = bin_dir.join("bpf-linker");
     if let Ok(out) = Command::new(&bin).arg("--version").output() {
         if out.status.success() && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
