@@ -4,10 +4,10 @@
 #![no_main]
 
 // The plugin is a binary crate: its parser is compiled in from source.
-#[path = "../../cni-shim/src/config.rs"]
+#[path = "../../cni/src/config.rs"]
 #[allow(dead_code)]
 mod config;
-#[path = "../../cni-shim/src/error.rs"]
+#[path = "../../cni/src/error.rs"]
 #[allow(dead_code)]
 mod error;
 
