@@ -214,6 +214,46 @@ impl SimNode {
         })
     }
 
+    /// Puts a hop of `mtu` bytes between the VPC and the internet host, as
+    /// a real path has one: a router namespace (returned; the hop goes with
+    /// it) on a link whose two ends both have `mtu` (198.51.100.0/30), with
+    /// the internet host behind it on 1500 as before. Both end hosts keep
+    /// 1500 and an MSS of 1460, so both directions need path MTU discovery:
+    /// the VPC router tells the node (and, through SNAT, the pod), this
+    /// router tells the internet host.
+    ///
+    /// The hop must not be a link whose ends disagree: a veth drops a
+    /// packet longer than its receiving end's MTU silently, with no ICMP
+    /// error, unless it is a GSO super-packet (`is_skb_forwardable`). The
+    /// host on the larger end then reaches the other side only while all
+    /// it sends is GSO; its first single full-sized segment (a
+    /// retransmission, or one sent with a window of one segment, as the
+    /// internet host's echo does on 6.1 under emulation) is retransmitted
+    /// into the void until the connection times out.
+    pub fn narrow_inet_hop(&self, mtu: u32) -> Result<Netns> {
+        let rt = Netns::new("inetrt")?;
+        let mtu = mtu.to_string();
+        // Deleting the VPC's end takes the internet host's eth0 with it.
+        self.vpc.ip(&["link", "del", "to-inet"])?;
+        veth(&self.vpc, "to-inet", &rt, "hop")?;
+        veth(&rt, "lan", &self.inet, "eth0")?;
+        self.vpc.ip(&["link", "set", "to-inet", "mtu", &mtu])?;
+        rt.ip(&["link", "set", "hop", "mtu", &mtu])?;
+        self.vpc
+            .ip(&["addr", "add", "198.51.100.1/30", "dev", "to-inet"])?;
+        self.vpc
+            .ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.2"])?;
+        rt.ip(&["addr", "add", "198.51.100.2/30", "dev", "hop"])?;
+        rt.ip(&["addr", "add", "203.0.113.1/24", "dev", "lan"])?;
+        rt.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+        rt.sysctl("net.ipv4.ip_forward", "1")?;
+        self.inet
+            .ip(&["addr", "add", "203.0.113.10/24", "dev", "eth0"])?;
+        self.inet
+            .ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+        Ok(rt)
+    }
+
     pub fn node_file(&self) -> PathBuf {
         self.dir.path().join("node.toml")
     }

@@ -192,10 +192,10 @@ fn frag_needed_and_time_exceeded_reach_the_pod_through_the_agent() {
     let sim = node(&[], &pod_ips("eth0"), &[]);
     let _fabric = Fabric::install(&sim).expect("fabric");
     let a = pod(&sim, "pod-a", "eth0");
-    // The VPC's link towards the internet is 1280; the internet host's is 1500.
-    sim.vpc
-        .ip(&["link", "set", "to-inet", "mtu", "1280"])
-        .expect("mtu");
+    // A 1280 hop between the VPC and the internet, whose host is on 1500:
+    // the VPC router's frag-needed goes to the node IP and through SNAT to
+    // the pod; the hop's router tells the internet host for the echo.
+    let _hop = sim.narrow_inet_hop(1280).expect("1280 hop");
     let seen = traffic::tcp_echo(&a.ns, &sim.inet, INET_IP, 6300, &vec![0x42; 1 << 20])
         .expect("1 MiB across the 1280 hop");
     assert_eq!(seen.peer.ip(), IpAddr::V4(NODE_IP));
@@ -208,6 +208,15 @@ fn frag_needed_and_time_exceeded_reach_the_pod_through_the_agent() {
         "the pod learnt the path MTU: {route}"
     );
     assert!(stat(&sim, "from_eni", "icmp_error_xlated") >= 1);
+    // The echo crossed the hop by path MTU discovery too, not by luck.
+    let back = sim
+        .inet
+        .exec_ok("ip", &["route", "get", &NODE_IP.to_string()])
+        .expect("route get");
+    assert!(
+        back.contains("mtu 1280"),
+        "the internet host learnt the path MTU: {back}"
+    );
     // TTL 2: the node is a hop (1), the VPC router cannot forward (0).
     let out =
         a.ns.exec(
