@@ -137,9 +137,9 @@ pub fn test(extra: &[String], host_only: bool) -> Result<()> {
         return Ok(());
     }
     // The kernels EKS nodes run: every program through the verifier on 6.1
-    // and 6.12, the refusal on 5.10, and the golden-packet suite on 6.1
-    // (`cargo xtask vm-test --kernel all` runs the whole matrix; the agent
-    // suite joins here once it is green on 6.1).
+    // and 6.12, the refusal on 5.10, and the golden-packet and agent suites
+    // on 6.1, the oldest supported kernel and the one without TCX
+    // (`cargo xtask vm-test --kernel all` runs the whole matrix).
     vm::vm_test(VM_KERNELS_VERIFIER, "verifier", &[])?;
     vm::vm_test(VM_KERNELS_SUITES, VM_SUITES, &[])
 }
@@ -147,7 +147,7 @@ pub fn test(extra: &[String], host_only: bool) -> Result<()> {
 /// What `cargo xtask test` runs of the kernel matrix.
 const VM_KERNELS_VERIFIER: &str = "6.1,6.12,5.10";
 const VM_KERNELS_SUITES: &str = "6.1";
-const VM_SUITES: &str = "golden";
+const VM_SUITES: &str = "golden,agent";
 
 pub fn demo() -> Result<()> {
     packages::ensure()?;
