@@ -16,7 +16,6 @@ pub mod binaries;
 pub mod bpffs;
 pub mod charts;
 pub mod cni;
-pub mod fixture;
 pub mod golden;
 pub mod imds_fixture;
 pub mod kernel;

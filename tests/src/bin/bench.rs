@@ -23,9 +23,10 @@ use dataplane_common::SnatMode;
 use serde_json::{json, Value};
 use testbed::{
     object,
-    snat_node::{Plumbing, SnatNode, SnatOptions, INET_IP},
+    snat_node::{self, Plumbing, SnatNode, SnatOptions, INET_IP},
     traffic::Background,
 };
+use trunkline_agent::dataplane::{NodeMaps, PodMaps};
 
 struct Setup {
     name: &'static str,
@@ -192,7 +193,7 @@ fn cidr_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f
         testbed::legacy::add_exclusions(&legacy.node, &dir, &cidrs)?;
         let l = conn_rate(&legacy, secs)?.0;
         drop(legacy);
-        let mut tl = SnatNode::new(
+        let tl = SnatNode::new(
             object,
             SnatOptions {
                 port_min: 1024,
@@ -200,14 +201,8 @@ fn cidr_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f
                 ..SnatOptions::default()
             },
         )?;
-        for ip in unused_hosts(n, 10) {
-            testbed::fixture::add_no_snat(
-                tl.dataplane_mut(),
-                ip.octets(),
-                32,
-                dataplane_common::maps::NO_SNAT_EXCLUDED,
-            );
-        }
+        let excluded = unused_hosts(n, 10).into_iter().map(ipnet::Ipv4Net::from);
+        NodeMaps::open(tl.bpffs.path())?.sync_no_snat(&snat_node::no_snat(excluded))?;
         let t = conn_rate(&tl, secs)?.0;
         out.push((n, l, t));
         eprintln!("bench: {n} exclusion CIDRs: legacy {l:.0} conn/s, trunkline {t:.0} conn/s");
@@ -232,7 +227,7 @@ fn pod_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f6
         testbed::legacy::add_pod_rules(&legacy.node, &dir, &others, 2)?;
         let l = udp_kpps(&legacy, secs)?;
         drop(legacy);
-        let mut tl = SnatNode::new(
+        let tl = SnatNode::new(
             object,
             SnatOptions {
                 port_min: 1024,
@@ -240,13 +235,14 @@ fn pod_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f6
                 ..SnatOptions::default()
             },
         )?;
+        let mut pod_maps = PodMaps::open(tl.bpffs.path())?;
         for ip in &others {
             let entry = dataplane_common::PodEntry {
                 host_ifindex: 999,
                 eni_ifindex: 999,
                 ..Default::default()
             };
-            testbed::fixture::add_pod(tl.dataplane_mut(), ip.octets(), entry);
+            pod_maps.put_pod(*ip, &entry)?;
         }
         let t = udp_kpps(&tl, secs)?;
         out.push((n, l, t));
