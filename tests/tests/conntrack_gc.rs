@@ -10,11 +10,13 @@ use dataplane_common::{
     CtEntry, CtKey,
 };
 use testbed::{
-    bpffs::BpffsMount,
-    golden::{ct_entry, snat_rev},
-    object,
-    snat_node::{SnatNode, SnatOptions, INET_IP, NODE_IP},
-    traffic,
+    drivers::traffic,
+    kernel::{
+        bpffs::BpffsMount,
+        golden::{ct_entry, snat_rev},
+        object,
+    },
+    topology::snat_node::{SnatNode, SnatOptions, INET_IP, NODE_IP},
 };
 use trunkline_agent::{
     conntrack_gc::{now_coarse_ns, Collector, Timeouts},

@@ -2,7 +2,7 @@
 
 use std::{ffi::OsString, os::unix::fs::PermissionsExt as _};
 
-use testbed::sim_node::{node_file, pod_ips, SimNode};
+use testbed::topology::sim_node::{node_file, pod_ips, SimNode};
 
 #[test]
 fn a_bad_node_file_is_rejected_with_file_line_and_reason() {
@@ -31,12 +31,15 @@ fn a_bad_node_file_is_rejected_with_file_line_and_reason() {
         let mut args = vec![OsString::from("run")];
         args.extend(
             node.agent_args()
-                .ebpf_object(testbed::object::path())
+                .ebpf_object(testbed::kernel::object::path())
                 .build(),
         );
         let out = node
             .node
-            .exec(&testbed::binaries::agent().to_string_lossy(), &args)
+            .exec(
+                &testbed::drivers::binaries::agent().to_string_lossy(),
+                &args,
+            )
             .expect("run agent");
         assert!(!out.status.success(), "agent accepted:\n{text}");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -85,7 +88,7 @@ fn the_agent_built_by_xtask_runs_with_its_embedded_object() {
         .metrics_addr("127.0.0.1:0")
         .introspection_addr("127.0.0.1:0");
     let log = node.dir.path().join("embedded.log");
-    let agent = testbed::agent_proc::AgentProc::start(node.node.name(), &args, &[], &log)
+    let agent = testbed::drivers::agent_proc::AgentProc::start(node.node.name(), &args, &[], &log)
         .expect("agent without --ebpf-object (cargo xtask builds it with the object embedded)");
     assert_eq!(node.link_pins().expect("pins").len(), 6);
     drop(agent);

@@ -10,7 +10,7 @@ use dataplane_common::{
     Config, CtKey, DropReason, Hook, SnatMode, VerdictRecord,
 };
 use etherparse::IpNumber;
-use testbed::{
+use testbed::kernel::{
     golden::{
         snat::{
             node, node_on, BRANCH_POD, EXCLUDED, EXEMPT_POD, HOST_IFINDEX, INET, LO, NODE, PEER,

@@ -8,7 +8,7 @@ use dataplane_common::{
     verdict::{REDIRECT_NEIGH, REDIRECT_PEER, REDIRECT_PLAIN, REDIRECT_POD_VETH},
     Config, CtKey, DropReason, Hook, SnatMode, VerdictRecord,
 };
-use testbed::{
+use testbed::kernel::{
     golden::{
         snat::{
             node, BRANCH_HOST_IFINDEX, BRANCH_MAC, BRANCH_POD, BRANCH_POD_MAC, BRANCH_VLAN,

@@ -8,7 +8,7 @@
 //! reported and subtracted.
 
 use dataplane_common::{conntrack::CT_F_SNAT, CtEntry, CtKey, Hook, SnatMode};
-use testbed::{
+use testbed::kernel::{
     golden::{
         snat::{self, INET, NODE, PEER, POD},
         Golden,

@@ -5,7 +5,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use dataplane_common::{CtEntry, CtKey, Hook, Stats, VerdictRecord};
 use trunkline_agent::dataplane::{CtMaps, Dataplane, NodeMaps, PodMaps};
 
-use crate::skbuff::SkBuff;
+use crate::kernel::skbuff::SkBuff;
 
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
@@ -42,7 +42,7 @@ impl Golden {
 
     /// With some maps resized (benchmarks of full tables).
     pub fn load_sized(sizes: &[(&str, u32)]) -> Self {
-        let bytes = crate::object::bytes();
+        let bytes = crate::kernel::object::bytes();
         let mut dataplane =
             Dataplane::load_unpinned_sized(&bytes, sizes).expect("loading the eBPF object");
         Self {
@@ -138,7 +138,7 @@ pub mod snat {
     use trunkline_agent::dataplane::PodMaps;
 
     use super::Golden;
-    use crate::packets::{HOST_VETH_MAC, POD_MAC};
+    use crate::kernel::packets::{HOST_VETH_MAC, POD_MAC};
 
     pub const NODE: [u8; 4] = [192, 168, 31, 166];
     pub const POD: [u8; 4] = [192, 168, 31, 170];

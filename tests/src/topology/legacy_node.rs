@@ -14,10 +14,12 @@ use anyhow::{Context as _, Result};
 use dataplane_common::SnatMode;
 
 use crate::{
-    legacy::{self, LegacySnat},
-    netns::Netns,
-    sim_node::{node_file, pod_ips, SimNode, NODE_IP},
-    vpc_fabric::{own, Fabric},
+    drivers::legacy::{self, LegacySnat},
+    topology::{
+        netns::Netns,
+        sim_node::{node_file, pod_ips, SimNode, NODE_IP},
+        vpc_fabric::{own, Fabric},
+    },
 };
 
 /// A pod aws-node wired.
@@ -184,10 +186,14 @@ impl LegacyNode {
     pub fn migrate(&self, extra: &[&str]) -> Result<std::process::Output> {
         let sim = &self.sim;
         let mut args: Vec<OsString> = vec!["migrate".into()];
-        args.extend(sim.agent_args().ebpf_object(crate::object::path()).build());
+        args.extend(
+            sim.agent_args()
+                .ebpf_object(crate::kernel::object::path())
+                .build(),
+        );
         args.extend(["--aws-node-checkpoint".into(), self.checkpoint().into()]);
         args.extend(extra.iter().map(OsString::from));
         sim.node
-            .exec(&crate::binaries::agent().to_string_lossy(), &args)
+            .exec(&crate::drivers::binaries::agent().to_string_lossy(), &args)
     }
 }

@@ -23,10 +23,12 @@ use ipnet::Ipv4Net;
 use trunkline_agent::dataplane::{Dataplane, NodeMaps, PodMaps};
 
 use crate::{
-    bpffs::BpffsMount,
-    legacy::{self, LegacySnat},
-    mini_node::{wire_pod, HOST_VETH, POD_IP},
-    netns::{veth, Netns},
+    drivers::legacy::{self, LegacySnat},
+    kernel::bpffs::BpffsMount,
+    topology::{
+        mini_node::{wire_pod, HOST_VETH, POD_IP},
+        netns::{veth, Netns},
+    },
 };
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 16, 10);
@@ -39,7 +41,7 @@ pub const VPC_CIDR: ([u8; 4], u32) = ([192, 168, 0, 0], 16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plumbing {
     Trunkline,
-    /// The reference: aws-node's iptables SNAT chain (see [`crate::legacy`]).
+    /// The reference: aws-node's iptables SNAT chain (see [`crate::drivers::legacy`]).
     Legacy,
 }
 

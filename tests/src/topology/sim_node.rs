@@ -20,9 +20,9 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    agent_proc::{AgentArgs, AgentProc},
-    bpffs::BpffsMount,
-    netns::{veth, Netns},
+    drivers::agent_proc::{AgentArgs, AgentProc},
+    kernel::bpffs::BpffsMount,
+    topology::netns::{veth, Netns},
 };
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 31, 166);
@@ -255,7 +255,11 @@ impl SimNode {
             .agent_args()
             .metrics_addr("127.0.0.1:61678")
             .introspection_addr("127.0.0.1:61679")
-            .ebpf_object(self.ebpf_object.clone().unwrap_or_else(crate::object::path))
+            .ebpf_object(
+                self.ebpf_object
+                    .clone()
+                    .unwrap_or_else(crate::kernel::object::path),
+            )
             .ip_cooldown(self.ip_cooldown_secs);
         let env: Vec<(&str, &str)> = self
             .agent_env
@@ -289,7 +293,7 @@ impl SimNode {
 
     /// `trunkline-agent inspect <what> --json` through the binary.
     pub fn inspect(&self, what: &str) -> Result<serde_json::Value> {
-        let out = std::process::Command::new(crate::binaries::agent())
+        let out = std::process::Command::new(crate::drivers::binaries::agent())
             .args(["inspect", what, "--json", "--bpf-root"])
             .arg(self.bpf_root())
             .output()
@@ -317,7 +321,7 @@ impl SimNode {
     /// where the kernel has TCX (6.6+), else the cls_bpf filters at
     /// trunkline's priority on the node's interfaces (which need no pin).
     pub fn eni_attachments(&self) -> Result<Vec<EniAttachment>> {
-        let mut v = if crate::kernel::has_tcx() {
+        let mut v = if crate::kernel::facts::has_tcx() {
             self.pinned_eni_links()?
         } else {
             self.eni_filters()?

@@ -31,7 +31,7 @@ impl AgentProc {
         let err = out.try_clone()?;
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", netns])
-            .arg(crate::binaries::agent())
+            .arg(crate::drivers::binaries::agent())
             .arg("run")
             .args(args.build())
             .env("RUST_LOG", "info")
