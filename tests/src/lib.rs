@@ -1,40 +1,24 @@
 //! The test bed: everything end-to-end tests, golden-packet tests, the demo
-//! and the benchmarks share.
+//! and the benchmarks share, in four parts:
 //!
-//! - [`golden`]: run one program on one packet with `BPF_PROG_TEST_RUN` and
-//!   get back the verdict, the output bytes and the redirect target;
-//! - [`packets`]: build the packets those tests feed in (etherparse);
-//! - [`netns`]: network namespaces, veths and bpffs mounts as guards that
-//!   remove themselves on drop, also when a test panics;
-//! - [`mini_node`]: the smallest real topology, pod ↔ node ↔ peer;
-//! - [`sim_node`]: the simulated EKS node running the real agent, with
-//!   [`cni`] to call the real CNI plugin as a runtime does.
+//! - [`kernel`]: the kernel object and what runs it without a node: bpffs
+//!   mounts, `BPF_PROG_TEST_RUN` ([`kernel::golden`]) on packets built by
+//!   [`kernel::packets`], facts about the running kernel;
+//! - [`topology`]: namespaces, veths and the nodes built from them, from
+//!   the smallest ([`topology::mini_node`]) to the simulated EKS node
+//!   running the real agent ([`topology::sim_node`]) in a simulated VPC;
+//! - [`fakes`]: stand-ins for what a node talks to: IMDS, EC2 (moto), the
+//!   Kubernetes apiserver;
+//! - [`drivers`]: what acts on a topology: the agent and CNI binaries as a
+//!   runtime runs them, traffic, aws-node's plumbing (the reference), the
+//!   benchmarks' measurements and charts.
+//!
+//! Everything a test creates removes itself on drop, also when it panics.
 
-pub mod agent_proc;
-pub mod bench_control;
-pub mod binaries;
-pub mod bpffs;
-pub mod charts;
-pub mod cni;
-pub mod fixture;
-pub mod golden;
-pub mod imds_fixture;
+pub mod drivers;
+pub mod fakes;
 pub mod kernel;
-pub mod kube_api;
-pub mod legacy;
-pub mod legacy_node;
-pub mod mini_node;
-pub mod moto;
-pub mod netns;
-pub mod ns_forward;
-pub mod object;
-pub mod packets;
-pub mod sim_node;
-pub mod skbuff;
-pub mod snat_node;
-pub mod traffic;
-pub mod vpc_fabric;
-pub mod vpc_trunk;
+pub mod topology;
 
 /// A process-unique suffix for names of things a test creates.
 pub fn unique(tag: &str) -> String {

@@ -10,10 +10,13 @@ use dataplane_common::{
     CtEntry, CtKey,
 };
 use testbed::{
-    bpffs::BpffsMount,
-    fixture, object,
-    snat_node::{SnatNode, SnatOptions, INET_IP, NODE_IP},
-    traffic,
+    drivers::traffic,
+    kernel::{
+        bpffs::BpffsMount,
+        golden::{ct_entry, snat_rev},
+        object,
+    },
+    topology::snat_node::{SnatNode, SnatOptions, INET_IP, NODE_IP},
 };
 use trunkline_agent::{
     conntrack_gc::{now_coarse_ns, Collector, Timeouts},
@@ -26,7 +29,7 @@ const INET: [u8; 4] = [203, 0, 113, 10];
 const SEC: u64 = 1_000_000_000;
 
 fn snat_flow(
-    dp: &mut Dataplane,
+    maps: &mut CtMaps,
     sport: u16,
     proto: u8,
     state: u8,
@@ -43,19 +46,19 @@ fn snat_flow(
         flags: CT_F_SNAT,
         ..Default::default()
     };
-    fixture::put_ct(dp, key, ct);
-    fixture::put_snat_rev(dp, reply, key);
+    maps.adopt(key, ct, Some(reply)).expect("CT, SNAT_REV");
     (key, reply)
 }
 
 #[test]
 fn flows_expire_together_and_lru_damage_is_cleaned() {
     let bpffs = BpffsMount::new().expect("bpffs");
-    let mut dp = Dataplane::load_pinned(&object::bytes(), bpffs.path()).expect("load");
+    let _dp = Dataplane::load_pinned(&object::bytes(), bpffs.path()).expect("load");
+    let mut maps = CtMaps::open(bpffs.path()).expect("pinned CT maps");
     let now = 1_000 * SEC;
     // An idle UDP flow (30 s unreplied timeout) and a busy TCP one.
-    let (udp, udp_reply) = snat_flow(&mut dp, 5353, 17, 0, now - 31 * SEC, 40001);
-    let (tcp, tcp_reply) = snat_flow(&mut dp, 40000, 6, CT_STATE_ESTABLISHED, now - SEC, 40002);
+    let (udp, udp_reply) = snat_flow(&mut maps, 5353, 17, 0, now - 31 * SEC, 40001);
+    let (tcp, tcp_reply) = snat_flow(&mut maps, 40000, 6, CT_STATE_ESTABLISHED, now - SEC, 40002);
     // A live flow whose reverse the LRU evicted, and a reverse whose flow it evicted.
     let key = CtKey::new(POD, INET, 40003, 443, 6);
     let ct = CtEntry {
@@ -66,29 +69,25 @@ fn flows_expire_together_and_lru_damage_is_cleaned() {
         flags: CT_F_SNAT,
         ..Default::default()
     };
-    fixture::put_ct(&mut dp, key, ct);
+    maps.adopt(key, ct, None).expect("CT");
     let orphan = CtKey::new(INET, NODE, 443, 40004, 6);
-    fixture::put_snat_rev(&mut dp, orphan, CtKey::new(POD, INET, 40004, 443, 6));
+    assert!(maps.insert_rev_if_free(orphan, CtKey::new(POD, INET, 40004, 443, 6)));
     // A NodePort flow that came through the stack and went quiet.
     let via = CtKey::new(POD, INET, 8080, 33000, 6);
-    fixture::put_ct(
-        &mut dp,
-        via,
-        CtEntry {
-            last_seen_ns: now - 121 * SEC,
-            flags: CT_F_VIA_STACK,
-            ..Default::default()
-        },
-    );
+    let quiet = CtEntry {
+        last_seen_ns: now - 121 * SEC,
+        flags: CT_F_VIA_STACK,
+        ..Default::default()
+    };
+    maps.adopt(via, quiet, None).expect("CT");
     // Two host connections: one still open, one closed.
     let open_host = CtKey::new(NODE, INET, 50001, 443, 6);
     let closed_host = CtKey::new(NODE, INET, 50002, 443, 6);
     for h in [open_host, closed_host] {
-        fixture::put_snat_rev(&mut dp, CtKey::new(INET, NODE, 443, h.src_port, 6), h);
+        assert!(maps.insert_rev_if_free(CtKey::new(INET, NODE, 443, h.src_port, 6), h));
     }
     let sockets: HashSet<CtKey> = [open_host].into();
 
-    let mut maps = CtMaps::open(bpffs.path()).expect("pinned CT maps");
     let mut gc = Collector::new(Timeouts::default());
     let r = gc.collect(&mut maps, now, NODE, &sockets).expect("gc");
     assert_eq!(
@@ -106,22 +105,22 @@ fn flows_expire_together_and_lru_damage_is_cleaned() {
         "an orphan is only suspected on first sight"
     );
     assert!(
-        fixture::ct(&dp, &udp).is_none() && fixture::snat_rev(&dp, &udp_reply).is_none(),
+        ct_entry(&maps, &udp).is_none() && snat_rev(&maps, &udp_reply).is_none(),
         "both halves go"
     );
-    assert!(fixture::ct(&dp, &via).is_none());
-    assert!(fixture::ct(&dp, &tcp).is_some() && fixture::snat_rev(&dp, &tcp_reply).is_some());
+    assert!(ct_entry(&maps, &via).is_none());
+    assert!(ct_entry(&maps, &tcp).is_some() && snat_rev(&maps, &tcp_reply).is_some());
     assert_eq!(
-        fixture::snat_rev(&dp, &CtKey::new(INET, NODE, 443, 40003, 6)),
+        snat_rev(&maps, &CtKey::new(INET, NODE, 443, 40003, 6)),
         Some(key),
         "reverse repaired"
     );
-    assert!(fixture::snat_rev(&dp, &CtKey::new(INET, NODE, 443, 50001, 6)).is_some());
-    assert!(fixture::snat_rev(&dp, &CtKey::new(INET, NODE, 443, 50002, 6)).is_none());
+    assert!(snat_rev(&maps, &CtKey::new(INET, NODE, 443, 50001, 6)).is_some());
+    assert!(snat_rev(&maps, &CtKey::new(INET, NODE, 443, 50002, 6)).is_none());
 
     let r = gc.collect(&mut maps, now, NODE, &sockets).expect("gc");
     assert_eq!((r.rev_orphans_removed, r.lru_evictions()), (1, 1), "{r:?}");
-    assert!(fixture::snat_rev(&dp, &orphan).is_none());
+    assert!(snat_rev(&maps, &orphan).is_none());
     assert_eq!((r.ct_entries, r.rev_entries), (2, 3), "{r:?}");
 }
 

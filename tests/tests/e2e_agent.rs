@@ -1,8 +1,8 @@
 //! `trunkline-agent run` itself: start-up checks, the socket, clean stop.
 
-use std::os::unix::fs::PermissionsExt as _;
+use std::{ffi::OsString, os::unix::fs::PermissionsExt as _};
 
-use testbed::sim_node::{node_file, pod_ips, SimNode};
+use testbed::topology::sim_node::{node_file, pod_ips, SimNode};
 
 #[test]
 fn a_bad_node_file_is_rejected_with_file_line_and_reason() {
@@ -28,23 +28,17 @@ fn a_bad_node_file_is_rejected_with_file_line_and_reason() {
             })
             .expect("line")
             + 1;
+        let mut args = vec![OsString::from("run")];
+        args.extend(
+            node.agent_args()
+                .ebpf_object(testbed::kernel::object::path())
+                .build(),
+        );
         let out = node
             .node
             .exec(
-                &testbed::binaries::agent().to_string_lossy(),
-                &[
-                    "run",
-                    "--node-file",
-                    &node.node_file().to_string_lossy(),
-                    "--bpf-root",
-                    &node.bpf_root().to_string_lossy(),
-                    "--socket",
-                    &node.socket().to_string_lossy(),
-                    "--state-dir",
-                    &node.state_dir().to_string_lossy(),
-                    "--ebpf-object",
-                    &testbed::object::path().to_string_lossy(),
-                ],
+                &testbed::drivers::binaries::agent().to_string_lossy(),
+                &args,
             )
             .expect("run agent");
         assert!(!out.status.success(), "agent accepted:\n{text}");
@@ -89,27 +83,13 @@ fn socket_is_root_only_and_sigterm_stops_without_detaching() {
 fn the_agent_built_by_xtask_runs_with_its_embedded_object() {
     let node = SimNode::build().expect("sim node");
     std::fs::write(node.node_file(), node_file(&pod_ips("eth0"), &[])).expect("write");
-    let args: Vec<String> = [
-        "--node-file",
-        &node.node_file().to_string_lossy(),
-        "--bpf-root",
-        &node.bpf_root().to_string_lossy(),
-        "--socket",
-        &node.socket().to_string_lossy(),
-        "--state-dir",
-        &node.state_dir().to_string_lossy(),
-        "--metrics-addr",
-        "127.0.0.1:0",
-        "--introspection-addr",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = node
+        .agent_args()
+        .metrics_addr("127.0.0.1:0")
+        .introspection_addr("127.0.0.1:0");
     let log = node.dir.path().join("embedded.log");
-    let agent =
-        testbed::agent_proc::AgentProc::start(node.node.name(), &args, &[], &node.socket(), &log)
-            .expect("agent without --ebpf-object (cargo xtask builds it with the object embedded)");
+    let agent = testbed::drivers::agent_proc::AgentProc::start(node.node.name(), &args, &[], &log)
+        .expect("agent without --ebpf-object (cargo xtask builds it with the object embedded)");
     assert_eq!(node.link_pins().expect("pins").len(), 6);
     drop(agent);
 }

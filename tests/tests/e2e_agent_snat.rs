@@ -11,9 +11,11 @@ use std::{
 };
 
 use testbed::{
-    sim_node::{node_file, pod_ips, SimNode, NODE_IP},
-    traffic,
-    vpc_fabric::{own, CniPod, Fabric},
+    drivers::traffic,
+    topology::{
+        sim_node::{node_file, pod_ips, SimNode, NODE_IP},
+        vpc_fabric::{own, CniPod, Fabric},
+    },
 };
 
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 10);
@@ -240,7 +242,7 @@ fn raise_fd_limit(n: u64) {
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
 }
 
-fn sockets(ns: &testbed::netns::Netns, count: usize) -> Vec<std::net::UdpSocket> {
+fn sockets(ns: &testbed::topology::netns::Netns, count: usize) -> Vec<std::net::UdpSocket> {
     ns.run_in(|| {
         (0..count)
             .map(|_| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind"))
@@ -308,7 +310,7 @@ fn iperf3_through_the_agent() {
     let sim = node(&[], &pod_ips("eth0"), &[]);
     let _fabric = Fabric::install(&sim).expect("fabric");
     let a = pod(&sim, "pod-a", "eth0");
-    let server = testbed::traffic::Background::spawn(
+    let server = testbed::drivers::traffic::Background::spawn(
         &sim.inet,
         "iperf3",
         &["-s", "-1", "-J", "-B", "203.0.113.10", "-p", "5201"],

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::{config::Credentials, types::Filter};
-use testbed::moto::Moto;
+use testbed::fakes::moto::Moto;
 use trunkline_agent::{
     cloud::aws_pool::{by_eni_id, IpamSink},
     pods::ipam::{now_secs, Ipam, IpamError},
@@ -54,7 +54,8 @@ struct Instance {
 
 async fn launch(c: &aws_sdk_ec2::Client) -> Result<Instance> {
     let (id, subnet) =
-        testbed::moto::launch_instance(c, "10.0.0.0/16", "10.0.0.0/20", INSTANCE_TYPE).await?;
+        testbed::fakes::moto::launch_instance(c, "10.0.0.0/16", "10.0.0.0/20", INSTANCE_TYPE)
+            .await?;
     Ok(Instance { id, subnet })
 }
 

@@ -15,11 +15,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::{config::Credentials, types::Filter};
 use testbed::{
-    imds_fixture::{FixtureEni, ImdsFixture},
-    moto::Moto,
-    ns_forward::NsForward,
-    sim_node::SimNode,
-    vpc_fabric::CniPod,
+    fakes::{
+        imds_fixture::{FixtureEni, ImdsFixture},
+        moto::Moto,
+    },
+    topology::{ns_forward::NsForward, sim_node::SimNode, vpc_fabric::CniPod},
 };
 
 const INSTANCE_TYPE: &str = "m5.xlarge";
@@ -100,9 +100,13 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
     // The simulated node's subnet, so the rendered node file is valid for
     // its links.
     let (instance, subnet, primary) = rt.block_on(async {
-        let (id, subnet) =
-            testbed::moto::launch_instance(&c, "192.168.0.0/16", "192.168.0.0/19", INSTANCE_TYPE)
-                .await?;
+        let (id, subnet) = testbed::fakes::moto::launch_instance(
+            &c,
+            "192.168.0.0/16",
+            "192.168.0.0/19",
+            INSTANCE_TYPE,
+        )
+        .await?;
         let enis = instance_enis(&c, &id).await?;
         let primary = enis.into_iter().next().context("primary ENI")?;
         anyhow::Ok((id, subnet, primary))

@@ -6,9 +6,11 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 use testbed::{
-    cni::{self, Call},
-    netns::Netns,
-    sim_node::{SimNode, BRANCH_IP, BRANCH_MAC, BRANCH_POD, BRANCH_VLAN},
+    drivers::cni::{self, Call},
+    topology::{
+        netns::Netns,
+        sim_node::{SimNode, BRANCH_IP, BRANCH_MAC, BRANCH_POD, BRANCH_VLAN},
+    },
 };
 
 fn netns_path(ns: &Netns) -> String {
@@ -292,7 +294,7 @@ fn bad_input_returns_the_spec_error_codes_and_leaves_nothing_behind() {
     let pod = Netns::new("pod").expect("pod ns");
     let path = netns_path(&pod);
     let add = call("ADD", "c-bad", &path, ("default", "bad"));
-    let cni_bin = testbed::binaries::cni();
+    let cni_bin = testbed::drivers::binaries::cni();
 
     // Malformed stdin: 6.
     let out = cni::run_plugin(

@@ -13,12 +13,16 @@ use std::{
 use anyhow::{bail, Result};
 use serde_json::Value;
 use testbed::{
-    cni::{self, Call},
-    kube_api::{pod_json, FakeApi},
-    netns::Netns,
-    sim_node::{node_file, pod_ips, SimNode, BRANCH_IP, BRANCH_MAC, BRANCH_VLAN, SUBNET},
-    traffic,
-    vpc_fabric::{CniPod, Fabric},
+    drivers::{
+        cni::{self, Call},
+        traffic,
+    },
+    fakes::kube_api::{pod_json, FakeApi},
+    topology::{
+        netns::Netns,
+        sim_node::{node_file, pod_ips, SimNode, BRANCH_IP, BRANCH_MAC, BRANCH_VLAN, SUBNET},
+        vpc_fabric::{CniPod, Fabric},
+    },
 };
 use trunkline_agent::dataplane::VlansMap;
 

@@ -1,5 +1,5 @@
 //! Migration from aws-node: a simulated node wired by the legacy plumbing
-//! (`testbed::legacy_node`) carries three running TCP transfers;
+//! (`testbed::topology::legacy_node`) carries three running TCP transfers;
 //! `trunkline-agent migrate` takes the node over in the middle of them. The
 //! transfers must finish intact on their original connections (the
 //! internet server keeps seeing the same translated port), trunkline must be
@@ -12,10 +12,11 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use testbed::{
-    cni,
-    legacy_node::LegacyNode,
-    sim_node::NODE_IP,
-    traffic::{self, Transfer},
+    drivers::{
+        cni,
+        traffic::{self, Transfer},
+    },
+    topology::{legacy_node::LegacyNode, sim_node::NODE_IP},
 };
 
 const INET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);

@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use dataplane_common::{Hook, Stats};
-use testbed::{mini_node::*, object, traffic};
+use testbed::{drivers::traffic, kernel::object, topology::mini_node::*};
 use trunkline_agent::dataplane::{read_stats, AttachMode};
 
 #[test]

@@ -10,9 +10,8 @@ use std::{
 
 use serde_json::Value;
 use testbed::{
-    cni::{self, Call},
-    netns::Netns,
-    sim_node::SimNode,
+    drivers::cni::{self, Call},
+    topology::{netns::Netns, sim_node::SimNode},
 };
 
 fn netns_path(ns: &Netns) -> String {
@@ -227,7 +226,11 @@ fn assert_clean_after_restart(node: &mut SimNode, point: &str, eni_pins: &[Strin
 fn sigkill_at_every_point_of_add_and_del_leaks_nothing() {
     let one = Ipv4Addr::new(192, 168, 31, 170);
     let mut node = SimNode::build().expect("sim node");
-    std::fs::write(node.node_file(), testbed::sim_node::node_file(&[one], &[])).expect("node file");
+    std::fs::write(
+        node.node_file(),
+        testbed::topology::sim_node::node_file(&[one], &[]),
+    )
+    .expect("node file");
     node.start_agent().expect("start");
     let eni_pins = node.link_pins().expect("pins");
     node.kill_agent();
@@ -277,7 +280,11 @@ fn a_released_ip_cools_down_also_across_a_restart() {
         Ipv4Addr::new(192, 168, 31, 171),
     ];
     let mut node = SimNode::build().expect("sim node");
-    std::fs::write(node.node_file(), testbed::sim_node::node_file(&ips, &[])).expect("node file");
+    std::fs::write(
+        node.node_file(),
+        testbed::topology::sim_node::node_file(&ips, &[]),
+    )
+    .expect("node file");
     node.ip_cooldown_secs = 600;
     node.start_agent().expect("start");
     let a = Netns::new("pod").expect("pod");

@@ -10,16 +10,18 @@ use std::{
 };
 
 use testbed::{
-    sim_node::{SimNode, NODE_IP},
-    traffic::{udp_stream_across, StreamSeen},
-    vpc_fabric::{CniPod, Fabric},
+    drivers::traffic::{udp_stream_across, StreamSeen},
+    topology::{
+        sim_node::{SimNode, NODE_IP},
+        vpc_fabric::{CniPod, Fabric},
+    },
 };
 
 const INET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const DATAGRAMS: u32 = 20_000;
 
 fn node_with_pod() -> (SimNode, Fabric, CniPod) {
-    testbed::vpc_fabric::node_with_pod(&[], "streamer").expect("node with a pod")
+    testbed::topology::vpc_fabric::node_with_pod(&[], "streamer").expect("node with a pod")
 }
 
 fn server(sim: &SimNode, port: u16) -> UdpSocket {
@@ -97,7 +99,7 @@ fn an_upgrade_to_a_rebuilt_object_during_a_stream_switches_programs_and_loses_no
         .expect("a pod veth");
     let before = serving_programs(&sim, &veth);
     assert!(before.len() >= 4, "ENI links and pod filters: {before:?}");
-    let rebuilt = testbed::object::rebuilt(sim.dir.path()).expect("rebuilt object");
+    let rebuilt = testbed::kernel::object::rebuilt(sim.dir.path()).expect("rebuilt object");
     let srv = server(&sim, 7501);
     let seen = udp_stream_across(&pod.ns, srv, DATAGRAMS, || {
         sim.kill_agent();

@@ -3,9 +3,8 @@
 
 use serde_json::Value;
 use testbed::{
-    cni::{self, Call},
-    netns::Netns,
-    sim_node::SimNode,
+    drivers::cni::{self, Call},
+    topology::{netns::Netns, sim_node::SimNode},
 };
 
 /// The two tests here run one at a time so the latency is not measured

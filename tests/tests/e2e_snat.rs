@@ -14,9 +14,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use dataplane_common::{Hook, SnatMode};
 use testbed::{
-    object,
-    snat_node::{Plumbing, SnatNode, SnatOptions, INET_IP, ROUTER_IP},
-    traffic::{self, Background},
+    drivers::traffic::{self, Background},
+    kernel::object,
+    topology::snat_node::{Plumbing, SnatNode, SnatOptions, INET_IP, ROUTER_IP},
 };
 
 struct Scenario {

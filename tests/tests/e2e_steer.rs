@@ -7,10 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use serde_json::Value;
 use testbed::{
-    netns::Netns,
-    sim_node::{pod_ips, SimNode, BRANCH_IP, BRANCH_POD, NODE_IP},
-    traffic,
-    vpc_fabric::{own, CniPod, Fabric},
+    drivers::traffic,
+    topology::{
+        netns::Netns,
+        sim_node::{pod_ips, SimNode, BRANCH_IP, BRANCH_POD, NODE_IP},
+        vpc_fabric::{own, CniPod, Fabric},
+    },
 };
 
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 10);
@@ -205,7 +207,7 @@ fn probe_branch_pod(env: &[(&str, &str)]) -> u64 {
     let mut sim = SimNode::build().expect("sim node");
     std::fs::write(
         sim.node_file(),
-        testbed::sim_node::node_file(&pod_ips("eth0"), &pod_ips("eth1")),
+        testbed::topology::sim_node::node_file(&pod_ips("eth0"), &pod_ips("eth1")),
     )
     .expect("node file");
     sim.set_agent_env(env);

@@ -11,11 +11,15 @@ use std::net::{Ipv4Addr, SocketAddr};
 use anyhow::Result;
 use dataplane_common::SnatMode;
 use testbed::{
-    legacy::{self, LegacySnat},
-    netns::Netns,
-    sim_node::{node_file, pod_ips, SimNode, NODE_IP},
-    traffic,
-    vpc_fabric::{own, CniPod, Fabric},
+    drivers::{
+        legacy::{self, LegacySnat},
+        traffic,
+    },
+    topology::{
+        netns::Netns,
+        sim_node::{node_file, pod_ips, SimNode, NODE_IP},
+        vpc_fabric::{own, CniPod, Fabric},
+    },
 };
 
 const PEER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 64, 10);

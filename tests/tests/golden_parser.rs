@@ -4,7 +4,7 @@
 
 use dataplane_common::{DropReason, Hook, Stats, VerdictRecord};
 use etherparse::IpNumber;
-use testbed::{
+use testbed::kernel::{
     golden::{Golden, Outcome, TC_ACT_OK, TC_ACT_SHOT},
     packets::{self, Flow, L3_OFF},
 };

@@ -10,8 +10,7 @@ use dataplane_common::{
     Config, CtKey, DropReason, Hook, SnatMode, VerdictRecord,
 };
 use etherparse::IpNumber;
-use testbed::{
-    fixture,
+use testbed::kernel::{
     golden::{
         snat::{
             node, node_on, BRANCH_POD, EXCLUDED, EXEMPT_POD, HOST_IFINDEX, INET, LO, NODE, PEER,
@@ -97,12 +96,12 @@ fn new_tcp_flow_is_translated_and_tracked() {
     assert!(port >= 32768, "{port}");
 
     let key = CtKey::new(POD, INET, 40000, 443, 6);
-    let ct = fixture::ct(&g.dataplane, &key).expect("CT entry");
+    let ct = g.ct(&key).expect("CT entry");
     assert_eq!(
         (ct.nat_ip, ct.nat_port, ct.flags & CT_F_SNAT),
         (NODE, port, CT_F_SNAT)
     );
-    let rev = fixture::snat_rev(&g.dataplane, &CtKey::new(INET, NODE, 443, port, 6));
+    let rev = g.snat_rev(&CtKey::new(INET, NODE, 443, port, 6));
     assert_eq!(rev, Some(key));
     let s = g.stats(Hook::ToEni);
     assert_eq!((s.snat, s.nat_new, s.nat_alloc_try_1, s.pass), (1, 1, 1, 1));
@@ -119,7 +118,7 @@ fn established_flow_keeps_its_port() {
     }
     let s = g.stats(Hook::ToEni);
     assert_eq!((s.snat, s.nat_new), (3, 0));
-    let ct = fixture::ct(&g.dataplane, &CtKey::new(POD, INET, 40001, 443, 6)).expect("CT");
+    let ct = g.ct(&CtKey::new(POD, INET, 40001, 443, 6)).expect("CT");
     assert_eq!(
         ct.packets_orig, 3,
         "the first packet is counted at creation"
@@ -151,7 +150,7 @@ fn reply_is_translated_back_and_delivered_into_the_pod() {
     assert_checksums(&out.data);
     let s = g.stats(Hook::FromEni);
     assert_eq!((s.rev_snat, s.redirect), (1, 1));
-    let ct = fixture::ct(&g.dataplane, &CtKey::new(POD, INET, 40002, 443, 6)).expect("CT");
+    let ct = g.ct(&CtKey::new(POD, INET, 40002, 443, 6)).expect("CT");
     assert_eq!((ct.state, ct.packets_reply), (CT_STATE_ESTABLISHED, 1));
 }
 
@@ -164,15 +163,19 @@ fn reply_for_a_pod_not_served_passes_untranslated() {
     let other_pod = [192, 168, 10, 77];
     let orig = CtKey::new(other_pod, INET, 40003, 443, 6);
     let reply_key = CtKey::new(INET, NODE, 443, 50001, 6);
-    fixture::put_snat_rev(&mut g.dataplane, reply_key, orig);
+    assert!(g.ct_maps.insert_rev_if_free(reply_key, orig));
     g.reset_stats();
     let reply = packets::tcp_syn(Flow::new(INET, NODE, 443, 50001));
     let out = g.run(Hook::FromEni, &reply);
     assert_passed_unchanged(&out, &reply);
     assert_eq!(g.stats(Hook::FromEni).rev_snat, 0);
     // Once the pod is served, the same reply is translated and delivered.
-    let pod = fixture::pod(&g.dataplane, POD).expect("the fixture's pod");
-    fixture::add_pod(&mut g.dataplane, other_pod, pod);
+    let pod = g
+        .pod_maps
+        .pod(POD.into())
+        .expect("PODS")
+        .expect("the fixture's pod");
+    g.pod_maps.put_pod(other_pod.into(), &pod).expect("PODS");
     let out = g.run(Hook::FromEni, &reply);
     assert_eq!(out.action, TC_ACT_REDIRECT, "{out:?}");
     assert_eq!((src_ip(&out.data), dst_ip(&out.data)), (INET, other_pod));
@@ -384,11 +387,7 @@ fn vpc_and_excluded_destinations_keep_the_pod_ip() {
         assert_passed_unchanged(&g.run(Hook::ToEni, &pkt), &pkt);
     }
     assert_eq!(g.stats(Hook::ToEni).snat, 0);
-    assert_eq!(
-        fixture::ct_len(&g.dataplane),
-        0,
-        "no conntrack for untranslated flows"
-    );
+    assert_eq!(g.ct_len(), 0, "no conntrack for untranslated flows");
 }
 
 #[test]
@@ -396,7 +395,7 @@ fn external_snat_translates_nothing() {
     let g = node(SnatMode::Off, (32768, 65535));
     let pkt = packets::tcp_syn(Flow::new(POD, INET, 40005, 443));
     assert_passed_unchanged(&g.run(Hook::ToEni, &pkt), &pkt);
-    assert_eq!(fixture::ct_len(&g.dataplane), 0);
+    assert_eq!(g.ct_len(), 0);
 }
 
 #[test]
@@ -408,15 +407,14 @@ fn branch_and_exempt_pods_are_never_snated_in_strict_mode() {
     }
     // Standard mode: a branch pod leaving the VPC is SNATed like any pod.
     let mut g = node(SnatMode::Random, (32768, 65535));
-    fixture::set_config(
-        &mut g.dataplane,
-        Config {
+    g.node_maps
+        .put_config(&Config {
             node_ip: NODE,
             primary_eni_ifindex: LO,
             flags: CFG_F_SG_STANDARD,
             ..Config::default()
-        },
-    );
+        })
+        .expect("CONFIG");
     let out = g.run(
         Hook::ToEni,
         &packets::tcp_syn(Flow::new(BRANCH_POD, INET, 40006, 443)),
@@ -443,7 +441,7 @@ fn ports_are_unique_per_destination_and_exhaustion_is_a_counted_drop() {
     let s = g.stats(Hook::ToEni);
     assert_eq!((s.drop_nat_no_port, s.nat_new), (1, 0));
     assert!(
-        fixture::ct(&g.dataplane, &CtKey::new(POD, INET, 41004, 443, 6)).is_none(),
+        g.ct(&CtKey::new(POD, INET, 41004, 443, 6)).is_none(),
         "no half flow"
     );
 

@@ -8,8 +8,7 @@ use dataplane_common::{
     verdict::{REDIRECT_NEIGH, REDIRECT_PEER, REDIRECT_PLAIN, REDIRECT_POD_VETH},
     Config, CtKey, DropReason, Hook, SnatMode, VerdictRecord,
 };
-use testbed::{
-    fixture,
+use testbed::kernel::{
     golden::{
         snat::{
             node, BRANCH_HOST_IFINDEX, BRANCH_MAC, BRANCH_POD, BRANCH_POD_MAC, BRANCH_VLAN,
@@ -140,15 +139,14 @@ fn strict_branch_pods_go_tagged_out_of_the_trunk_for_everything() {
 #[test]
 fn standard_mode_branch_pods_reach_the_node_directly_and_leave_the_vpc_snated() {
     let mut g = steer_node();
-    fixture::set_config(
-        &mut g.dataplane,
-        Config {
+    g.node_maps
+        .put_config(&Config {
             node_ip: NODE,
             primary_eni_ifindex: LO,
             flags: CFG_F_SG_STANDARD,
             ..Config::default()
-        },
-    );
+        })
+        .expect("CONFIG");
     let to_node = packets::tcp_syn(Flow::new(BRANCH_POD, NODE, 40000, 10250));
     assert_pass_unchanged(&g.run(Hook::FromPod, &to_node), &to_node);
     let out = g.run(
@@ -171,7 +169,9 @@ fn flows_that_came_through_the_stack_answer_through_it() {
     let probe = packets::tcp_syn(Flow::new(NODE, POD, 51000, 8080));
     assert_pass_unchanged(&g.run(Hook::ToPod, &probe), &probe);
     let key = CtKey::new(POD, NODE, 8080, 51000, 6);
-    let ct = fixture::ct(&g.dataplane, &key).expect("via-stack entry keyed from the pod's side");
+    let ct = g
+        .ct(&key)
+        .expect("via-stack entry keyed from the pod's side");
     assert_eq!(ct.flags & CT_F_VIA_STACK, CT_F_VIA_STACK);
     assert_eq!(g.stats(Hook::ToPod).via_stack_new, 1);
     // A NodePort client (after kube-proxy's DNAT) gets the same treatment,
@@ -185,13 +185,13 @@ fn flows_that_came_through_the_stack_answer_through_it() {
     let via_service = packets::tcp_syn(Flow::new(SECONDARY_POD, POD, 34000, 8080));
     g.run(Hook::ToPod, &via_service);
     let key = CtKey::new(POD, SECONDARY_POD, 8080, 34000, 6);
-    assert!(fixture::ct(&g.dataplane, &key).is_some());
+    assert!(g.ct(&key).is_some());
     // Mid-flow packets (no SYN) open nothing.
     let mut mid = packets::tcp_syn(Flow::new(INET, POD, 33001, 8080));
     mid[L3_OFF + 20 + 13] = 0x10; // ACK only
     g.run(Hook::ToPod, &mid);
     let key = CtKey::new(POD, INET, 8080, 33001, 6);
-    assert!(fixture::ct(&g.dataplane, &key).is_none());
+    assert!(g.ct(&key).is_none());
 }
 
 #[test]
@@ -276,15 +276,14 @@ fn stack_traffic_routed_out_of_an_eni_is_corrected() {
 #[test]
 fn plain_redirect_mode_delivers_through_the_host_veth() {
     let mut g = steer_node();
-    fixture::set_config(
-        &mut g.dataplane,
-        Config {
+    g.node_maps
+        .put_config(&Config {
             node_ip: NODE,
             primary_eni_ifindex: LO,
             flags: CFG_F_REDIRECT_VIA_HOST_VETH,
             ..Config::default()
-        },
-    );
+        })
+        .expect("CONFIG");
     let out = g.run(
         Hook::FromEni,
         &packets::udp(Flow::new(PEER, POD, 5000, 53), b"q"),

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Result;
-use testbed::imds_fixture::{FixtureEni, ImdsFixture};
+use testbed::fakes::imds_fixture::{FixtureEni, ImdsFixture};
 use trunkline_aws::imds::Imds;
 
 const MAC0: &str = "02:11:22:33:44:50";

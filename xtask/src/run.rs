@@ -81,7 +81,7 @@ fn leftovers() -> Result<BTreeSet<String>> {
 }
 
 /// The env vars through which end-to-end tests and the demo find the real
-/// binaries (`tests/src/binaries.rs`).
+/// binaries (`tests/src/drivers/binaries.rs`).
 pub const AGENT_BIN_ENV: &str = "TRUNKLINE_AGENT_BIN";
 pub const CNI_BIN_ENV: &str = "TRUNKLINE_CNI_BIN";
 

@@ -6,12 +6,12 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{maps as names, CtEntry, CtKey};
 
 use super::{
     map_pin::{all, found, map_err, open, removed},
-    Result,
+    Dataplane, Result,
 };
 
 /// `bpf_map_update_elem` flag: insert only if absent (linux/bpf.h).
@@ -39,10 +39,18 @@ impl CtView {
 
 impl CtMaps {
     pub fn open(bpf_root: &Path) -> Result<Self> {
+        Self::new(|name| open(bpf_root, name))
+    }
+
+    /// The maps of `dp`, moved out of it (see [`super::PodMaps::take_from`]).
+    pub fn take_from(dp: &mut Dataplane) -> Result<Self> {
+        Self::new(|name| dp.take_map(name))
+    }
+
+    fn new(mut map: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
-            ct: HashMap::try_from(open(bpf_root, names::CT)?).map_err(map_err(names::CT))?,
-            rev: HashMap::try_from(open(bpf_root, names::SNAT_REV)?)
-                .map_err(map_err(names::SNAT_REV))?,
+            ct: HashMap::try_from(map(names::CT)?).map_err(map_err(names::CT))?,
+            rev: HashMap::try_from(map(names::SNAT_REV)?).map_err(map_err(names::SNAT_REV))?,
         })
     }
 

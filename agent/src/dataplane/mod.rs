@@ -183,14 +183,12 @@ impl Dataplane {
         &self.attachments
     }
 
-    /// A map by name, for typed wrappers (`aya::maps::HashMap::try_from`).
-    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
-        self.ebpf.map(name)
-    }
-
-    /// A map by name, writable.
-    pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name)
+    /// Moves map `name` out of the loaded object, for a typed owner
+    /// ([`PodMaps::take_from`] and the like); a second take fails.
+    pub(crate) fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map> {
+        self.ebpf
+            .take_map(name)
+            .ok_or(DataplaneError::MissingMap(name))
     }
 
     pub(crate) fn ebpf(&self) -> &Ebpf {

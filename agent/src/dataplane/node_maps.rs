@@ -7,14 +7,14 @@ use std::path::Path;
 
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, HashMap, MapData,
+    Array, HashMap, Map, MapData,
 };
 use dataplane_common::{maps as names, Config, EniEntry, Ipv4};
 use ipnet::Ipv4Net;
 
 use super::{
     map_pin::{all, map_err, open, removed},
-    Result,
+    Dataplane, Result,
 };
 
 /// Write access to the node's maps.
@@ -31,14 +31,21 @@ fn cidr_key(net: &Ipv4Net) -> Key<Ipv4> {
 
 impl NodeMaps {
     pub fn open(bpf_root: &Path) -> Result<Self> {
+        Self::new(|name| open(bpf_root, name))
+    }
+
+    /// The maps of `dp`, moved out of it (see [`super::PodMaps::take_from`]).
+    pub fn take_from(dp: &mut Dataplane) -> Result<Self> {
+        Self::new(|name| dp.take_map(name))
+    }
+
+    fn new(mut map: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
-            enis: HashMap::try_from(open(bpf_root, names::ENIS)?).map_err(map_err(names::ENIS))?,
-            no_snat: LpmTrie::try_from(open(bpf_root, names::NO_SNAT)?)
-                .map_err(map_err(names::NO_SNAT))?,
-            service_cidrs: LpmTrie::try_from(open(bpf_root, names::SERVICE_CIDRS)?)
+            enis: HashMap::try_from(map(names::ENIS)?).map_err(map_err(names::ENIS))?,
+            no_snat: LpmTrie::try_from(map(names::NO_SNAT)?).map_err(map_err(names::NO_SNAT))?,
+            service_cidrs: LpmTrie::try_from(map(names::SERVICE_CIDRS)?)
                 .map_err(map_err(names::SERVICE_CIDRS))?,
-            config: Array::try_from(open(bpf_root, names::CONFIG)?)
-                .map_err(map_err(names::CONFIG))?,
+            config: Array::try_from(map(names::CONFIG)?).map_err(map_err(names::CONFIG))?,
         })
     }
 

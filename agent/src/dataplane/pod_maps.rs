@@ -3,12 +3,12 @@
 
 use std::{net::Ipv4Addr, path::Path};
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, Map, MapData};
 use dataplane_common::{maps as names, Ipv4, PodEntry, VlanKey};
 
 use super::{
     map_pin::{all, found, map_err, open, removed},
-    Result,
+    Dataplane, Result,
 };
 
 /// Write access to `PODS` and `VLANS`.
@@ -19,10 +19,21 @@ pub struct PodMaps {
 
 impl PodMaps {
     pub fn open(bpf_root: &Path) -> Result<Self> {
+        Self::new(|name| open(bpf_root, name))
+    }
+
+    /// The maps of `dp`, moved out of it: for a data path without an agent
+    /// (golden-packet tests, benchmarks), where the maps may not be pinned.
+    /// `dp` keeps no handle and a second take fails, so there is still one
+    /// writer; the agent opens the pins instead.
+    pub fn take_from(dp: &mut Dataplane) -> Result<Self> {
+        Self::new(|name| dp.take_map(name))
+    }
+
+    fn new(mut map: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         Ok(Self {
-            pods: HashMap::try_from(open(bpf_root, names::PODS)?).map_err(map_err(names::PODS))?,
-            vlans: HashMap::try_from(open(bpf_root, names::VLANS)?)
-                .map_err(map_err(names::VLANS))?,
+            pods: HashMap::try_from(map(names::PODS)?).map_err(map_err(names::PODS))?,
+            vlans: HashMap::try_from(map(names::VLANS)?).map_err(map_err(names::VLANS))?,
         })
     }
 

@@ -22,10 +22,11 @@ use anyhow::{bail, Context, Result};
 use dataplane_common::SnatMode;
 use serde_json::{json, Value};
 use testbed::{
-    object,
-    snat_node::{Plumbing, SnatNode, SnatOptions, INET_IP},
-    traffic::Background,
+    drivers::traffic::Background,
+    kernel::object,
+    topology::snat_node::{self, Plumbing, SnatNode, SnatOptions, INET_IP},
 };
+use trunkline_agent::dataplane::{NodeMaps, PodMaps};
 
 struct Setup {
     name: &'static str,
@@ -189,10 +190,10 @@ fn cidr_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f
                 ..SnatOptions::default()
             },
         )?;
-        testbed::legacy::add_exclusions(&legacy.node, &dir, &cidrs)?;
+        testbed::drivers::legacy::add_exclusions(&legacy.node, &dir, &cidrs)?;
         let l = conn_rate(&legacy, secs)?.0;
         drop(legacy);
-        let mut tl = SnatNode::new(
+        let tl = SnatNode::new(
             object,
             SnatOptions {
                 port_min: 1024,
@@ -200,14 +201,8 @@ fn cidr_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f
                 ..SnatOptions::default()
             },
         )?;
-        for ip in unused_hosts(n, 10) {
-            testbed::fixture::add_no_snat(
-                tl.dataplane_mut(),
-                ip.octets(),
-                32,
-                dataplane_common::maps::NO_SNAT_EXCLUDED,
-            );
-        }
+        let excluded = unused_hosts(n, 10).into_iter().map(ipnet::Ipv4Net::from);
+        NodeMaps::open(tl.bpffs.path())?.sync_no_snat(&snat_node::no_snat(excluded))?;
         let t = conn_rate(&tl, secs)?.0;
         out.push((n, l, t));
         eprintln!("bench: {n} exclusion CIDRs: legacy {l:.0} conn/s, trunkline {t:.0} conn/s");
@@ -229,10 +224,10 @@ fn pod_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f6
                 ..SnatOptions::default()
             },
         )?;
-        testbed::legacy::add_pod_rules(&legacy.node, &dir, &others, 2)?;
+        testbed::drivers::legacy::add_pod_rules(&legacy.node, &dir, &others, 2)?;
         let l = udp_kpps(&legacy, secs)?;
         drop(legacy);
-        let mut tl = SnatNode::new(
+        let tl = SnatNode::new(
             object,
             SnatOptions {
                 port_min: 1024,
@@ -240,13 +235,14 @@ fn pod_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f6
                 ..SnatOptions::default()
             },
         )?;
+        let mut pod_maps = PodMaps::open(tl.bpffs.path())?;
         for ip in &others {
             let entry = dataplane_common::PodEntry {
                 host_ifindex: 999,
                 eni_ifindex: 999,
                 ..Default::default()
             };
-            testbed::fixture::add_pod(tl.dataplane_mut(), ip.octets(), entry);
+            pod_maps.put_pod(*ip, &entry)?;
         }
         let t = udp_kpps(&tl, secs)?;
         out.push((n, l, t));
@@ -348,8 +344,8 @@ fn main() -> Result<()> {
             f.0, l.0, drift(f.1, l.1), drift(f.2, l.2)
         ));
     }
-    let control = testbed::bench_control::cni_burst(if quick { 100 } else { 250 })?;
-    let (cidr_tl_ms, cidr_legacy_ms) = testbed::bench_control::cidr_change_ms()?;
+    let control = testbed::drivers::bench_control::cni_burst(if quick { 100 } else { 250 })?;
+    let (cidr_tl_ms, cidr_legacy_ms) = testbed::drivers::bench_control::cidr_change_ms()?;
     md.push_str(&format!(
         "\n## Control path\n\n| pods | CNI ADD p50 ms | ADD p99 ms | DEL p50 ms | DEL p99 ms | agent RSS MB | agent CPU ms (burst) |\n|---|---|---|---|---|---|---|\n| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.0} |\n",
         control.pods, control.add_p50_ms, control.add_p99_ms, control.del_p50_ms, control.del_p99_ms, control.agent_rss_mb, control.agent_cpu_ms
@@ -362,7 +358,7 @@ fn main() -> Result<()> {
             .map(|(n, l, t)| (*n as f64, if legacy { *l } else { *t }))
             .collect()
     };
-    testbed::charts::sweep(
+    testbed::drivers::charts::sweep(
         &dir.join(format!("{stamp}-cidrs.svg")),
         "TCP connections/s vs exclusion CIDRs",
         "exclusion CIDRs",
@@ -372,7 +368,7 @@ fn main() -> Result<()> {
             ("trunkline", pts(&cidrs, false)),
         ],
     )?;
-    testbed::charts::sweep(
+    testbed::drivers::charts::sweep(
         &dir.join(format!("{stamp}-pods.svg")),
         "UDP 64 B kpps vs pods on the node",
         "pods",
@@ -385,8 +381,8 @@ fn main() -> Result<()> {
     md.push_str(&format!(
         "\n![CIDR sweep]({stamp}-cidrs.svg) ![pod sweep]({stamp}-pods.svg)\n"
     ));
-    let (sent, restart_got) = testbed::bench_control::restart_loss(false)?;
-    let (_, upgrade_got) = testbed::bench_control::restart_loss(true)?;
+    let (sent, restart_got) = testbed::drivers::bench_control::restart_loss(false)?;
+    let (_, upgrade_got) = testbed::drivers::bench_control::restart_loss(true)?;
     md.push_str(&format!(
         "\nAgent SIGKILL + restart during a {sent}-datagram UDP stream through SNAT: {} lost; start on a rebuilt object (upgrade) during the stream: {} lost (target 0).\n",
         sent - restart_got,

@@ -18,14 +18,18 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use testbed::{
-    cni::{self, Call},
-    legacy_node::LegacyNode,
-    mini_node::*,
-    netns::Netns,
-    object,
-    sim_node::{pod_ips, SimNode, BRANCH_POD},
-    traffic,
-    vpc_fabric::{own, Fabric},
+    drivers::{
+        cni::{self, Call},
+        traffic,
+    },
+    kernel::object,
+    topology::{
+        legacy_node::LegacyNode,
+        mini_node::*,
+        netns::Netns,
+        sim_node::{pod_ips, SimNode, BRANCH_POD},
+        vpc_fabric::{own, Fabric},
+    },
 };
 use trunkline_agent::{dataplane::read_stats, inspect};
 
@@ -187,7 +191,7 @@ fn main() -> Result<()> {
     );
 
     step("trunkline-agent inspect nat")?;
-    let out = Command::new(testbed::binaries::agent())
+    let out = Command::new(testbed::drivers::binaries::agent())
         .args(["inspect", "nat", "--bpf-root"])
         .arg(sim.bpf_root())
         .output()
@@ -195,7 +199,7 @@ fn main() -> Result<()> {
     print!("{}", String::from_utf8_lossy(&out.stdout));
 
     step("trunkline-agent inspect pods")?;
-    let out = Command::new(testbed::binaries::agent())
+    let out = Command::new(testbed::drivers::binaries::agent())
         .args(["inspect", "pods", "--bpf-root"])
         .arg(sim.bpf_root())
         .output()

@@ -8,8 +8,7 @@
 //! reported and subtracted.
 
 use dataplane_common::{conntrack::CT_F_SNAT, CtEntry, CtKey, Hook, SnatMode};
-use testbed::{
-    fixture,
+use testbed::kernel::{
     golden::{
         snat::{self, INET, NODE, PEER, POD},
         Golden,
@@ -53,7 +52,7 @@ fn main() {
         flags: CT_F_SNAT,
         ..Default::default()
     };
-    fixture::put_ct(&mut g.dataplane, self_key, entry);
+    g.ct_maps.adopt(self_key, entry, None).expect("CT");
     let established_repeat = g
         .run_repeat(Hook::ToEni, &packets::tcp_syn(self_flow), REPEAT)
         .duration_ns as f64;
@@ -135,10 +134,10 @@ fn main() {
             flags: CT_F_SNAT,
             ..Default::default()
         };
-        fixture::put_ct(&mut big.dataplane, key, e);
+        big.ct_maps.adopt(key, e, None).expect("CT");
     }
     let fill = filled.elapsed();
-    fixture::put_ct(&mut big.dataplane, self_key, entry);
+    big.ct_maps.adopt(self_key, entry, None).expect("CT");
     let established_1m = big
         .run_repeat(Hook::ToEni, &packets::tcp_syn(self_flow), REPEAT)
         .duration_ns as f64;

@@ -2,10 +2,10 @@
 //! verifier-checked program with `BPF_PROG_TEST_RUN`.
 
 use aya::programs::{TestRun, TestRunOptions};
-use dataplane_common::{Hook, Stats, VerdictRecord};
-use trunkline_agent::dataplane::Dataplane;
+use dataplane_common::{CtEntry, CtKey, Hook, Stats, VerdictRecord};
+use trunkline_agent::dataplane::{CtMaps, Dataplane, NodeMaps, PodMaps};
 
-use crate::skbuff::SkBuff;
+use crate::kernel::skbuff::SkBuff;
 
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
@@ -26,9 +26,13 @@ pub struct Outcome {
     pub duration_ns: u64,
 }
 
-/// A loaded object with private (unpinned) maps.
+/// A loaded object with private (unpinned) maps, written and read through
+/// the agent's own map owners, taken out of `dataplane` at load.
 pub struct Golden {
     pub dataplane: Dataplane,
+    pub pod_maps: PodMaps,
+    pub node_maps: NodeMaps,
+    pub ct_maps: CtMaps,
 }
 
 impl Golden {
@@ -38,10 +42,30 @@ impl Golden {
 
     /// With some maps resized (benchmarks of full tables).
     pub fn load_sized(sizes: &[(&str, u32)]) -> Self {
-        let bytes = crate::object::bytes();
-        let dataplane =
+        let bytes = crate::kernel::object::bytes();
+        let mut dataplane =
             Dataplane::load_unpinned_sized(&bytes, sizes).expect("loading the eBPF object");
-        Self { dataplane }
+        Self {
+            pod_maps: PodMaps::take_from(&mut dataplane).expect("PODS, VLANS"),
+            node_maps: NodeMaps::take_from(&mut dataplane).expect("the node maps"),
+            ct_maps: CtMaps::take_from(&mut dataplane).expect("CT, SNAT_REV"),
+            dataplane,
+        }
+    }
+
+    /// `CT[key]`.
+    pub fn ct(&self, key: &CtKey) -> Option<CtEntry> {
+        ct_entry(&self.ct_maps, key)
+    }
+
+    /// `SNAT_REV[reply]`.
+    pub fn snat_rev(&self, reply: &CtKey) -> Option<CtKey> {
+        snat_rev(&self.ct_maps, reply)
+    }
+
+    /// Number of entries in `CT`.
+    pub fn ct_len(&self) -> usize {
+        self.ct_maps.ct_entries().expect("reading CT").len()
     }
 
     /// Runs `hook`'s program once on `packet`.
@@ -87,6 +111,19 @@ impl Golden {
     }
 }
 
+/// `CT[key]`, found by scanning: the agent's `CtMaps` looks nothing up by
+/// key (the GC walks the whole map), and the tests' maps are small.
+pub fn ct_entry(maps: &CtMaps, key: &CtKey) -> Option<CtEntry> {
+    let all = maps.ct_entries().expect("reading CT");
+    all.into_iter().find(|(k, _)| k == key).map(|(_, e)| e)
+}
+
+/// `SNAT_REV[reply]`, found by scanning (see [`ct_entry`]).
+pub fn snat_rev(maps: &CtMaps, reply: &CtKey) -> Option<CtKey> {
+    let all = maps.rev_entries().expect("reading SNAT_REV");
+    all.into_iter().find(|(k, _)| k == reply).map(|(_, o)| o)
+}
+
 /// A node's maps for SNAT golden tests and cost measurement: node IP
 /// 192.168.31.166, VPC 192.168.0.0/16, an excluded /24, three pods (plain,
 /// branch, SNAT-exempt).
@@ -97,11 +134,11 @@ pub mod snat {
         Config, EniEntry, EniRole, PodEntry, SnatMode,
     };
 
+    use ipnet::Ipv4Net;
+    use trunkline_agent::dataplane::PodMaps;
+
     use super::Golden;
-    use crate::{
-        fixture,
-        packets::{HOST_VETH_MAC, POD_MAC},
-    };
+    use crate::kernel::packets::{HOST_VETH_MAC, POD_MAC};
 
     pub const NODE: [u8; 4] = [192, 168, 31, 166];
     pub const POD: [u8; 4] = [192, 168, 31, 170];
@@ -135,35 +172,35 @@ pub mod snat {
         configure(Golden::load(), mode, ports, primary)
     }
 
-    /// The same node maps written into an already loaded `g`.
+    /// The same node maps written into an already loaded `g`, the way the
+    /// agent writes them (its `NodeMaps` and `PodMaps`).
     pub fn configure(
         mut g: Golden,
         mode: SnatMode,
         (port_min, port_max): (u16, u16),
         primary: u32,
     ) -> Golden {
-        let dp = &mut g.dataplane;
-        fixture::set_config(
-            dp,
-            Config {
-                node_ip: NODE,
-                primary_eni_ifindex: primary,
-                port_min,
-                port_max,
-                snat_mode: mode as u8,
-                ..Config::default()
-            },
-        );
-        fixture::add_eni(
-            dp,
+        let cidr = |ip: [u8; 4], len: u8| Ipv4Net::new(ip.into(), len).expect("a CIDR");
+        let (node, pods) = (&mut g.node_maps, &mut g.pod_maps);
+        node.put_config(&Config {
+            node_ip: NODE,
+            primary_eni_ifindex: primary,
+            port_min,
+            port_max,
+            snat_mode: mode as u8,
+            ..Config::default()
+        })
+        .expect("CONFIG");
+        node.put_eni(
             primary,
-            EniEntry {
+            &EniEntry {
                 role: EniRole::Primary as u32,
                 primary_ip: NODE,
                 gateway_ip: [192, 168, 0, 1],
                 ..Default::default()
             },
-        );
+        )
+        .expect("ENIS");
         let pod = PodEntry {
             host_ifindex: HOST_IFINDEX,
             eni_ifindex: primary,
@@ -171,9 +208,12 @@ pub mod snat {
             host_mac: HOST_VETH_MAC,
             ..Default::default()
         };
-        fixture::add_pod(dp, POD, pod);
-        fixture::add_pod(
-            dp,
+        let put_pod = |pods: &mut PodMaps, ip: [u8; 4], entry: PodEntry| {
+            pods.put_pod(ip.into(), &entry).expect("PODS");
+        };
+        put_pod(pods, POD, pod);
+        put_pod(
+            pods,
             BRANCH_POD,
             PodEntry {
                 host_ifindex: BRANCH_HOST_IFINDEX,
@@ -184,32 +224,34 @@ pub mod snat {
                 ..pod
             },
         );
-        fixture::add_eni(
-            dp,
+        node.put_eni(
             TRUNK,
-            EniEntry {
+            &EniEntry {
                 role: EniRole::Trunk as u32,
                 gateway_ip: [192, 168, 0, 1],
                 gateway_mac: GATEWAY_MAC,
                 ..Default::default()
             },
-        );
+        )
+        .expect("ENIS");
         // Tagged frames arrive on the trunk; BPF_PROG_TEST_RUN runs on LO.
-        fixture::add_vlan(dp, TRUNK, BRANCH_VLAN, BRANCH_POD);
-        fixture::add_vlan(dp, LO, BRANCH_VLAN, BRANCH_POD);
+        for trunk in [TRUNK, LO] {
+            pods.put_vlan(trunk, BRANCH_VLAN, BRANCH_POD.into())
+                .expect("VLANS");
+        }
         if primary != SECONDARY_ENI {
-            fixture::add_eni(
-                dp,
+            node.put_eni(
                 SECONDARY_ENI,
-                EniEntry {
+                &EniEntry {
                     role: EniRole::Secondary as u32,
                     gateway_ip: [192, 168, 32, 1],
                     ..Default::default()
                 },
-            );
+            )
+            .expect("ENIS");
         }
-        fixture::add_pod(
-            dp,
+        put_pod(
+            pods,
             SECONDARY_POD,
             PodEntry {
                 host_ifindex: SECONDARY_HOST_IFINDEX,
@@ -218,17 +260,21 @@ pub mod snat {
                 ..pod
             },
         );
-        fixture::add_pass_to_stack(dp, SERVICE_NET, 16, PASS_SERVICE_CIDR);
-        fixture::add_pod(
-            dp,
+        node.sync_service_cidrs(&[(cidr(SERVICE_NET, 16), PASS_SERVICE_CIDR)])
+            .expect("SERVICE_CIDRS");
+        put_pod(
+            pods,
             EXEMPT_POD,
             PodEntry {
                 flags: POD_F_SNAT_EXEMPT,
                 ..pod
             },
         );
-        fixture::add_no_snat(dp, [192, 168, 0, 0], 16, NO_SNAT_VPC_CIDR);
-        fixture::add_no_snat(dp, [198, 51, 100, 0], 24, NO_SNAT_EXCLUDED);
+        node.sync_no_snat(&[
+            (cidr([192, 168, 0, 0], 16), NO_SNAT_VPC_CIDR),
+            (cidr([198, 51, 100, 0], 24), NO_SNAT_EXCLUDED),
+        ])
+        .expect("NO_SNAT");
         g
     }
 }

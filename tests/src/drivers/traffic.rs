@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::netns::Netns;
+use crate::topology::netns::Netns;
 
 /// How long one exchange may take (scaled for emulated kernels).
 pub fn timeout() -> Duration {

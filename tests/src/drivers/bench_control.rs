@@ -16,9 +16,11 @@ use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, LpmTrie, Map, MapData};
 
 use crate::{
-    cni::{self, Call},
-    netns::Netns,
-    sim_node::{node_file, SimNode},
+    drivers::cni::{self, Call},
+    topology::{
+        netns::Netns,
+        sim_node::{node_file, SimNode},
+    },
 };
 
 #[derive(Debug, Default)]
@@ -140,7 +142,7 @@ fn background_udp(
 /// a pod sending at full rate: trunkline (node file + SIGHUP → `NO_SNAT`
 /// entry present) and legacy (one `iptables -I ... RETURN`, aws-node's way).
 pub fn cidr_change_ms() -> Result<(f64, f64)> {
-    let (sim, _fabric, pod) = crate::vpc_fabric::node_with_pod(&[], "loader")?;
+    let (sim, _fabric, pod) = crate::topology::vpc_fabric::node_with_pod(&[], "loader")?;
     let stop = Arc::new(AtomicBool::new(false));
     let load = background_udp(&pod.ns, (Ipv4Addr::new(203, 0, 113, 10), 9), stop.clone())?;
     std::thread::sleep(Duration::from_millis(300));
@@ -195,16 +197,16 @@ pub fn cidr_change_ms() -> Result<(f64, f64)> {
 /// and started again, on the same object (`upgrade` false) or on a rebuilt
 /// one (`upgrade` true: every attachment switches program).
 pub fn restart_loss(upgrade: bool) -> Result<(u32, u32)> {
-    let (mut sim, _fabric, pod) = crate::vpc_fabric::node_with_pod(&[], "streamer")?;
+    let (mut sim, _fabric, pod) = crate::topology::vpc_fabric::node_with_pod(&[], "streamer")?;
     let rebuilt = if upgrade {
-        Some(crate::object::rebuilt(sim.dir.path())?)
+        Some(crate::kernel::object::rebuilt(sim.dir.path())?)
     } else {
         None
     };
     let server = sim
         .inet
         .run_in(|| UdpSocket::bind((Ipv4Addr::new(203, 0, 113, 10), 7600)))?;
-    let seen = crate::traffic::udp_stream_across(&pod.ns, server, 20_000, || {
+    let seen = crate::drivers::traffic::udp_stream_across(&pod.ns, server, 20_000, || {
         sim.kill_agent();
         if rebuilt.is_some() {
             sim.ebpf_object = rebuilt.clone();

@@ -14,7 +14,7 @@ use dataplane_common::{
     Ipv4,
 };
 
-use crate::netns::Netns;
+use crate::topology::netns::Netns;
 
 pub struct VpcTrunk {
     ebpf: Ebpf,
@@ -24,8 +24,8 @@ impl VpcTrunk {
     /// Loads the fixture and attaches it to `iface` (the VPC end of the
     /// trunk link) in `vpc`. Detached when dropped.
     pub fn attach(vpc: &Netns, iface: &str) -> Result<Self> {
-        let mut ebpf =
-            Ebpf::load(&crate::object::testvpc_bytes()).context("loading trunkline-testvpc")?;
+        let mut ebpf = Ebpf::load(&crate::kernel::object::testvpc_bytes())
+            .context("loading trunkline-testvpc")?;
         vpc.run_in(|| -> Result<()> {
             // Below Linux 6.6 (no TCX) aya attaches through a clsact qdisc,
             // which must exist first; one that is already there is fine.

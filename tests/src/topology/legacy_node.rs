@@ -8,16 +8,18 @@
 //! `vlan.eth.1` is a bridge device standing in for aws-node's VLAN device
 //! (only its removal matters).
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{ffi::OsString, net::Ipv4Addr};
 
 use anyhow::{Context as _, Result};
 use dataplane_common::SnatMode;
 
 use crate::{
-    legacy::{self, LegacySnat},
-    netns::Netns,
-    sim_node::{node_file, pod_ips, SimNode, NODE_IP},
-    vpc_fabric::{own, Fabric},
+    drivers::legacy::{self, LegacySnat},
+    topology::{
+        netns::Netns,
+        sim_node::{node_file, pod_ips, SimNode, NODE_IP},
+        vpc_fabric::{own, Fabric},
+    },
 };
 
 /// A pod aws-node wired.
@@ -183,25 +185,15 @@ impl LegacyNode {
     /// `trunkline-agent migrate` in the node's namespace, with `extra` args.
     pub fn migrate(&self, extra: &[&str]) -> Result<std::process::Output> {
         let sim = &self.sim;
-        let path = |p: &Path| p.to_string_lossy().into_owned();
-        let mut args: Vec<String> = vec![
-            "migrate".into(),
-            "--node-file".into(),
-            path(&sim.node_file()),
-            "--bpf-root".into(),
-            path(sim.bpf_root()),
-            "--state-dir".into(),
-            path(&sim.state_dir()),
-            "--socket".into(),
-            path(&sim.socket()),
-            "--ebpf-object".into(),
-            path(&crate::object::path()),
-            "--aws-node-checkpoint".into(),
-            path(&self.checkpoint()),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut args: Vec<OsString> = vec!["migrate".into()];
+        args.extend(
+            sim.agent_args()
+                .ebpf_object(crate::kernel::object::path())
+                .build(),
+        );
+        args.extend(["--aws-node-checkpoint".into(), self.checkpoint().into()]);
+        args.extend(extra.iter().map(OsString::from));
         sim.node
-            .exec(&crate::binaries::agent().to_string_lossy(), &args)
+            .exec(&crate::drivers::binaries::agent().to_string_lossy(), &args)
     }
 }

@@ -18,8 +18,8 @@ use dataplane_common::Hook;
 use trunkline_agent::dataplane::{AttachMode, Dataplane};
 
 use crate::{
-    bpffs::BpffsMount,
-    netns::{veth, Netns},
+    kernel::bpffs::BpffsMount,
+    topology::netns::{veth, Netns},
 };
 
 pub const POD_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 31, 170);

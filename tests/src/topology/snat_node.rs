@@ -8,8 +8,8 @@
 //!  pod 192.168.31.170/32 ── veth-pod [node] eth0 192.168.16.10/24 ── eth0 192.168.16.1 [router]
 //!                                          (primary ENI)              eth1 203.0.113.1/24 ── eth0 203.0.113.10 [inet]
 //! ```
-//! With [`Plumbing::Trunkline`] the maps are written the way the agent
-//! writes them; with [`Plumbing::Legacy`] aws-node's iptables chain is
+//! With [`Plumbing::Trunkline`] the maps are written through the agent's
+//! own writers (`NodeMaps`, `PodMaps` on the pins); with [`Plumbing::Legacy`] aws-node's iptables chain is
 //! installed in the node namespace instead.
 
 use std::net::Ipv4Addr;
@@ -19,14 +19,16 @@ use dataplane_common::{
     maps::{NO_SNAT_EXCLUDED, NO_SNAT_VPC_CIDR},
     Config, EniEntry, EniRole, Hook, PodEntry, SnatMode,
 };
-use trunkline_agent::dataplane::Dataplane;
+use ipnet::Ipv4Net;
+use trunkline_agent::dataplane::{Dataplane, NodeMaps, PodMaps};
 
 use crate::{
-    bpffs::BpffsMount,
-    fixture,
-    legacy::{self, LegacySnat},
-    mini_node::{wire_pod, HOST_VETH, POD_IP},
-    netns::{veth, Netns},
+    drivers::legacy::{self, LegacySnat},
+    kernel::bpffs::BpffsMount,
+    topology::{
+        mini_node::{wire_pod, HOST_VETH, POD_IP},
+        netns::{veth, Netns},
+    },
 };
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 16, 10);
@@ -39,7 +41,7 @@ pub const VPC_CIDR: ([u8; 4], u32) = ([192, 168, 0, 0], 16);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Plumbing {
     Trunkline,
-    /// The reference: aws-node's iptables SNAT chain (see [`crate::legacy`]).
+    /// The reference: aws-node's iptables SNAT chain (see [`crate::drivers::legacy`]).
     Legacy,
 }
 
@@ -174,13 +176,20 @@ impl SnatNode {
     pub fn dataplane(&self) -> &Dataplane {
         self.dataplane.as_ref().expect("a trunkline node")
     }
-
-    pub fn dataplane_mut(&mut self) -> &mut Dataplane {
-        self.dataplane.as_mut().expect("a trunkline node")
-    }
 }
 
-/// Loads the object, writes the maps as the agent would and attaches the
+/// `NO_SNAT` as the agent writes it for this node: the VPC CIDR and the
+/// excluded CIDRs (`AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`).
+pub fn no_snat(excluded: impl IntoIterator<Item = Ipv4Net>) -> Vec<(Ipv4Net, u32)> {
+    let vpc = Ipv4Net::new(VPC_CIDR.0.into(), VPC_CIDR.1 as u8).expect("the VPC CIDR");
+    let excluded = excluded.into_iter().map(|net| (net, NO_SNAT_EXCLUDED));
+    std::iter::once((vpc, NO_SNAT_VPC_CIDR))
+        .chain(excluded)
+        .collect()
+}
+
+/// Loads the object, writes the maps through the agent's writers (opened on
+/// the pins, as the agent opens them, and closed again) and attaches the
 /// programs in the node namespace.
 fn attach_trunkline(
     object: &[u8],
@@ -199,7 +208,8 @@ fn attach_trunkline(
         host_mac: node.mac(HOST_VETH)?,
         ..Default::default()
     };
-    fixture::add_pod(&mut dataplane, POD_IP.octets(), pod_entry);
+    let mut pod_maps = PodMaps::open(bpffs.path())?;
+    pod_maps.put_pod(POD_IP, &pod_entry)?;
     let eni = EniEntry {
         role: EniRole::Primary as u32,
         primary_ip: NODE_IP.octets(),
@@ -207,11 +217,12 @@ fn attach_trunkline(
         mac: node.mac("eth0")?,
         ..Default::default()
     };
-    fixture::add_eni(&mut dataplane, eni_ifindex, eni);
-    fixture::add_no_snat(&mut dataplane, VPC_CIDR.0, VPC_CIDR.1, NO_SNAT_VPC_CIDR);
-    if let Some((ip, len)) = opts.excluded {
-        fixture::add_no_snat(&mut dataplane, ip, len, NO_SNAT_EXCLUDED);
-    }
+    let mut node_maps = NodeMaps::open(bpffs.path())?;
+    node_maps.put_eni(eni_ifindex, &eni)?;
+    let excluded = opts
+        .excluded
+        .map(|(ip, len)| Ipv4Net::new(ip.into(), len as u8));
+    node_maps.sync_no_snat(&no_snat(excluded.transpose()?))?;
     let cfg = Config {
         node_ip: NODE_IP.octets(),
         primary_eni_ifindex: eni_ifindex,
@@ -220,7 +231,7 @@ fn attach_trunkline(
         snat_mode: opts.mode as u8,
         ..Config::default()
     };
-    fixture::set_config(&mut dataplane, cfg);
+    node_maps.put_config(&cfg)?;
     node.run_in(|| -> Result<()> {
         dataplane.attach(HOST_VETH, Hook::FromPod)?;
         dataplane.attach(HOST_VETH, Hook::ToPod)?;

@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::netns::Netns;
+use crate::topology::netns::Netns;
 
 pub struct NsForward {
     pub port: u16,

@@ -15,10 +15,12 @@ use dataplane_common::testvpc::BranchEni;
 use serde_json::Value;
 
 use crate::{
-    cni::{self, Call},
-    netns::{parse_mac, Netns},
-    sim_node::{SimNode, BRANCH_IP, BRANCH_MAC, BRANCH_VLAN, ENIS, NODE_IP},
-    vpc_trunk::VpcTrunk,
+    drivers::cni::{self, Call},
+    topology::{
+        netns::{parse_mac, Netns},
+        sim_node::{SimNode, BRANCH_IP, BRANCH_MAC, BRANCH_VLAN, ENIS, NODE_IP},
+        vpc_trunk::VpcTrunk,
+    },
 };
 
 const TABLE: &str = "vpc_src_check";
@@ -253,7 +255,7 @@ pub fn node_with_pod(env: &[(&str, &str)], pod: &str) -> Result<(SimNode, Fabric
     let mut sim = SimNode::build()?;
     std::fs::write(
         sim.node_file(),
-        crate::sim_node::node_file(&crate::sim_node::pod_ips("eth0"), &[]),
+        crate::topology::sim_node::node_file(&crate::topology::sim_node::pod_ips("eth0"), &[]),
     )?;
     sim.set_agent_env(env);
     sim.start_agent()?;

@@ -120,7 +120,7 @@ pub fn trunkline_conf(version: &str, socket: &Path, prev: Option<&Value>) -> Val
 pub fn trunkline(netns: &str, call: &Call<'_>, conf: &Value) -> Result<CniOut> {
     run_plugin(
         netns,
-        &crate::binaries::cni(),
+        &crate::drivers::binaries::cni(),
         &call.env(),
         conf.to_string().as_bytes(),
     )

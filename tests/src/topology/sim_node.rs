@@ -20,9 +20,9 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    agent_proc::AgentProc,
-    bpffs::BpffsMount,
-    netns::{veth, Netns},
+    drivers::agent_proc::{AgentArgs, AgentProc},
+    kernel::bpffs::BpffsMount,
+    topology::netns::{veth, Netns},
 };
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 31, 166);
@@ -277,38 +277,30 @@ impl SimNode {
             .collect();
     }
 
+    /// The agent's command line for this node: its node file (unless
+    /// [`Self::aws_mode`]), pins, socket and state; nothing else.
+    pub fn agent_args(&self) -> AgentArgs {
+        let args = if self.aws_mode {
+            AgentArgs::aws()
+        } else {
+            AgentArgs::local(self.node_file())
+        };
+        args.bpf_root(self.bpf_root())
+            .socket(self.socket())
+            .state_dir(self.state_dir())
+    }
+
     pub fn start_agent(&mut self) -> Result<()> {
-        let cooldown = self.ip_cooldown_secs.to_string();
-        let node_file = self.node_file().to_string_lossy().to_string();
-        let node_args: [&str; 2] = ["--node-file", &node_file];
-        let node_args: &[&str] = if self.aws_mode { &[] } else { &node_args };
-        let args: Vec<String> = node_args
-            .iter()
-            .chain(
-                [
-                    "--bpf-root",
-                    &self.bpf_root().to_string_lossy(),
-                    "--socket",
-                    &self.socket().to_string_lossy(),
-                    "--state-dir",
-                    &self.state_dir().to_string_lossy(),
-                    "--metrics-addr",
-                    "127.0.0.1:61678",
-                    "--introspection-addr",
-                    "127.0.0.1:61679",
-                    "--ebpf-object",
-                    &self
-                        .ebpf_object
-                        .clone()
-                        .unwrap_or_else(crate::object::path)
-                        .to_string_lossy(),
-                    "--ip-cooldown",
-                    &cooldown,
-                ]
-                .iter(),
+        let args = self
+            .agent_args()
+            .metrics_addr("127.0.0.1:61678")
+            .introspection_addr("127.0.0.1:61679")
+            .ebpf_object(
+                self.ebpf_object
+                    .clone()
+                    .unwrap_or_else(crate::kernel::object::path),
             )
-            .map(|s| s.to_string())
-            .collect();
+            .ip_cooldown(self.ip_cooldown_secs);
         let env: Vec<(&str, &str)> = self
             .agent_env
             .iter()
@@ -319,7 +311,7 @@ impl SimNode {
             .dir
             .path()
             .join(format!("agent-{}.log", crate::unique(&n.to_string())));
-        let agent = AgentProc::start(self.node.name(), &args, &env, &self.socket(), &log)?;
+        let agent = AgentProc::start(self.node.name(), &args, &env, &log)?;
         self.agent = Some(agent);
         Ok(())
     }
@@ -341,7 +333,7 @@ impl SimNode {
 
     /// `trunkline-agent inspect <what> --json` through the binary.
     pub fn inspect(&self, what: &str) -> Result<serde_json::Value> {
-        let out = std::process::Command::new(crate::binaries::agent())
+        let out = std::process::Command::new(crate::drivers::binaries::agent())
             .args(["inspect", what, "--json", "--bpf-root"])
             .arg(self.bpf_root())
             .output()
@@ -369,7 +361,7 @@ impl SimNode {
     /// where the kernel has TCX (6.6+), else the cls_bpf filters at
     /// trunkline's priority on the node's interfaces (which need no pin).
     pub fn eni_attachments(&self) -> Result<Vec<EniAttachment>> {
-        let mut v = if crate::kernel::has_tcx() {
+        let mut v = if crate::kernel::facts::has_tcx() {
             self.pinned_eni_links()?
         } else {
             self.eni_filters()?

@@ -35,7 +35,7 @@ use hyper::{body::Frame, Request, Response, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::netns::Netns;
+use crate::topology::netns::Netns;
 
 type Body = BoxBody<Bytes, Infallible>;
 

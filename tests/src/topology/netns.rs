@@ -4,6 +4,7 @@
 //! with them. Nothing here touches the machine's own interfaces.
 
 use std::{
+    ffi::OsStr,
     fs::File,
     process::{Command, Output},
 };
@@ -46,7 +47,11 @@ impl Netns {
 
     /// Runs a program inside the namespace (`ip netns exec`), bounded by the
     /// program's own options (callers pass counts and timeouts).
-    pub fn exec(&self, program: &str, args: &[&str]) -> Result<Output> {
+    pub fn exec<S: AsRef<OsStr> + std::fmt::Debug>(
+        &self,
+        program: &str,
+        args: &[S],
+    ) -> Result<Output> {
         Command::new("ip")
             .args(["netns", "exec", &self.name, program])
             .args(args)

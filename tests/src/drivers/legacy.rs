@@ -6,7 +6,7 @@
 use anyhow::Result;
 use dataplane_common::SnatMode;
 
-use crate::netns::Netns;
+use crate::topology::netns::Netns;
 
 /// What aws-node would be configured with.
 #[derive(Clone, Debug)]
@@ -117,8 +117,8 @@ pub fn wire_pod(
     ip: std::net::Ipv4Addr,
     eni: Option<(&str, u32)>,
 ) -> Result<()> {
-    crate::netns::veth(pod, "eth0", node, host_veth)?;
-    crate::mini_node::wire_pod(pod, node, host_veth, ip)?;
+    crate::topology::netns::veth(pod, "eth0", node, host_veth)?;
+    crate::topology::mini_node::wire_pod(pod, node, host_veth, ip)?;
     let cidr = format!("{ip}/32");
     node.ip(&["route", "add", &cidr, "dev", host_veth, "scope", "link"])?;
     node.ip(&[

@@ -1,0 +1,10 @@
+//! What acts on a topology: the real agent and CNI binaries, traffic,
+//! aws-node's plumbing as the reference, and the benchmarks' measurements.
+
+pub mod agent_proc;
+pub mod bench_control;
+pub mod binaries;
+pub mod charts;
+pub mod cni;
+pub mod legacy;
+pub mod traffic;
