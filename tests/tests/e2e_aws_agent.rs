@@ -215,8 +215,18 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
         Ok(found.then_some(()))
     })
     .with_context(|| sim.agent_log())?;
-    let rendered = std::fs::read_to_string(sim.state_dir().join("aws-node.toml"))?;
-    assert!(rendered.contains(&second.mac), "{rendered}");
+    // The operators' copy is written once the maps hold the change (a
+    // failed apply writes nothing), so it can trail the ENIS entry.
+    let copy = sim.state_dir().join("aws-node.toml");
+    wait(
+        Duration::from_secs(10),
+        "eth1 in the operators' aws-node.toml",
+        || {
+            let rendered = std::fs::read_to_string(&copy)?;
+            Ok(rendered.contains(&second.mac).then_some(()))
+        },
+    )
+    .with_context(|| std::fs::read_to_string(&copy).unwrap_or_default())?;
     drop(pods);
     Ok(())
 }
