@@ -2,7 +2,6 @@
 //! tracking (later fragments carry no ports; the first fragment's are
 //! remembered in `FRAGS`).
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use dataplane_common::{
     conntrack::{CT_STATE_CLOSING, CT_STATE_ESTABLISHED, TCP_FIN, TCP_RST},
     CtEntry, CtKey, DropReason, FragKey, FragPorts,
@@ -10,7 +9,7 @@ use dataplane_common::{
 
 use crate::{
     headers::IPPROTO_TCP,
-    maps::{CT, FRAGS},
+    maps::{self, FRAGS},
     parse::{Fragment, Parsed},
 };
 
@@ -30,11 +29,7 @@ pub fn flow_key(pkt: &Parsed) -> Result<CtKey, DropReason> {
             (pkt.src_port, pkt.dst_port)
         }
         Fragment::Later => {
-            let ports = FRAGS
-                .get_ptr(frag_key(pkt))
-                .ok_or(DropReason::FragUnknown)?;
-            // SAFETY: a valid map value pointer; FragPorts is plain data.
-            let ports = unsafe { *ports };
+            let ports = maps::frag_ports(&frag_key(pkt)).ok_or(DropReason::FragUnknown)?;
             (ports.src_port, ports.dst_port)
         }
     };
@@ -52,21 +47,12 @@ fn frag_key(pkt: &Parsed) -> FragKey {
     }
 }
 
-/// CLOCK_MONOTONIC_COARSE in ns: a few ns to read (vs ~20 for the precise
-/// clock), tick resolution is plenty for timeouts of seconds, and the agent
-/// reads the same clock with clock_gettime(CLOCK_MONOTONIC_COARSE).
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
-}
+pub use crate::skb::now;
 
 /// The flow's entry, if tracked.
 #[inline(always)]
 pub fn lookup(key: &CtKey) -> Option<&'static mut CtEntry> {
-    // SAFETY: map value pointers stay valid for this program run; concurrent
-    // updates from other CPUs only race on counters, which are advisory.
-    CT.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+    maps::ct_mut(key)
 }
 
 /// Accounts a packet of the original direction.

@@ -3,15 +3,16 @@
 //! for local pods delivered straight in; tagged frames on the trunk
 //! untagged and delivered to their branch pod.
 
-use aya_ebpf::{helpers::bpf_skb_vlan_pop, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use dataplane_common::{Config, CtKey, DropReason, PodEntry, Stats, VlanKey};
 
 use crate::{
     conntrack, deliver,
     headers::ETH_HLEN,
-    maps::{self, SNAT_REV, VLANS},
+    maps,
     nat::{self, ErrorDirection},
     parse::{self, Parsed},
+    skb,
     verdict::Verdict,
 };
 
@@ -41,11 +42,9 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         // A later fragment of a datagram we did not see start: not ours.
         return Verdict::Pass;
     };
-    let Some(orig) = SNAT_REV.get_ptr(&reply) else {
+    let Some(orig) = maps::snat_orig(&reply) else {
         return Verdict::Pass; // the node's own traffic
     };
-    // SAFETY: valid map value pointer; CtKey is plain data.
-    let orig = unsafe { *orig };
     if orig.src_ip == cfg.node_ip {
         return Verdict::Pass; // a host connection's identity entry
     }
@@ -82,19 +81,15 @@ fn hop_into_pod(ctx: &mut TcContext, cfg: &Config, pod: &PodEntry, l3_off: usize
 /// the tag comes off and the packet goes into the pod.
 #[inline(always)]
 fn from_trunk(ctx: &mut TcContext, cfg: &Config, pkt: &Parsed, stats: &mut Stats) -> Verdict {
-    // SAFETY: reading a context field of this program's skb.
-    let trunk = unsafe { (*ctx.skb.skb).ifindex };
-    let Some(pod_ip) = VLANS.get_ptr(&VlanKey::new(trunk, pkt.vlan_id)) else {
+    let trunk = skb::ifindex(ctx);
+    let Some(pod_ip) = maps::vlan_pod(&VlanKey::new(trunk, pkt.vlan_id)) else {
         return Verdict::Drop(DropReason::VlanUnknown);
     };
-    // SAFETY: valid map value pointer; Ipv4 is plain data.
-    let pod_ip = unsafe { *pod_ip };
     let pod = match maps::pod(&pod_ip) {
         Some(pod) if pkt.dst == pod_ip => pod,
         _ => return Verdict::Drop(DropReason::VlanUnknown),
     };
-    // SAFETY: helper call on this program's own skb.
-    if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+    if !skb::vlan_pop(ctx) {
         return Verdict::Drop(DropReason::MalformedL3);
     }
     stats.vlan_pop += 1;
@@ -114,11 +109,9 @@ fn icmp_error_to_node(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> V
     };
     // The quote is the packet as it left: its reverse is the reply tuple.
     let quoted = CtKey::new(q.src, q.dst, q.src_port, q.dst_port, q.proto);
-    let Some(orig) = SNAT_REV.get_ptr(&quoted.reversed()) else {
+    let Some(orig) = maps::snat_orig(&quoted.reversed()) else {
         return Verdict::Pass;
     };
-    // SAFETY: valid map value pointer; CtKey is plain data.
-    let orig = unsafe { *orig };
     if orig.src_ip == cfg.node_ip {
         return Verdict::Pass;
     }

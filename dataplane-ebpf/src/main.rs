@@ -1,25 +1,50 @@
 //! trunkline's kernel side: four TC programs driven by maps the agent fills.
 //!
-//! Every program is the same pipeline, `parse` → (later: `conntrack` → `nat`
-//! → `steer`) → `verdict`, over the packet it sees at its hook. This object is
-//! built only by `cargo xtask build-ebpf` (target bpfel-unknown-none).
+//! Every program has the same shape (`run` below): one shared `parse` of
+//! the packet, then the decision of its hook (`from_pod`, `to_eni`,
+//! `from_eni`, `to_pod`, one file each), which calls the shared stages
+//! (`conntrack`, `nat`, `policy`, `deliver`), then one shared `verdict`
+//! that counts, records and returns the TC action. The maps and their
+//! typed accessors are in `maps`.
+//!
+//! `unsafe` lives in three modules only: `parse` (the one bounds check
+//! before packet access), `maps` (reading map values) and `skb` (context
+//! fields and kernel helpers). Everything else is safe Rust.
+//!
+//! Built for bpfel-unknown-none by the agent's build script and by
+//! `cargo xtask build-ebpf` (both through `ebpf-build`).
 #![no_std]
 // Inline assembly on the BPF target (one masking instruction in `parse`).
 #![feature(asm_experimental_arch)]
 #![no_main]
 
-mod conntrack;
-mod deliver;
-mod from_eni;
-mod from_pod;
-mod headers;
+// The three modules that may hold `unsafe`:
 mod maps;
-mod nat;
 mod parse;
+mod skb;
+
+// Everything else is checked to hold none.
+#[deny(unsafe_code)]
+mod conntrack;
+#[deny(unsafe_code)]
+mod deliver;
+#[deny(unsafe_code)]
+mod from_eni;
+#[deny(unsafe_code)]
+mod from_pod;
+#[deny(unsafe_code)]
+mod headers;
+#[deny(unsafe_code)]
+mod nat;
+#[deny(unsafe_code)]
 mod policy;
+#[deny(unsafe_code)]
 mod stats;
+#[deny(unsafe_code)]
 mod to_eni;
+#[deny(unsafe_code)]
 mod to_pod;
+#[deny(unsafe_code)]
 mod verdict;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

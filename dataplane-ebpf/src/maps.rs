@@ -50,11 +50,70 @@ pub fn pass_to_stack(ip: Ipv4) -> bool {
     SERVICE_CIDRS.get(&Key::new(32, ip)).is_some()
 }
 
+// Map values are read through the accessors below, the one place that
+// dereferences a map value pointer. Each value type is plain data valid for
+// any bytes, and the pointer stays valid for the whole program run (the
+// kernel frees removed elements after an RCU grace period); values are
+// copied out, except the two entries a program updates in place.
+
 /// The pod that owns `ip`, if it is one of this node's.
 #[inline(always)]
 pub fn pod(ip: &Ipv4) -> Option<PodEntry> {
-    // SAFETY: valid map value pointer; PodEntry is plain data.
+    // SAFETY: see above.
     PODS.get_ptr(ip).map(|p| unsafe { *p })
+}
+
+/// ENI `ifindex`'s entry.
+#[inline(always)]
+pub fn eni(ifindex: u32) -> Option<EniEntry> {
+    // SAFETY: see above.
+    ENIS.get_ptr(&ifindex).map(|p| unsafe { *p })
+}
+
+/// The pod IP behind branch ENI `key` (trunk, VLAN id).
+#[inline(always)]
+pub fn vlan_pod(key: &VlanKey) -> Option<Ipv4> {
+    // SAFETY: see above.
+    VLANS.get_ptr(key).map(|p| unsafe { *p })
+}
+
+/// The original tuple of a SNATed flow, by its reply tuple.
+#[inline(always)]
+pub fn snat_orig(reply: &CtKey) -> Option<CtKey> {
+    // SAFETY: see above.
+    SNAT_REV.get_ptr(reply).map(|p| unsafe { *p })
+}
+
+/// The ports of a fragmented datagram's first fragment.
+#[inline(always)]
+pub fn frag_ports(key: &FragKey) -> Option<FragPorts> {
+    // SAFETY: see above.
+    FRAGS.get_ptr(key).map(|p| unsafe { *p })
+}
+
+/// A copy of flow `key`'s conntrack entry.
+#[inline(always)]
+pub fn ct(key: &CtKey) -> Option<CtEntry> {
+    // SAFETY: see above.
+    CT.get_ptr(key).map(|p| unsafe { *p })
+}
+
+/// Flow `key`'s conntrack entry, updated in place. Concurrent updates
+/// from other CPUs only race on counters and timestamps, which are
+/// advisory (the agent's GC reads them with a grace period).
+#[inline(always)]
+pub fn ct_mut(key: &CtKey) -> Option<&'static mut CtEntry> {
+    // SAFETY: see above; the reference is not kept past this run.
+    CT.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// This CPU's counters for `hook`. Per-CPU: plain increments, no atomics.
+#[inline(always)]
+pub fn stats(hook: Hook) -> Option<&'static mut Stats> {
+    // SAFETY: see above; a per-CPU array slot is only touched by programs
+    // running on this CPU, and a TC program is not preempted by another
+    // on the same CPU.
+    STATS.get_ptr_mut(hook as u32).map(|p| unsafe { &mut *p })
 }
 
 /// Whether `ip` falls in a `NO_SNAT` prefix (VPC CIDRs, exclusions).

@@ -5,7 +5,7 @@
 
 use core::num::NonZeroU32;
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32, programs::TcContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 use dataplane_common::{
     conntrack::{CT_F_SNAT, CT_STATE_NEW},
     csum, Config, CtEntry, CtKey, DropReason, Ipv4, SnatMode, Stats,
@@ -18,7 +18,8 @@ use crate::{
         ICMP_CSUM_OFF, ICMP_ID_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF,
         L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
-    maps::{CT, SNAT_REV},
+    maps::{self, CT, SNAT_REV},
+    skb,
     parse::{header_mut, Fragment, Parsed, Quoted},
 };
 
@@ -52,7 +53,7 @@ pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry,
         {
             key.src_port as u32 - lo
         }
-        _ => random(),
+        _ => skb::random(),
     };
     let limit = if range.get() < NAT_MAX_TRIES {
         range.get()
@@ -83,10 +84,9 @@ pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry,
             return Ok(entry);
         }
         let _ = SNAT_REV.remove(reply);
-        if let Some(winner) = CT.get_ptr(key) {
+        if let Some(winner) = maps::ct(key) {
             stats.ct_race += 1;
-            // SAFETY: valid map value pointer; CtEntry is plain data.
-            return Ok(unsafe { *winner });
+            return Ok(winner);
         }
         return Err(DropReason::CtInsertFailed);
     }
@@ -99,11 +99,6 @@ pub fn reply_key(orig: &CtKey, nat_ip: Ipv4, nat_port: u16) -> CtKey {
     CtKey::new(orig.dst_ip, nat_ip, orig.dst_port, nat_port, orig.proto)
 }
 
-#[inline(always)]
-fn random() -> u32 {
-    // SAFETY: helper without arguments.
-    unsafe { bpf_get_prandom_u32() }
-}
 
 /// A cheap, well-mixed hash of the flow (murmur3's finaliser over its words).
 #[inline(always)]
@@ -181,7 +176,7 @@ fn rewrite(
 
 /// Writes a 16-bit port/id (host order in, network order out) directly.
 #[inline(always)]
-fn set_port(ctx: &TcContext, off: usize, port: u16) -> Result<(), i64> {
+fn set_port(ctx: &mut TcContext, off: usize, port: u16) -> Result<(), i64> {
     let p: &mut [u8; 2] = header_mut(ctx, off).ok_or(-1i64)?;
     *p = port.to_be_bytes();
     Ok(())
@@ -190,7 +185,7 @@ fn set_port(ctx: &TcContext, off: usize, port: u16) -> Result<(), i64> {
 /// Writes the IPv4 header at `l3_off`'s source or destination address and
 /// updates its checksum inline (RFC 1624).
 #[inline(always)]
-fn set_ipv4_addr(ctx: &TcContext, l3_off: usize, addr_off: usize, new_ip: Ipv4) -> Result<(), i64> {
+fn set_ipv4_addr(ctx: &mut TcContext, l3_off: usize, addr_off: usize, new_ip: Ipv4) -> Result<(), i64> {
     let ip: &mut Ipv4Hdr = header_mut(ctx, l3_off).ok_or(-1i64)?;
     let field = if addr_off == IP_SRC_OFF {
         &mut ip.src

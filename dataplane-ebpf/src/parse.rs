@@ -4,7 +4,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::{helpers::bpf_skb_pull_data, programs::TcContext};
+use aya_ebpf::programs::TcContext;
 use dataplane_common::{DropReason, Ipv4};
 
 use crate::headers::{
@@ -13,6 +13,7 @@ use crate::headers::{
     ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_MIN_HLEN, IP_MF,
     IP_OFFSET_MASK, VLAN_HLEN,
 };
+use crate::skb;
 
 /// The most header bytes any stage reads: Ethernet + 802.1Q + IPv4 with
 /// full options + ICMP error header + the quoted IPv4 header with full
@@ -131,11 +132,13 @@ pub fn header<T>(ctx: &TcContext, off: usize) -> Option<&T> {
 }
 
 /// Like [`header`], writable (direct packet access; the verifier unclones
-/// the skb for programs that write). Pointers from before a helper that
-/// may move packet data must not be reused: call this again.
+/// the skb for programs that write). It borrows the context mutably, so
+/// two writable headers, or a writable header across a helper that may
+/// move packet data, do not compile.
 #[inline(always)]
-pub fn header_mut<T>(ctx: &TcContext, off: usize) -> Option<&mut T> {
-    // SAFETY: as in `header`; the only reference to these bytes.
+pub fn header_mut<T>(ctx: &mut TcContext, off: usize) -> Option<&mut T> {
+    // SAFETY: as in `header`; the `&mut` borrow of the context makes this
+    // the only reference to these bytes while it lives.
     checked::<T>(ctx, off).map(|p| unsafe { &mut *(p as *mut T) })
 }
 
@@ -149,8 +152,7 @@ pub fn parse(ctx: &mut TcContext) -> Result<Parsed, ParseError> {
         MAX_PARSED_HDR
     };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
-        // SAFETY: helper call on this program's own skb.
-        unsafe { bpf_skb_pull_data(ctx.skb.skb, want) };
+        skb::pull(ctx, want);
     }
 
     let eth: &EthHdr = header(ctx, 0).ok_or(ParseError::NotIpv4)?;
@@ -166,10 +168,8 @@ pub fn parse(ctx: &mut TcContext) -> Result<Parsed, ParseError> {
         l3_off = ETH_HLEN + VLAN_HLEN;
     } else {
         // At TC ingress the kernel has usually moved the tag into skb metadata.
-        // SAFETY: reading context fields of this program's skb.
-        let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
-        if present != 0 {
-            vlan_id = (tci & 0x0fff) as u16;
+        if let Some(id) = skb::vlan_meta(ctx) {
+            vlan_id = id;
         }
     }
     if ether_type != ETH_P_IP {

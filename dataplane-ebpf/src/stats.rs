@@ -4,16 +4,14 @@ use dataplane_common::{Hook, Stats};
 
 use crate::headers::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 use crate::{
-    maps::STATS,
+    maps,
     parse::{Fragment, Parsed},
 };
 
-/// This CPU's counters for `hook`. Per-CPU: plain increments, no atomics.
+/// This CPU's counters for `hook`.
 #[inline(always)]
 pub fn slot(hook: Hook) -> Option<&'static mut Stats> {
-    // SAFETY: a per-CPU array slot is only touched by programs running on
-    // this CPU, and a TC program is not preempted by another on the same CPU.
-    STATS.get_ptr_mut(hook as u32).map(|p| unsafe { &mut *p })
+    maps::stats(hook)
 }
 
 /// What the parser saw.

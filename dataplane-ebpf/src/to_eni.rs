@@ -15,6 +15,7 @@ use crate::{
     nat::{self, ErrorDirection},
     parse::{self, Fragment, Parsed},
     policy::{snat_needed, strict_branch},
+    skb,
     verdict::Verdict,
 };
 
@@ -100,9 +101,7 @@ fn translate(
 /// SNATed packets must leave the ENI that owns the node IP.
 #[inline(always)]
 fn leave_primary(ctx: &TcContext, cfg: &Config) -> Verdict {
-    // SAFETY: reading a context field of this program's skb.
-    let here = unsafe { (*ctx.skb.skb).ifindex };
-    if here == cfg.primary_eni_ifindex {
+    if skb::ifindex(ctx) == cfg.primary_eni_ifindex {
         Verdict::Pass
     } else {
         deliver::out_of_eni(cfg.primary_eni_ifindex)
@@ -114,8 +113,7 @@ fn leave_primary(ctx: &TcContext, cfg: &Config) -> Verdict {
 /// (This replaces every `from <pod> lookup <table>` rule.)
 #[inline(always)]
 fn steer_source(ctx: &TcContext, pod: &PodEntry) -> Verdict {
-    // SAFETY: reading a context field of this program's skb.
-    let here = unsafe { (*ctx.skb.skb).ifindex };
+    let here = skb::ifindex(ctx);
     if pod.vlan_id != 0 || pod.eni_ifindex == here || pod.eni_ifindex == 0 {
         return Verdict::Pass;
     }
@@ -185,15 +183,14 @@ fn record_host_flow(pkt: &Parsed, cfg: &Config, stats: &mut Stats) {
     }
     let orig = CtKey::new(pkt.src, pkt.dst, pkt.src_port, pkt.dst_port, pkt.proto);
     let reply = nat::reply_key(&orig, cfg.node_ip, pkt.src_port);
-    match SNAT_REV.get_ptr(&reply) {
+    match maps::snat_orig(&reply) {
         None => {
             if SNAT_REV.insert(reply, orig, BPF_NOEXIST as u64).is_ok() {
                 stats.host_flow += 1;
             }
         }
         Some(existing) => {
-            // SAFETY: valid map value pointer; CtKey is plain data.
-            if unsafe { (*existing).src_ip } != cfg.node_ip {
+            if existing.src_ip != cfg.node_ip {
                 stats.host_port_conflict += 1;
             }
         }

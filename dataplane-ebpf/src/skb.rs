@@ -1,0 +1,130 @@
+//! The data path's calls into the kernel, each behind a safe function: the
+//! skb's context fields, the redirect and VLAN helpers, the clock and the
+//! random source. With `parse` (packet bytes) and `maps` (map values) this
+//! is one of the three places that hold `unsafe`; the stages and the
+//! per-hook routes hold none.
+//!
+//! A helper that may move packet data (`vlan_push`, `vlan_pop`,
+//! `pull`) takes the context by `&mut`, so no header reference obtained
+//! before the call can still be alive after it.
+
+use core::ptr::{addr_of_mut, write_volatile};
+
+use aya_ebpf::{
+    bindings::bpf_redir_neigh,
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh,
+        bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push,
+    },
+    programs::TcContext,
+};
+use dataplane_common::Ipv4;
+
+const AF_INET: u32 = 2;
+const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
+
+/// The ifindex of the device the program runs on.
+#[inline(always)]
+pub fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a context field of this program's skb.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// The VLAN id the kernel moved from the frame into skb metadata (at TC
+/// ingress it usually has), if any.
+#[inline(always)]
+pub fn vlan_meta(ctx: &TcContext) -> Option<u16> {
+    // SAFETY: reading context fields of this program's skb.
+    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
+    (present != 0).then_some((tci & 0x0fff) as u16)
+}
+
+/// Makes the first `len` bytes direct-access readable (GSO and paged skbs
+/// may hold headers outside the linear area). Best effort: a packet it
+/// cannot pull is then simply shorter to the parser.
+#[inline(always)]
+pub fn pull(ctx: &mut TcContext, len: u32) {
+    let _ = ctx.pull_data(len);
+}
+
+/// Pushes an 802.1Q tag with `vlan_id`; `false` if the kernel refused.
+#[inline(always)]
+pub fn vlan_push(ctx: &mut TcContext, vlan_id: u16) -> bool {
+    // SAFETY: helper call on this program's own skb.
+    unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q_BE, vlan_id) == 0 }
+}
+
+/// Pops the outer VLAN tag; `false` if the kernel refused.
+#[inline(always)]
+pub fn vlan_pop(ctx: &mut TcContext) -> bool {
+    // SAFETY: helper call on this program's own skb.
+    unsafe { bpf_skb_vlan_pop(ctx.skb.skb) == 0 }
+}
+
+/// `bpf_redirect(ifindex, 0)`: out of `ifindex` (TC_ACT_REDIRECT on success).
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> i64 {
+    // SAFETY: helper call with plain arguments.
+    unsafe { bpf_redirect(ifindex, 0) }
+}
+
+/// `bpf_redirect_peer(ifindex, 0)`: into the namespace of veth `ifindex`'s
+/// peer, without a second pass through the backlog.
+#[inline(always)]
+pub fn redirect_peer(ifindex: u32) -> i64 {
+    // SAFETY: helper call with plain arguments.
+    unsafe { bpf_redirect_peer(ifindex, 0) }
+}
+
+/// `bpf_redirect_neigh` out of `ifindex` towards IPv4 next hop `gateway`,
+/// its MAC resolved by the kernel's neighbour table.
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32, gateway: Ipv4) -> i64 {
+    // SAFETY: an all-zero bpf_redir_neigh is valid (plain integers).
+    let mut params: bpf_redir_neigh = unsafe { core::mem::zeroed() };
+    params.nh_family = AF_INET;
+    params.__bindgen_anon_1.ipv4_nh = u32::from_ne_bytes(gateway);
+    // SAFETY: params lives for the call; the size is the struct's.
+    unsafe {
+        bpf_redirect_neigh(
+            ifindex,
+            &mut params,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    }
+}
+
+/// Reads word `I` of `skb->cb`.
+#[inline(always)]
+pub fn cb<const I: usize>(ctx: &TcContext) -> u32 {
+    // SAFETY: reading this program's context (an index past cb's five
+    // words does not compile).
+    unsafe { (*ctx.skb.skb).cb[I] }
+}
+
+/// Writes word `I` of `skb->cb`. A separate volatile store at a constant
+/// offset from the context pointer: the verifier rejects context stores
+/// through a derived pointer, which is what the compiler makes of a slice
+/// write.
+#[inline(always)]
+pub fn set_cb<const I: usize>(ctx: &mut TcContext, value: u32) {
+    // SAFETY: this program's context; cb is writable from TC.
+    unsafe { write_volatile(addr_of_mut!((*ctx.skb.skb).cb[I]), value) }
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: a few ns to read (vs ~20 for the precise
+/// clock), tick resolution is plenty for timeouts of seconds, and the agent
+/// reads the same clock with clock_gettime(CLOCK_MONOTONIC_COARSE).
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// A pseudo-random 32-bit number (per-CPU state in the kernel).
+#[inline(always)]
+pub fn random() -> u32 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_get_prandom_u32() }
+}
