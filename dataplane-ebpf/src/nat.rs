@@ -19,8 +19,8 @@ use crate::{
         L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
     maps::{self, CT, SNAT_REV},
-    skb,
     parse::{header_mut, Fragment, Parsed, Quoted},
+    skb,
 };
 
 /// Attempts before a new flow is dropped for want of a port. Probing is
@@ -98,7 +98,6 @@ pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry,
 pub fn reply_key(orig: &CtKey, nat_ip: Ipv4, nat_port: u16) -> CtKey {
     CtKey::new(orig.dst_ip, nat_ip, orig.dst_port, nat_port, orig.proto)
 }
-
 
 /// A cheap, well-mixed hash of the flow (murmur3's finaliser over its words).
 #[inline(always)]
@@ -185,7 +184,12 @@ fn set_port(ctx: &mut TcContext, off: usize, port: u16) -> Result<(), i64> {
 /// Writes the IPv4 header at `l3_off`'s source or destination address and
 /// updates its checksum inline (RFC 1624).
 #[inline(always)]
-fn set_ipv4_addr(ctx: &mut TcContext, l3_off: usize, addr_off: usize, new_ip: Ipv4) -> Result<(), i64> {
+fn set_ipv4_addr(
+    ctx: &mut TcContext,
+    l3_off: usize,
+    addr_off: usize,
+    new_ip: Ipv4,
+) -> Result<(), i64> {
     let ip: &mut Ipv4Hdr = header_mut(ctx, l3_off).ok_or(-1i64)?;
     let field = if addr_off == IP_SRC_OFF {
         &mut ip.src
