@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use crate::{
     aws_node_env,
     config::RunConfig,
-    dataplane::{list_link_pins, remove_link_pin, Dataplane, NodeMaps, PodMaps},
+    dataplane::{list_link_pins, remove_link_pin, Dataplane, MapOwner, NodeMaps, PodMaps},
     node::file::NodeSpec,
     node::netif,
     node::reconcile::{resolve_enis, Eni, NodeReconciler},

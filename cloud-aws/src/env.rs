@@ -137,6 +137,17 @@ pub fn parse(get: impl Fn(&str) -> Option<String>) -> Result<PoolEnv, EnvError> 
     })
 }
 
+/// A lookup over fixed name/value pairs, for variables that do not come
+/// from this process's environment (tests, a manifest's `env:` list).
+pub fn vars<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+    move |k| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
 /// [`parse`] over the process environment.
 pub fn from_process() -> Result<PoolEnv, EnvError> {
     parse(|k| std::env::var(k).ok())
@@ -144,16 +155,7 @@ pub fn from_process() -> Result<PoolEnv, EnvError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use super::{vars as env, *};
 
     #[test]
     fn defaults_are_aws_nodes() {

@@ -20,7 +20,7 @@ use testbed::{
 };
 use trunkline_agent::{
     conntrack_gc::{now_coarse_ns, Collector, Timeouts},
-    dataplane::{CtMaps, Dataplane},
+    dataplane::{CtMaps, Dataplane, MapOwner},
 };
 
 const NODE: [u8; 4] = [192, 168, 16, 10];

@@ -152,16 +152,9 @@ pub fn host_ephemeral_range() -> Option<(u16, u16)> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use trunkline_aws::env::vars as env;
 
-    fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use super::*;
 
     #[test]
     fn defaults_match_aws_node() {

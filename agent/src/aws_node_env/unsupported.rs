@@ -61,15 +61,9 @@ pub fn check(get: impl Fn(&str) -> Option<String>) -> (Vec<String>, Vec<String>)
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use trunkline_aws::env::vars as env;
 
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |k| {
-            vars.iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.to_string())
-        }
-    }
+    use super::*;
 
     #[test]
     fn enabled_ipv6_or_custom_networking_refuse_the_start() {

@@ -208,13 +208,7 @@ mod tests {
 
     #[test]
     fn the_node_name_comes_from_my_node_name_then_node_name() {
-        let env = |vars: &'static [(&'static str, &'static str)]| {
-            move |k: &str| {
-                vars.iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, v)| v.to_string())
-            }
-        };
+        use trunkline_aws::env::vars as env;
         assert_eq!(
             node_name_from_env(env(&[("MY_NODE_NAME", "a"), ("NODE_NAME", "b")])).as_deref(),
             Some("a")

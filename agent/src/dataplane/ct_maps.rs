@@ -6,12 +6,12 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use dataplane_common::{maps as names, CtEntry, CtKey};
 
 use super::{
-    map_pin::{all, found, map_err, open, removed},
-    Dataplane, Result,
+    map_pin::{all, found, map_err, open_typed, removed, MapOwner, MapSource},
+    Result,
 };
 
 /// `bpf_map_update_elem` flag: insert only if absent (linux/bpf.h).
@@ -28,8 +28,7 @@ pub struct CtView(HashMap<MapData, CtKey, CtEntry>);
 
 impl CtView {
     pub fn open(bpf_root: &Path) -> Result<Self> {
-        let m = open(bpf_root, names::CT)?;
-        Ok(Self(HashMap::try_from(m).map_err(map_err(names::CT))?))
+        Ok(Self(open_typed(bpf_root, names::CT)?))
     }
 
     pub fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
@@ -37,23 +36,16 @@ impl CtView {
     }
 }
 
-impl CtMaps {
-    pub fn open(bpf_root: &Path) -> Result<Self> {
-        Self::new(|name| open(bpf_root, name))
-    }
-
-    /// The maps of `dp`, moved out of it (see [`super::PodMaps::take_from`]).
-    pub fn take_from(dp: &mut Dataplane) -> Result<Self> {
-        Self::new(|name| dp.take_map(name))
-    }
-
-    fn new(mut map: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+impl MapOwner for CtMaps {
+    fn from_source(src: &mut MapSource<'_>) -> Result<Self> {
         Ok(Self {
-            ct: HashMap::try_from(map(names::CT)?).map_err(map_err(names::CT))?,
-            rev: HashMap::try_from(map(names::SNAT_REV)?).map_err(map_err(names::SNAT_REV))?,
+            ct: src.typed(names::CT)?,
+            rev: src.typed(names::SNAT_REV)?,
         })
     }
+}
 
+impl CtMaps {
     pub fn ct_entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
         all(names::CT, self.ct.iter())
     }

@@ -1,15 +1,63 @@
-//! Opening a pinned map and the error conventions every typed map shares.
+//! Where a map owner's maps come from, and the error conventions every
+//! typed map shares.
 
 use std::path::Path;
 
 use aya::maps::{Map, MapData, MapError};
 
-use super::{DataplaneError, Result};
+use super::{Dataplane, DataplaneError, Result};
 
 /// The map pinned as `<bpf_root>/<name>`.
-pub(super) fn open(bpf_root: &Path, name: &'static str) -> Result<Map> {
+fn open(bpf_root: &Path, name: &'static str) -> Result<Map> {
     let data = MapData::from_pin(bpf_root.join(name)).map_err(map_err(name))?;
     Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// Map `name` pinned under `bpf_root`, as the typed map `M`.
+pub(super) fn open_typed<M>(bpf_root: &Path, name: &'static str) -> Result<M>
+where
+    M: TryFrom<Map, Error = MapError>,
+{
+    M::try_from(open(bpf_root, name)?).map_err(map_err(name))
+}
+
+/// Where an owner's maps come from: their pins (the agent, and anything
+/// beside a running agent), or a loaded [`Dataplane`] they are moved out
+/// of (a data path without an agent: golden-packet tests, benchmarks).
+pub enum MapSource<'a> {
+    Pins(&'a Path),
+    Loaded(&'a mut Dataplane),
+}
+
+impl MapSource<'_> {
+    /// Map `name` as the typed map `M`.
+    pub(super) fn typed<M>(&mut self, name: &'static str) -> Result<M>
+    where
+        M: TryFrom<Map, Error = MapError>,
+    {
+        match self {
+            MapSource::Pins(root) => open_typed(root, name),
+            MapSource::Loaded(dp) => M::try_from(dp.take_map(name)?).map_err(map_err(name)),
+        }
+    }
+}
+
+/// A type that holds the one userspace writer of some maps
+/// ([`super::PodMaps`], [`super::NodeMaps`], [`super::CtMaps`]).
+pub trait MapOwner: Sized {
+    fn from_source(src: &mut MapSource<'_>) -> Result<Self>;
+
+    /// The maps from their pins under `bpf_root`.
+    fn open(bpf_root: &Path) -> Result<Self> {
+        Self::from_source(&mut MapSource::Pins(bpf_root))
+    }
+
+    /// The maps of `dp`, moved out of it, where they may not be pinned.
+    /// `dp` keeps no handle and a second take fails, so there is still
+    /// one writer.
+    fn take_from(dp: &mut Dataplane) -> Result<Self> {
+        Self::from_source(&mut MapSource::Loaded(dp))
+    }
 }
 
 pub(super) fn map_err(name: &'static str) -> impl Fn(MapError) -> DataplaneError {

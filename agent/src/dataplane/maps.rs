@@ -3,10 +3,13 @@
 
 use std::{borrow::Borrow, path::Path};
 
-use aya::maps::{Map, MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray};
 use dataplane_common::{maps as names, Hook, Stats};
 
-use super::{Dataplane, DataplaneError, Result};
+use super::{
+    map_pin::{map_err, open_typed},
+    Dataplane, DataplaneError, Result,
+};
 
 /// The counters of every hook, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,12 +35,7 @@ impl StatsByHook {
 fn sum_stats<T: Borrow<MapData>>(map: &PerCpuArray<T, Stats>) -> Result<StatsByHook> {
     let mut out = StatsByHook::default();
     for hook in Hook::ALL {
-        let per_cpu = map
-            .get(&(hook as u32), 0)
-            .map_err(|source| DataplaneError::Map {
-                name: names::STATS,
-                source,
-            })?;
+        let per_cpu = map.get(&(hook as u32), 0).map_err(map_err(names::STATS))?;
         for cpu in per_cpu.iter() {
             out.per_hook[hook as usize].accumulate(cpu);
         }
@@ -52,10 +50,7 @@ impl Dataplane {
             .ebpf()
             .map(names::STATS)
             .ok_or(DataplaneError::MissingMap(names::STATS))?;
-        let map = PerCpuArray::<_, Stats>::try_from(map).map_err(|source| DataplaneError::Map {
-            name: names::STATS,
-            source,
-        })?;
+        let map = PerCpuArray::<_, Stats>::try_from(map).map_err(map_err(names::STATS))?;
         sum_stats(&map)
     }
 
@@ -65,11 +60,7 @@ impl Dataplane {
             .ebpf_mut()
             .map_mut(names::STATS)
             .ok_or(DataplaneError::MissingMap(names::STATS))?;
-        let mut map =
-            PerCpuArray::<_, Stats>::try_from(map).map_err(|source| DataplaneError::Map {
-                name: names::STATS,
-                source,
-            })?;
+        let mut map = PerCpuArray::<_, Stats>::try_from(map).map_err(map_err(names::STATS))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Io {
             path: "/sys/devices/system/cpu/possible".into(),
             source: e,
@@ -83,10 +74,7 @@ impl Dataplane {
                     }
                 })?;
             map.set(hook as u32, zero, 0)
-                .map_err(|source| DataplaneError::Map {
-                    name: names::STATS,
-                    source,
-                })?;
+                .map_err(map_err(names::STATS))?;
         }
         Ok(())
     }
@@ -99,20 +87,9 @@ pub struct PinnedStats {
 
 impl PinnedStats {
     pub fn open(bpf_root: &Path) -> Result<Self> {
-        let path = bpf_root.join(names::STATS);
-        let data = MapData::from_pin(&path).map_err(|source| DataplaneError::Map {
-            name: names::STATS,
-            source,
-        })?;
-        let map = Map::from_map_data(data).map_err(|source| DataplaneError::Map {
-            name: names::STATS,
-            source,
-        })?;
-        let map = PerCpuArray::try_from(map).map_err(|source| DataplaneError::Map {
-            name: names::STATS,
-            source,
-        })?;
-        Ok(Self { map })
+        Ok(Self {
+            map: open_typed(bpf_root, names::STATS)?,
+        })
     }
 
     pub fn read(&self) -> Result<StatsByHook> {

@@ -22,6 +22,7 @@ pub use attach::{AttachMode, Attachment};
 pub use bpffs::{ensure_bpffs_dir, is_bpffs};
 pub use ct_maps::{CtMaps, CtView};
 pub use links::{links_dir, list_link_pins, remove_link_pin, LinkPin, LINKS_DIR};
+pub use map_pin::{MapOwner, MapSource};
 pub use maps::{read_stats, PinnedStats, StatsByHook};
 pub use node_maps::NodeMaps;
 pub use pod_attach::detach_pod;
@@ -184,7 +185,7 @@ impl Dataplane {
     }
 
     /// Moves map `name` out of the loaded object, for a typed owner
-    /// ([`PodMaps::take_from`] and the like); a second take fails.
+    /// ([`MapOwner::take_from`]); a second take fails.
     pub(crate) fn take_map(&mut self, name: &'static str) -> Result<aya::maps::Map> {
         self.ebpf
             .take_map(name)

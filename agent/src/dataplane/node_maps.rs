@@ -3,18 +3,16 @@
 //! ([`crate::node::reconcile::NodeReconciler`]) holds the one
 //! [`NodeMaps`]; nothing else writes them (readers use [`super::views`]).
 
-use std::path::Path;
-
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    Array, HashMap, Map, MapData,
+    Array, HashMap, MapData,
 };
 use dataplane_common::{maps as names, Config, EniEntry, Ipv4};
 use ipnet::Ipv4Net;
 
 use super::{
-    map_pin::{all, map_err, open, removed},
-    Dataplane, Result,
+    map_pin::{all, map_err, removed, MapOwner, MapSource},
+    Result,
 };
 
 /// Write access to the node's maps.
@@ -29,26 +27,18 @@ fn cidr_key(net: &Ipv4Net) -> Key<Ipv4> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
 }
 
-impl NodeMaps {
-    pub fn open(bpf_root: &Path) -> Result<Self> {
-        Self::new(|name| open(bpf_root, name))
-    }
-
-    /// The maps of `dp`, moved out of it (see [`super::PodMaps::take_from`]).
-    pub fn take_from(dp: &mut Dataplane) -> Result<Self> {
-        Self::new(|name| dp.take_map(name))
-    }
-
-    fn new(mut map: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+impl MapOwner for NodeMaps {
+    fn from_source(src: &mut MapSource<'_>) -> Result<Self> {
         Ok(Self {
-            enis: HashMap::try_from(map(names::ENIS)?).map_err(map_err(names::ENIS))?,
-            no_snat: LpmTrie::try_from(map(names::NO_SNAT)?).map_err(map_err(names::NO_SNAT))?,
-            service_cidrs: LpmTrie::try_from(map(names::SERVICE_CIDRS)?)
-                .map_err(map_err(names::SERVICE_CIDRS))?,
-            config: Array::try_from(map(names::CONFIG)?).map_err(map_err(names::CONFIG))?,
+            enis: src.typed(names::ENIS)?,
+            no_snat: src.typed(names::NO_SNAT)?,
+            service_cidrs: src.typed(names::SERVICE_CIDRS)?,
+            config: src.typed(names::CONFIG)?,
         })
     }
+}
 
+impl NodeMaps {
     pub fn enis(&self) -> Result<Vec<(u32, EniEntry)>> {
         all(names::ENIS, self.enis.iter())
     }

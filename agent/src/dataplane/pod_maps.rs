@@ -1,14 +1,14 @@
 //! `PODS` and `VLANS`, the maps of the pods: written only by
 //! [`crate::pods::Pods`], which holds the one [`PodMaps`].
 
-use std::{net::Ipv4Addr, path::Path};
+use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, Map, MapData};
+use aya::maps::{HashMap, MapData};
 use dataplane_common::{maps as names, Ipv4, PodEntry, VlanKey};
 
 use super::{
-    map_pin::{all, found, map_err, open, removed},
-    Dataplane, Result,
+    map_pin::{all, found, map_err, removed, MapOwner, MapSource},
+    Result,
 };
 
 /// Write access to `PODS` and `VLANS`.
@@ -17,26 +17,16 @@ pub struct PodMaps {
     vlans: HashMap<MapData, VlanKey, Ipv4>,
 }
 
-impl PodMaps {
-    pub fn open(bpf_root: &Path) -> Result<Self> {
-        Self::new(|name| open(bpf_root, name))
-    }
-
-    /// The maps of `dp`, moved out of it: for a data path without an agent
-    /// (golden-packet tests, benchmarks), where the maps may not be pinned.
-    /// `dp` keeps no handle and a second take fails, so there is still one
-    /// writer; the agent opens the pins instead.
-    pub fn take_from(dp: &mut Dataplane) -> Result<Self> {
-        Self::new(|name| dp.take_map(name))
-    }
-
-    fn new(mut map: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
+impl MapOwner for PodMaps {
+    fn from_source(src: &mut MapSource<'_>) -> Result<Self> {
         Ok(Self {
-            pods: HashMap::try_from(map(names::PODS)?).map_err(map_err(names::PODS))?,
-            vlans: HashMap::try_from(map(names::VLANS)?).map_err(map_err(names::VLANS))?,
+            pods: src.typed(names::PODS)?,
+            vlans: src.typed(names::VLANS)?,
         })
     }
+}
 
+impl PodMaps {
     pub fn pods(&self) -> Result<Vec<(Ipv4Addr, PodEntry)>> {
         let it = self
             .pods

@@ -9,7 +9,7 @@ use aya::maps::{Array, HashMap, MapData};
 use dataplane_common::{maps as names, Config, EniEntry, Ipv4, PodEntry, VlanKey};
 
 use super::{
-    map_pin::{all, found, map_err, open},
+    map_pin::{all, found, map_err, open_typed},
     Result,
 };
 
@@ -24,8 +24,7 @@ pub struct ConfigMap(Array<MapData, Config>);
 
 impl PodsMap {
     pub fn open(bpf_root: &Path) -> Result<Self> {
-        let m = open(bpf_root, names::PODS)?;
-        Ok(Self(HashMap::try_from(m).map_err(map_err(names::PODS))?))
+        Ok(Self(open_typed(bpf_root, names::PODS)?))
     }
     pub fn entries(&self) -> Result<Vec<(Ipv4Addr, PodEntry)>> {
         let it = self
@@ -38,8 +37,7 @@ impl PodsMap {
 
 impl EnisMap {
     pub fn open(bpf_root: &Path) -> Result<Self> {
-        let m = open(bpf_root, names::ENIS)?;
-        Ok(Self(HashMap::try_from(m).map_err(map_err(names::ENIS))?))
+        Ok(Self(open_typed(bpf_root, names::ENIS)?))
     }
     pub fn entries(&self) -> Result<Vec<(u32, EniEntry)>> {
         all(names::ENIS, self.0.iter())
@@ -48,8 +46,7 @@ impl EnisMap {
 
 impl VlansMap {
     pub fn open(bpf_root: &Path) -> Result<Self> {
-        let m = open(bpf_root, names::VLANS)?;
-        Ok(Self(HashMap::try_from(m).map_err(map_err(names::VLANS))?))
+        Ok(Self(open_typed(bpf_root, names::VLANS)?))
     }
     /// The branch pod a tagged frame on `trunk_ifindex` with `vlan` is for.
     pub fn get(&self, trunk_ifindex: u32, vlan: u16) -> Result<Option<Ipv4Addr>> {
@@ -60,8 +57,7 @@ impl VlansMap {
 
 impl ConfigMap {
     pub fn open(bpf_root: &Path) -> Result<Self> {
-        let m = open(bpf_root, names::CONFIG)?;
-        Ok(Self(Array::try_from(m).map_err(map_err(names::CONFIG))?))
+        Ok(Self(open_typed(bpf_root, names::CONFIG)?))
     }
     pub fn get(&self) -> Result<Config> {
         self.0.get(&0, 0).map_err(map_err(names::CONFIG))

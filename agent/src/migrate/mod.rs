@@ -31,7 +31,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::{
     agent::Agent,
     conntrack_gc::now_coarse_ns,
-    dataplane::CtMaps,
+    dataplane::{CtMaps, MapOwner},
     node::file::{MacAddr, NodeSpec},
     node::netif,
     pods::Adoptee,

@@ -29,7 +29,7 @@ use crate::{
     agent::{Agent, Shared},
     config::RunConfig,
     conntrack_gc::{self, Collector, Timeouts},
-    dataplane::CtMaps,
+    dataplane::{CtMaps, MapOwner},
     node::file::NodeSpec,
 };
 

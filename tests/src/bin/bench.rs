@@ -26,7 +26,7 @@ use testbed::{
     kernel::object,
     topology::snat_node::{self, Plumbing, SnatNode, SnatOptions, INET_IP},
 };
-use trunkline_agent::dataplane::{NodeMaps, PodMaps};
+use trunkline_agent::dataplane::{MapOwner, NodeMaps, PodMaps};
 
 struct Setup {
     name: &'static str,

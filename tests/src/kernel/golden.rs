@@ -3,7 +3,7 @@
 
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane_common::{CtEntry, CtKey, Hook, Stats, VerdictRecord};
-use trunkline_agent::dataplane::{CtMaps, Dataplane, NodeMaps, PodMaps};
+use trunkline_agent::dataplane::{CtMaps, Dataplane, MapOwner, NodeMaps, PodMaps};
 
 use crate::kernel::skbuff::SkBuff;
 

@@ -20,7 +20,7 @@ use dataplane_common::{
     Config, EniEntry, EniRole, Hook, PodEntry, SnatMode,
 };
 use ipnet::Ipv4Net;
-use trunkline_agent::dataplane::{Dataplane, NodeMaps, PodMaps};
+use trunkline_agent::dataplane::{Dataplane, MapOwner, NodeMaps, PodMaps};
 
 use crate::{
     drivers::legacy::{self, LegacySnat},
