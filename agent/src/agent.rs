@@ -158,6 +158,17 @@ impl Agent {
         Ok(())
     }
 
+    /// The node's local prefixes (from [`crate::node::local_addrs`]): handed
+    /// to the host stack from now on. `false` when nothing changed.
+    pub fn set_node_local(
+        &mut self,
+        local: std::collections::BTreeSet<ipnet::Ipv4Net>,
+    ) -> anyhow::Result<bool> {
+        Ok(self
+            .node
+            .set_local(local, self.pods.node(), self.pods.enis())?)
+    }
+
     /// SIGHUP in local mode: re-reads the node file and applies it.
     pub fn reload_node_file(&mut self) -> anyhow::Result<()> {
         if self.config.node_file.as_os_str().is_empty() {

@@ -2,7 +2,7 @@
 //! `CONFIG`/`ENIS`/`NO_SNAT`/`SERVICE_CIDRS` contents derived from it, and
 //! the reconciler that writes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dataplane_common::{config::CFG_F_SG_STANDARD, maps as names, Config, EniEntry, EniRole, Hook};
 use ipnet::Ipv4Net;
@@ -78,19 +78,26 @@ pub fn no_snat(node: &NodeSpec, snat: &SnatEnv) -> Vec<(Ipv4Net, u32)> {
     vpc.chain(excluded).collect()
 }
 
-/// `SERVICE_CIDRS`: the service CIDRs (kube-proxy) and every address of the
-/// node itself, all handed to the host stack by `from_pod`.
-pub fn pass_to_stack(node: &NodeSpec, enis: &BTreeMap<String, Eni>) -> Vec<(Ipv4Net, u32)> {
-    let services = node
-        .node
-        .service_cidrs
-        .iter()
-        .map(|n| (n.trunc(), names::PASS_SERVICE_CIDR));
-    let local = enis
+/// `SERVICE_CIDRS`: the service CIDRs (kube-proxy), the ENIs' primary IPs
+/// (local even on an ENI without an address) and the node's local
+/// prefixes (`local`, from [`super::local_addrs`]), all handed to the host
+/// stack by `from_pod`. A prefix that is both keeps the service reason.
+pub fn pass_to_stack(
+    node: &NodeSpec,
+    enis: &BTreeMap<String, Eni>,
+    local: &BTreeSet<Ipv4Net>,
+) -> Vec<(Ipv4Net, u32)> {
+    let mut out = BTreeMap::new();
+    let eni_ips = enis
         .values()
-        .filter_map(|e| Ipv4Net::new(e.primary_ip, 32).ok())
-        .map(|n| (n, names::PASS_NODE_LOCAL));
-    services.chain(local).collect()
+        .filter_map(|e| Ipv4Net::new(e.primary_ip, 32).ok());
+    for n in eni_ips.chain(local.iter().copied()) {
+        out.insert(n.trunc(), names::PASS_NODE_LOCAL);
+    }
+    for n in &node.node.service_cidrs {
+        out.insert(n.trunc(), names::PASS_SERVICE_CIDR);
+    }
+    out.into_iter().collect()
 }
 
 /// `CONFIG` from the node file and the aws-node environment.
@@ -117,11 +124,34 @@ pub fn config(node: &NodeSpec, primary_ifindex: u32, snat: &SnatEnv) -> Config {
 pub struct NodeReconciler {
     maps: NodeMaps,
     snat: SnatEnv,
+    /// The node's local prefixes as last read (see [`super::local_addrs`]).
+    local: BTreeSet<Ipv4Net>,
 }
 
 impl NodeReconciler {
     pub fn new(maps: NodeMaps, snat: SnatEnv) -> Self {
-        Self { maps, snat }
+        Self {
+            maps,
+            snat,
+            local: BTreeSet::new(),
+        }
+    }
+
+    /// The node's local prefixes changed (or were read for the first
+    /// time): re-writes `SERVICE_CIDRS`. `false` when nothing changed.
+    pub fn set_local(
+        &mut self,
+        local: BTreeSet<Ipv4Net>,
+        node: &NodeSpec,
+        enis: &BTreeMap<String, Eni>,
+    ) -> Result<bool, NodeStateError> {
+        if local == self.local {
+            return Ok(false);
+        }
+        self.maps
+            .sync_service_cidrs(&pass_to_stack(node, enis, &local))?;
+        self.local = local;
+        Ok(true)
     }
 
     /// Writes ENIS, CONFIG, NO_SNAT and SERVICE_CIDRS and attaches from_eni /
@@ -133,7 +163,7 @@ impl NodeReconciler {
         enis: &BTreeMap<String, Eni>,
         dp: &mut Dataplane,
     ) -> Result<(), NodeStateError> {
-        reconcile_node(node, &self.snat, enis, dp, &mut self.maps)
+        reconcile_node(node, &self.snat, &self.local, enis, dp, &mut self.maps)
     }
 }
 
@@ -143,6 +173,7 @@ impl NodeReconciler {
 fn reconcile_node(
     node: &NodeSpec,
     snat: &SnatEnv,
+    local: &BTreeSet<Ipv4Net>,
     enis: &BTreeMap<String, Eni>,
     dp: &mut Dataplane,
     maps: &mut NodeMaps,
@@ -184,6 +215,6 @@ fn reconcile_node(
         maps.put_config(&want)?;
     }
     maps.sync_no_snat(&no_snat(node, snat))?;
-    maps.sync_service_cidrs(&pass_to_stack(node, enis))?;
+    maps.sync_service_cidrs(&pass_to_stack(node, enis, local))?;
     Ok(())
 }

@@ -161,6 +161,11 @@ async fn serve(config: RunConfig, node: NodeSpec, on_start: OnStart) -> Result<(
     tokio::spawn(http::serve_introspection(intro_l, agent.clone()));
 
     tokio::spawn(reload_on_sighup(agent.clone()));
+    // Before any pod is served: a pod's first packet to a node address
+    // must already go to the stack.
+    crate::node::local_addrs::start(agent.clone())
+        .await
+        .context("reading the node's local addresses")?;
     on_start(agent.clone());
 
     let (reporter, health) = tonic_health::server::health_reporter();
