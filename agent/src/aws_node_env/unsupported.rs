@@ -7,6 +7,11 @@
 pub const NOT_HONOURED: &[(&str, bool, &str)] = &[
     ("ENABLE_IPv6", true, "IPv6 pods are not supported"),
     (
+        "ENABLE_NETWORK_POLICY",
+        true,
+        "NetworkPolicy is not enforced yet; starting would silently drop the cluster's policies (aws-network-policy-agent's programs would be replaced on every pod veth)",
+    ),
+    (
         "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG",
         true,
         "custom networking (ENIConfig subnets) is not supported; pods would get IPs of the node's subnets",
@@ -74,6 +79,19 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("ENABLE_IPv6=\"true\""), "{errors:?}");
         assert!(warnings.is_empty());
+    }
+
+    #[test]
+    fn enabled_network_policy_refuses_the_start_until_it_is_enforced() {
+        let (errors, _) = check(env(&[("ENABLE_NETWORK_POLICY", "true")]));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("NetworkPolicy is not enforced"),
+            "{errors:?}"
+        );
+        let (errors, warnings) = check(env(&[("ENABLE_NETWORK_POLICY", "false")]));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(warnings.len(), 1, "named, as every set variable is");
     }
 
     #[test]
