@@ -95,8 +95,14 @@ assert_no_padding!(CtEntry {
 
 /// Flow is source-NATed to `nat_ip:nat_port`.
 pub const CT_F_SNAT: u8 = 1 << 0;
-/// Flow entered the pod through the host stack (NodePort, probes): replies go back through it.
+/// Flow went through the host stack (NodePort, probes, or a pod's flow to a
+/// Service whose backend is elsewhere): its packets from the other side go
+/// back through the stack, which un-NATs them.
 pub const CT_F_VIA_STACK: u8 = 1 << 1;
+/// Flow opened from outside the VPC CIDRs straight to a pod (peered VPC,
+/// on-premises, NLB with client IP): as with netfilter, whose NAT decision
+/// is made at a flow's first packet, the pod's replies are never SNATed.
+pub const CT_F_INBOUND: u8 = 1 << 2;
 
 pub const CT_STATE_NEW: u8 = 0;
 pub const CT_STATE_ESTABLISHED: u8 = 1;

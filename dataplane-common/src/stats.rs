@@ -179,8 +179,13 @@ define_stats! {
     vlan_pop,
     /// Packets left to the host stack on purpose (services, node-local, via-stack flows).
     to_stack,
-    /// New flows into a pod that came through the host stack (NodePort, probes).
+    /// New flows that came through the host stack: into a pod (NodePort,
+    /// probes; `to_pod`), or from a pod out of an ENI (a Service with a
+    /// backend elsewhere; `to_eni`).
     via_stack_new,
+    /// New flows opened from outside the VPC CIDRs straight to a pod, whose
+    /// replies are therefore not SNATed (`from_eni`).
+    inbound_new,
     drop_malformed_l3,
     drop_malformed_l4,
     drop_nat_no_port,

@@ -2,14 +2,17 @@
 //! tracking (later fragments carry no ports; the first fragment's are
 //! remembered in `FRAGS`).
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use dataplane_common::{
-    conntrack::{CT_STATE_CLOSING, CT_STATE_ESTABLISHED, TCP_FIN, TCP_RST},
+    conntrack::{
+        CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
     CtEntry, CtKey, DropReason, FragKey, FragPorts,
 };
 
 use crate::{
-    headers::IPPROTO_TCP,
-    maps::{self, FRAGS},
+    headers::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    maps::{self, CT, FRAGS},
     parse::{Fragment, Parsed},
 };
 
@@ -48,6 +51,40 @@ fn frag_key(pkt: &Parsed) -> FragKey {
 }
 
 pub use crate::skb::now;
+
+/// The first packet of a flow: TCP SYN, an ICMP echo request, any UDP.
+#[inline(always)]
+pub fn opens_flow(pkt: &Parsed) -> bool {
+    if pkt.fragment == Fragment::Later {
+        return false;
+    }
+    match pkt.proto {
+        IPPROTO_TCP => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
+        IPPROTO_UDP => true,
+        IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
+        _ => false,
+    }
+}
+
+/// Starts tracking flow `key` untranslated (`flags` say how its packets
+/// go) with `pkt`, its first packet. Entries are keyed from the pod's side
+/// whoever opened the flow; "orig" counts the opener's packets and "reply"
+/// the answerer's, so the first answer makes the flow established.
+/// `false` if the flow was already tracked (or the map refused).
+#[inline(always)]
+pub fn start(key: &CtKey, flags: u8, pkt: &Parsed) -> bool {
+    let t = now();
+    let entry = CtEntry {
+        created_ns: t,
+        last_seen_ns: t,
+        packets_orig: 1,
+        bytes_orig: pkt.ip_len as u64,
+        state: CT_STATE_NEW,
+        flags,
+        ..CtEntry::default()
+    };
+    CT.insert(*key, entry, BPF_NOEXIST as u64).is_ok()
+}
 
 /// The flow's entry, if tracked.
 #[inline(always)]

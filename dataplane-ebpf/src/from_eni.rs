@@ -4,7 +4,10 @@
 //! untagged and delivered to their branch pod.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{Config, CtKey, DropReason, PodEntry, Stats, VlanKey};
+use dataplane_common::{
+    conntrack::{CT_F_INBOUND, CT_F_VIA_STACK},
+    Config, CtKey, DropReason, PodEntry, Stats, VlanKey,
+};
 
 use crate::{
     conntrack, deliver,
@@ -12,6 +15,7 @@ use crate::{
     maps,
     nat::{self, ErrorDirection},
     parse::{self, Parsed},
+    policy::snat_needed,
     skb,
     verdict::Verdict,
 };
@@ -25,13 +29,10 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         return from_trunk(ctx, cfg, pkt, stats);
     }
     if pkt.dst != cfg.node_ip {
-        // Traffic for a local pod (from the VPC) goes straight in; a strict
-        // branch pod's only arrives tagged on the trunk.
+        // Traffic for a local pod (from the VPC); a strict branch pod's only
+        // arrives tagged on the trunk.
         return match maps::pod(&pkt.dst) {
-            Some(pod) if pod.vlan_id == 0 => {
-                stats.steer_pod += 1;
-                hop_into_pod(ctx, cfg, &pod, pkt.l3_off)
-            }
+            Some(pod) if pod.vlan_id == 0 => into_local_pod(ctx, cfg, pkt, &pod, stats),
             _ => Verdict::Pass,
         };
     }
@@ -66,6 +67,46 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     }
     stats.rev_snat += 1;
     hop_into_pod(ctx, cfg, &pod, pkt.l3_off)
+}
+
+/// Traffic from the VPC for a pod on this node goes straight in, unless it
+/// answers a flow the pod opened through the host stack (a Service whose
+/// backend is elsewhere): then the stack un-NATs it. A flow opened from
+/// outside the VPC CIDRs is tracked, so that the pod's replies are not
+/// SNATed (`CT_F_INBOUND`).
+#[inline(always)]
+fn into_local_pod(
+    ctx: &mut TcContext,
+    cfg: &Config,
+    pkt: &Parsed,
+    pod: &PodEntry,
+    stats: &mut Stats,
+) -> Verdict {
+    if let Ok(key) = conntrack::flow_key(pkt) {
+        let pod_side = key.reversed();
+        match conntrack::lookup(&pod_side) {
+            Some(ct) if ct.flags & CT_F_VIA_STACK != 0 => {
+                conntrack::seen_reply(ct, pkt);
+                stats.to_stack += 1;
+                return Verdict::Pass;
+            }
+            Some(ct) => {
+                if ct.flags & CT_F_INBOUND != 0 {
+                    conntrack::seen_orig(ct, pkt);
+                }
+            }
+            None => {
+                if conntrack::opens_flow(pkt)
+                    && snat_needed(cfg, pod, pkt.src)
+                    && conntrack::start(&pod_side, CT_F_INBOUND, pkt)
+                {
+                    stats.inbound_new += 1;
+                }
+            }
+        }
+    }
+    stats.steer_pod += 1;
+    hop_into_pod(ctx, cfg, pod, pkt.l3_off)
 }
 
 /// The node is a routing hop on the way in too (see `deliver::hop`).

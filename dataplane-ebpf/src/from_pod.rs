@@ -2,6 +2,7 @@
 //! is steered here, without the host's routing tables.
 //!
 //! - replies of flows that came in through the host stack → the stack;
+//! - replies of flows opened from outside the VPC → out untranslated;
 //! - strict branch pods → tagged out of the trunk, whatever the destination;
 //! - service CIDRs and node-local addresses → the stack (kube-proxy);
 //! - a pod on this node → straight into it;
@@ -11,7 +12,7 @@
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
-    conntrack::{CT_F_SNAT, CT_F_VIA_STACK},
+    conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK},
     Config, PodEntry, Stats,
 };
 
@@ -95,6 +96,11 @@ fn decide(cfg: &Config, pkt: &Parsed) -> Target {
             if ct.flags & CT_F_SNAT != 0 {
                 return Target::new(Via::Eni, pod, cfg.primary_eni_ifindex);
             }
+            if ct.flags & CT_F_INBOUND != 0 {
+                // Opened from outside the VPC: answered untranslated.
+                conntrack::seen_reply(ct, pkt);
+                return untranslated(pod);
+            }
         }
     }
     if strict_branch(cfg, &pod) {
@@ -111,7 +117,16 @@ fn decide(cfg: &Config, pkt: &Parsed) -> Target {
     }
     if snat_needed(cfg, &pod, pkt.dst) {
         Target::new(Via::Eni, pod, cfg.primary_eni_ifindex)
-    } else if pod.vlan_id != 0 {
+    } else {
+        untranslated(pod)
+    }
+}
+
+/// Where a pod's packet leaves when it keeps its own source address: the
+/// trunk for a (standard-mode) branch pod, else the ENI that owns its IP.
+#[inline(always)]
+fn untranslated(pod: PodEntry) -> Target {
+    if pod.vlan_id != 0 {
         Target::new(Via::Trunk, pod, 0)
     } else {
         Target::new(Via::Eni, pod, pod.eni_ifindex)

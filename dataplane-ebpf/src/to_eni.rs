@@ -1,10 +1,11 @@
 //! `to_eni` (TC egress of every ENI): SNAT of pod traffic leaving the VPC,
-//! and recording of the node's own connections so SNAT never takes their
-//! ports.
+//! recording of the node's own connections so SNAT never takes their
+//! ports, and of pod flows the host stack routed here (a Service whose
+//! backend is elsewhere) so that their replies go back through it.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
 use dataplane_common::{
-    conntrack::{CT_F_SNAT, TCP_ACK, TCP_SYN},
+    conntrack::{CT_F_SNAT, CT_F_VIA_STACK, TCP_ACK, TCP_SYN},
     Config, CtKey, DropReason, Ipv4, PodEntry, Stats,
 };
 
@@ -16,7 +17,7 @@ use crate::{
     parse::{self, Fragment, Parsed},
     policy::{snat_needed, strict_branch},
     skb,
-    verdict::Verdict,
+    verdict::{redirected_by_us, Verdict},
 };
 
 #[inline(always)]
@@ -48,6 +49,17 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
                     let (nat_ip, nat_port) = (ct.nat_ip, ct.nat_port);
                     return translate(ctx, pkt, cfg, &key, nat_ip, nat_port, stats);
                 }
+                // Tracked untranslated (opened from outside, or through the
+                // stack): its NAT decision was made at its first packet.
+                // Counted once: not again after our own redirect to the
+                // ENI that owns the pod's IP.
+                if ct.flags & CT_F_VIA_STACK != 0 && !redirected_by_us(ctx) {
+                    conntrack::seen_orig(ct, pkt);
+                }
+                return match maps::pod(&pkt.src) {
+                    Some(pod) => steer_source(ctx, &pod),
+                    None => Verdict::Pass,
+                };
             }
         }
     }
@@ -61,6 +73,9 @@ fn new_flow(ctx: &mut TcContext, pkt: &Parsed, cfg: &Config, stats: &mut Stats) 
         return Verdict::Pass;
     };
     if !snat_needed(cfg, &pod, pkt.dst) {
+        if !redirected_by_us(ctx) {
+            note_via_stack(pkt, stats);
+        }
         return steer_source(ctx, &pod);
     }
     if pkt.is_icmp_error() {
@@ -96,6 +111,23 @@ fn translate(
     }
     stats.snat += 1;
     leave_primary(ctx, cfg)
+}
+
+/// A pod's new flow that the host stack routed out of an ENI (`from_pod`
+/// hands Service traffic to the stack; kube-proxy DNATed it to a backend
+/// elsewhere in the VPC): tracked "via stack", so that `from_eni` gives
+/// the backend's replies to the stack to be un-DNATed instead of putting
+/// them straight into the pod.
+#[inline(always)]
+fn note_via_stack(pkt: &Parsed, stats: &mut Stats) {
+    if !conntrack::opens_flow(pkt) {
+        return;
+    }
+    if let Ok(key) = conntrack::flow_key(pkt) {
+        if conntrack::start(&key, CT_F_VIA_STACK, pkt) {
+            stats.via_stack_new += 1;
+        }
+    }
 }
 
 /// SNATed packets must leave the ENI that owns the node IP.

@@ -5,17 +5,13 @@
 //! (this replaces the CONNMARK 0x80 chain and the fwmark rule). Strict
 //! security-group pods accept only what came through their branch ENI.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, programs::TcContext};
-use dataplane_common::{
-    conntrack::{CT_F_VIA_STACK, CT_STATE_NEW, TCP_ACK, TCP_SYN},
-    CtEntry, DropReason, Stats,
-};
+use aya_ebpf::programs::TcContext;
+use dataplane_common::{conntrack::CT_F_VIA_STACK, DropReason, Stats};
 
 use crate::{
-    conntrack,
-    headers::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    maps::{self, CT},
-    parse::{Fragment, Parsed},
+    conntrack::{self, opens_flow},
+    maps,
+    parse::Parsed,
     policy::strict_branch,
     verdict::{delivered_by_us, Verdict},
 };
@@ -45,33 +41,8 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         return Verdict::Pass;
     };
     // Keyed from the pod's side, as `from_pod` will look its replies up.
-    let pod_side = key.reversed();
-    let t = conntrack::now();
-    let entry = CtEntry {
-        created_ns: t,
-        last_seen_ns: t,
-        packets_reply: 1,
-        bytes_reply: pkt.ip_len as u64,
-        state: CT_STATE_NEW,
-        flags: CT_F_VIA_STACK,
-        ..CtEntry::default()
-    };
-    if CT.insert(pod_side, entry, BPF_NOEXIST as u64).is_ok() {
+    if conntrack::start(&key.reversed(), CT_F_VIA_STACK, pkt) {
         stats.via_stack_new += 1;
     }
     Verdict::Pass
-}
-
-/// The first packet of a flow: TCP SYN, an ICMP echo request, any UDP.
-#[inline(always)]
-fn opens_flow(pkt: &Parsed) -> bool {
-    if pkt.fragment == Fragment::Later {
-        return false;
-    }
-    match pkt.proto {
-        IPPROTO_TCP => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
-        IPPROTO_UDP => true,
-        IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
-        _ => false,
-    }
 }

@@ -68,6 +68,14 @@ fn record(ctx: &mut TcContext, verdict: u32, ifindex: u32, reason: u32) {
     skb::set_cb::<CB_MAGIC>(ctx, CB_MAGIC_VALUE);
 }
 
+/// Whether one of our programs redirected the packet here, rather than the
+/// host stack routing it (a record that went through the stack would have
+/// been zeroed).
+#[inline(always)]
+pub fn redirected_by_us(ctx: &TcContext) -> bool {
+    skb::cb::<CB_MAGIC>(ctx) == CB_MAGIC_VALUE && skb::cb::<CB_VERDICT>(ctx) == VERDICT_REDIRECT
+}
+
 /// Whether the packet was put into this pod's host veth by our own ingress
 /// program (a record that went through the stack would have been zeroed).
 #[inline(always)]

@@ -3,10 +3,14 @@
 //! aws-node's plumbing (per-pod routes, ip rules 512/1024/1536, per-ENI
 //! tables, connmark, the SNAT chain) and once with trunkline (the real
 //! agent and CNI plugin). Legacy must not do better anywhere; the table is
-//! printed. Branch pods cannot run legacy here: the kernel has no 802.1Q
+//! printed. Beyond flows a pod opens: Services whose backend is elsewhere
+//! in the VPC (TCP, and UDP through a connected socket as resolvers use),
+//! a client outside the VPC CIDRs connecting to a pod's IP, and a
+//! node-local service on an address added while the node runs (the EKS
+//! Pod Identity agent's 169.254.170.23). Branch pods cannot run legacy here: the kernel has no 802.1Q
 //! module, so there is no `vlan.eth.N` device to build.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::Result;
 use dataplane_common::SnatMode;
@@ -32,13 +36,30 @@ struct View<'a> {
     a: (&'a Netns, Ipv4Addr),
     a2: (&'a Netns, Ipv4Addr),
     b: (&'a Netns, Ipv4Addr),
+    /// Returns once the node treats `ip` (just added to it) as local: at
+    /// once under the legacy plumbing (netfilter reads the local table per
+    /// packet), after trunkline's agent has seen the address come.
+    local_ready: &'a dyn Fn(Ipv4Addr) -> Result<()>,
+}
+
+const SERVICE_VIP: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 20);
+const POD_IDENTITY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 170, 23);
+
+fn who(seen: IpAddr, names: &[(Ipv4Addr, &str)]) -> String {
+    names
+        .iter()
+        .find(|(ip, _)| IpAddr::V4(*ip) == seen)
+        .map_or_else(|| format!("another IP ({seen})"), |(_, n)| n.to_string())
 }
 
 type Scenario = (&'static str, fn(&View) -> Result<String>, &'static str);
 
 fn kube_proxy(v: &View, rules: &str) -> Result<()> {
     let file = v.sim.dir.path().join("kp.nft");
-    std::fs::write(&file, format!("table ip kube-proxy-like {{\n chain pre {{\n  type nat hook prerouting priority -100;\n{rules}\n }}\n}}\n"))?;
+    // Ahead of aws-node's nat chains, as kube-proxy's KUBE-SERVICES jump is
+    // the first rule of PREROUTING: a connection DNATed here is past NAT
+    // when aws-node's connmark chain would look at it.
+    std::fs::write(&file, format!("table ip kube-proxy-like {{\n chain pre {{\n  type nat hook prerouting priority -110;\n{rules}\n }}\n}}\n"))?;
     v.sim
         .node
         .exec_ok("nft", &["-f", &file.to_string_lossy()])?;
@@ -132,6 +153,68 @@ fn service(v: &View) -> Result<String> {
     ))
 }
 
+fn service_remote_tcp(v: &View) -> Result<String> {
+    kube_proxy(
+        v,
+        &format!("  ip daddr {SERVICE_VIP} tcp dport 80 dnat to {PEER_IP}:8084"),
+    )?;
+    let seen = traffic::tcp_echo_via(
+        v.a.0,
+        &v.sim.peer,
+        SocketAddr::from((PEER_IP, 8084)),
+        SocketAddr::from((SERVICE_VIP, 80)),
+        b"svc-remote",
+    )?;
+    Ok(format!(
+        "backend saw {}, echo ok: {}",
+        who(seen.peer.ip(), &[(v.a.1, "pod A")]),
+        seen.echoed == b"svc-remote"
+    ))
+}
+
+fn service_remote_udp(v: &View) -> Result<String> {
+    kube_proxy(
+        v,
+        &format!("  ip daddr {SERVICE_VIP} udp dport 53 dnat to {PEER_IP}:5353"),
+    )?;
+    let seen = traffic::udp_echo_via(
+        v.b.0,
+        &v.sim.peer,
+        SocketAddr::from((PEER_IP, 5353)),
+        SocketAddr::from((SERVICE_VIP, 53)),
+        3,
+    )?;
+    let dropped = v.fabric.source_check(v.sim, "eth0")?.1 + v.fabric.source_check(v.sim, "eth1")?.1;
+    Ok(format!(
+        "backend saw {}, answers from the Service address: {}, source-check drops: {dropped}",
+        who(seen.peer.ip(), &[(v.b.1, "pod B")]),
+        seen.echoed == b"trunkline query 2"
+    ))
+}
+
+fn inbound_from_outside(v: &View) -> Result<String> {
+    let seen = traffic::tcp_echo(&v.sim.inet, v.b.0, v.b.1, 8085, b"inbound")?;
+    let dropped = v.fabric.source_check(v.sim, "eth0")?.1 + v.fabric.source_check(v.sim, "eth1")?.1;
+    Ok(format!(
+        "secondary-ENI pod saw {}, echo ok: {}, source-check drops: {dropped}",
+        who(seen.peer.ip(), &[(INET_IP, "the client")]),
+        seen.echoed == b"inbound"
+    ))
+}
+
+fn node_local_service(v: &View) -> Result<String> {
+    v.sim
+        .node
+        .ip(&["addr", "add", &format!("{POD_IDENTITY_IP}/32"), "dev", "lo"])?;
+    (v.local_ready)(POD_IDENTITY_IP)?;
+    let seen = traffic::tcp_echo(v.a.0, &v.sim.node, POD_IDENTITY_IP, 80, b"creds")?;
+    Ok(format!(
+        "node-local agent saw {}, echo ok: {}",
+        who(seen.peer.ip(), &[(v.a.1, "pod A")]),
+        seen.echoed == b"creds"
+    ))
+}
+
 fn secondary_to_inet(v: &View) -> Result<String> {
     let seen = traffic::udp_echo(v.b.0, &v.sim.inet, INET_IP, 5001, 3)?;
     let dropped = v.fabric.source_check(v.sim, "eth0")?.1 + v.fabric.source_check(v.sim, "eth1")?.1;
@@ -168,6 +251,26 @@ fn scenarios() -> Vec<Scenario> {
             "secondary-ENI pod -> internet (SNAT)",
             secondary_to_inet,
             "inet saw the node IP, source-check drops: 0",
+        ),
+        (
+            "pod -> ClusterIP -> VPC backend (TCP)",
+            service_remote_tcp,
+            "backend saw pod A, echo ok: true",
+        ),
+        (
+            "secondary-ENI pod -> ClusterIP -> VPC backend (connected UDP)",
+            service_remote_udp,
+            "backend saw pod B, answers from the Service address: true, source-check drops: 0",
+        ),
+        (
+            "client outside the VPC -> secondary-ENI pod IP",
+            inbound_from_outside,
+            "secondary-ENI pod saw the client, echo ok: true, source-check drops: 0",
+        ),
+        (
+            "pod -> node-local address added at run time",
+            node_local_service,
+            "node-local agent saw pod A, echo ok: true",
         ),
     ]
 }
@@ -217,6 +320,7 @@ fn legacy_run() -> Result<Vec<String>> {
         a: (&pods[0].0, pods[0].1),
         a2: (&pods[1].0, pods[1].1),
         b: (&pods[2].0, pods[2].1),
+        local_ready: &|_| Ok(()),
     };
     Ok(run_all(&v))
 }
@@ -250,6 +354,7 @@ fn trunkline_run() -> Result<Vec<String>> {
         a: (&pods[0].ns, pods[0].ip),
         a2: (&pods[1].ns, pods[1].ip),
         b: (&pods[2].ns, pods[2].ip),
+        local_ready: &|ip| wait_for_local(&sim, ip),
     };
     let results = run_all(&v);
     // Nothing trunkline added to the node's routing or firewall: the rules
@@ -267,6 +372,28 @@ fn trunkline_run() -> Result<Vec<String>> {
     let nft = sim.node.exec_ok("nft", &["list", "tables"])?;
     assert_eq!(nft.trim(), "table ip kube-proxy-like", "{nft}");
     Ok(results)
+}
+
+/// Until the agent has programmed `ip` as node-local (its log says so when
+/// the local addresses change), bounded.
+fn wait_for_local(sim: &SimNode, ip: Ipv4Addr) -> Result<()> {
+    let want = format!("{ip}/32");
+    let deadline = std::time::Instant::now() + traffic::timeout();
+    while std::time::Instant::now() < deadline {
+        if sim
+            .agent_log()
+            .lines()
+            .any(|l| l.contains("node-local addresses") && l.contains(&want))
+        {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    anyhow::bail!(
+        "the agent did not take {want} as node-local within {:?}; its log:\n{}",
+        traffic::timeout(),
+        sim.agent_log()
+    )
 }
 
 #[test]

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use dataplane_common::{
-    conntrack::{CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_CLOSING, CT_STATE_ESTABLISHED},
+    conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_CLOSING, CT_STATE_ESTABLISHED},
     CtEntry, CtKey,
 };
 use serde_json::{json, Value};
@@ -81,6 +81,9 @@ pub fn ct_lines(flows: &[(CtKey, CtEntry)], now_ns: u64, t: &Timeouts) -> String
         if ct.flags & CT_F_VIA_STACK != 0 {
             out.push_str(" [VIA_STACK]");
         }
+        if ct.flags & CT_F_INBOUND != 0 {
+            out.push_str(" [INBOUND]");
+        }
         out.push('\n');
     }
     let _ = writeln!(
@@ -104,6 +107,7 @@ pub fn ct_json(flows: &[(CtKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Value {
                       "sport": reply.src_port, "dport": reply.dst_port, "packets": ct.packets_reply, "bytes": ct.bytes_reply},
             "snat": ct.flags & CT_F_SNAT != 0,
             "via_stack": ct.flags & CT_F_VIA_STACK != 0,
+            "inbound": ct.flags & CT_F_INBOUND != 0,
         })
     };
     Value::Array(flows.iter().map(entry).collect())

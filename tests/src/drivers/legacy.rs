@@ -163,13 +163,16 @@ pub fn wire_pod(
 /// sends marked packets by the main table; `rp_filter=2` on eth0.
 pub fn install_connmark(node: &Netns, vpc_cidrs: &[&str]) -> Result<()> {
     // New connections from pod veths leaving the VPC are marked too, so they
-    // take the main table to the primary ENI, where they are SNATed.
-    ipt(node, &["-t", "mangle", "-N", "AWS-CONNMARK-CHAIN-0"])?;
+    // take the main table to the primary ENI, where they are SNATed. In the
+    // nat table, as aws-node has it: after kube-proxy's KUBE-SERVICES, so a
+    // connection to a ClusterIP is judged by its DNATed backend (a
+    // connection already DNATed does not reach a later nat chain).
+    ipt(node, &["-t", "nat", "-N", "AWS-CONNMARK-CHAIN-0"])?;
     ipt(
         node,
         &[
             "-t",
-            "mangle",
+            "nat",
             "-A",
             "PREROUTING",
             "-i",
@@ -191,7 +194,7 @@ pub fn install_connmark(node: &Netns, vpc_cidrs: &[&str]) -> Result<()> {
             node,
             &[
                 "-t",
-                "mangle",
+                "nat",
                 "-A",
                 "AWS-CONNMARK-CHAIN-0",
                 "-d",
@@ -205,13 +208,33 @@ pub fn install_connmark(node: &Netns, vpc_cidrs: &[&str]) -> Result<()> {
         node,
         &[
             "-t",
-            "mangle",
+            "nat",
             "-A",
             "AWS-CONNMARK-CHAIN-0",
             "-j",
             "CONNMARK",
             "--set-xmark",
             "0x80/0x80",
+        ],
+    )?;
+    // The first packet of a connection the chain just marked takes the mark
+    // for its routing decision, which comes after nat PREROUTING.
+    ipt(
+        node,
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "AWS, CONNMARK",
+            "-j",
+            "CONNMARK",
+            "--restore-mark",
+            "--mask",
+            "0x80",
         ],
     )?;
     ipt(

@@ -145,6 +145,59 @@ pub fn udp_echo(
     })
 }
 
+/// `count` UDP exchanges as a resolver makes them: the client's socket is
+/// connected to `dial` (a Service address, say), so the kernel drops any
+/// answer that does not come from exactly `dial`; the server listens on
+/// `listen` in `server` (the backend, after DNAT). Returns what the server
+/// saw of the last one.
+pub fn udp_echo_via(
+    client: &Netns,
+    server: &Netns,
+    listen: SocketAddr,
+    dial: SocketAddr,
+    count: usize,
+) -> Result<Seen> {
+    let sock = server
+        .run_in(|| UdpSocket::bind(listen))
+        .with_context(|| format!("binding udp {listen} in {}", server.name()))?;
+    sock.set_read_timeout(Some(timeout()))?;
+    let srv = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
+        let mut last = None;
+        let mut buf = [0u8; 2048];
+        for _ in 0..count {
+            let (n, peer) = sock.recv_from(&mut buf)?;
+            sock.send_to(&buf[..n], peer)?;
+            last = Some((peer, buf[..n].to_vec()));
+        }
+        last.context("no datagram")
+    });
+    let echoed = client.run_in(move || -> Result<Vec<u8>> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect(dial)?;
+        s.set_read_timeout(Some(timeout()))?;
+        let mut buf = [0u8; 2048];
+        let mut last = Vec::new();
+        for i in 0..count {
+            s.send(format!("trunkline query {i}").as_bytes())?;
+            let n = s
+                .recv(&mut buf)
+                .with_context(|| format!("answer {i} from {dial}"))?;
+            last = buf[..n].to_vec();
+        }
+        Ok(last)
+    });
+    let served = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))?;
+    let echoed = echoed.context("UDP client")?;
+    let (peer, received) = served.context("UDP server")?;
+    Ok(Seen {
+        peer,
+        received,
+        echoed,
+    })
+}
+
 /// `count` ICMP echo requests from `from` to `dst`; fails unless all are answered.
 pub fn ping(from: &Netns, dst: Ipv4Addr, count: u32) -> Result<()> {
     let out = from.exec_ok(

@@ -76,8 +76,28 @@ impl Golden {
     /// Runs `hook`'s program `repeat` times on `packet` (for cost
     /// measurement); the outcome is the last run's.
     pub fn run_repeat(&self, hook: Hook, packet: &[u8], repeat: u32) -> Outcome {
+        self.run_ctx(hook, packet, repeat, SkBuff::default())
+    }
+
+    /// Runs `hook`'s program on `packet` as one of our own programs
+    /// redirected it there (the verdict record `verdict::apply` leaves in
+    /// `cb`, here a redirect out of ENI `ifindex` towards its gateway),
+    /// rather than as the host stack routed it (`cb` zeroed).
+    pub fn run_redirected(&self, hook: Hook, packet: &[u8], ifindex: u32) -> Outcome {
+        use dataplane_common::verdict::{
+            CB_MAGIC, CB_MAGIC_VALUE, CB_REASON, CB_TARGET_IFINDEX, CB_VERDICT, REDIRECT_NEIGH,
+            VERDICT_REDIRECT,
+        };
+        let mut ctx = SkBuff::default();
+        ctx.cb[CB_VERDICT] = VERDICT_REDIRECT;
+        ctx.cb[CB_TARGET_IFINDEX] = ifindex;
+        ctx.cb[CB_REASON] = REDIRECT_NEIGH;
+        ctx.cb[CB_MAGIC] = CB_MAGIC_VALUE;
+        self.run_ctx(hook, packet, 1, ctx)
+    }
+
+    fn run_ctx(&self, hook: Hook, packet: &[u8], repeat: u32, ctx_in: SkBuff) -> Outcome {
         let prog = self.dataplane.program(hook).expect("program");
-        let ctx_in = SkBuff::default();
         let mut ctx_out = [0u8; std::mem::size_of::<SkBuff>()];
         // Room for growth (a VLAN push adds 4 bytes).
         let mut data_out = vec![0u8; packet.len() + 256];

@@ -42,7 +42,12 @@ impl Suite {
     pub fn tests(self) -> &'static [&'static str] {
         match self {
             Suite::Verifier => &[],
-            Suite::Golden => &["golden_parser", "golden_snat", "golden_steer"],
+            Suite::Golden => &[
+                "golden_parser",
+                "golden_snat",
+                "golden_steer",
+                "golden_paths",
+            ],
             // The agent, SNAT through the agent, steering, restart and
             // upgrade (with a running UDP stream), and the mini node.
             Suite::Agent => &[
