@@ -48,13 +48,15 @@ impl Suite {
                 "golden_steer",
                 "golden_paths",
             ],
-            // The agent, SNAT through the agent, steering, restart and
+            // The agent, SNAT through the agent, steering (and its
+            // differential against aws-node's plumbing), restart and
             // upgrade (with a running UDP stream), and the mini node.
             Suite::Agent => &[
                 "e2e_mini_node",
                 "e2e_agent",
                 "e2e_agent_snat",
                 "e2e_steer",
+                "e2e_steer_differential",
                 "e2e_restart",
                 "e2e_restart_traffic",
             ],
