@@ -275,6 +275,17 @@ impl Agent {
                 remove_link_pin(&pin.path)?;
             }
         }
+        if let Some(all) = netif::rp_filter_all().filter(|v| *v != 0) {
+            // The kernel applies max(all, interface): host veths without an
+            // address or a route to their pod then drop what pods send into
+            // the host stack, whatever the agent sets on them.
+            tracing::warn!(
+                rp_filter_all = all,
+                "net.ipv4.conf.all.rp_filter is not 0: pods' traffic to Services, node-local \
+                 addresses and NodePort answers will be dropped by the host; set it to 0 \
+                 (per-interface values, eth0's included, stay as they are)"
+            );
+        }
         let mut reconciler = NodeReconciler::new(node_maps, snat);
         reconciler
             .apply(&node, &enis, &mut dp)

@@ -207,6 +207,7 @@ fn the_configmap_holds_only_variables_the_agent_reads() {
         aws_node_env::SG_ENFORCING_MODE,
         aws_node_env::PORT_RANGE,
         "TRUNKLINE_MTU",
+        trunkline_agent::cloud::aws::SERVICE_CIDRS_ENV,
     ];
     let data = cm.data.unwrap_or_default();
     for key in data.keys() {
@@ -224,4 +225,16 @@ fn the_configmap_holds_only_variables_the_agent_reads() {
         "aws-node's defaults"
     );
     assert_eq!(env.sg_mode, aws_node_env::SgMode::Strict);
+    // The service CIDR is the cluster's to say: shipped empty, which the
+    // agent refuses with what to set, rather than SNATing ClusterIP traffic.
+    let services = data
+        .get(trunkline_agent::cloud::aws::SERVICE_CIDRS_ENV)
+        .expect("the ConfigMap names TRUNKLINE_SERVICE_CIDRS");
+    let refused = trunkline_agent::cloud::aws::service_cidrs(Some(services))
+        .expect_err("an empty service CIDR refuses the start");
+    assert!(
+        format!("{refused:#}").contains("describe-cluster"),
+        "{refused:#}"
+    );
+    assert!(trunkline_agent::cloud::aws::service_cidrs(Some("172.20.0.0/16")).is_ok());
 }

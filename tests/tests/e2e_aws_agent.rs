@@ -148,6 +148,7 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         ("AWS_REGION", "us-east-1"),
+        ("TRUNKLINE_SERVICE_CIDRS", "10.100.0.0/16"),
         // 3 warm, and at least 18 in all: more than the primary's 14 slots,
         // so the pool attaches a second ENI.
         ("WARM_IP_TARGET", "3"),

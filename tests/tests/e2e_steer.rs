@@ -141,24 +141,13 @@ fn a_node_probe_reaches_the_pod_and_comes_back_through_the_stack() {
     assert!(stat(&sim, "to_pod", "via_stack_new") >= 1);
 }
 
-/// kube-proxy-like DNAT rules in the node namespace (nftables, nat prerouting).
-fn kube_proxy(node: &Netns, dir: &std::path::Path, rules: &str) {
-    let file = dir.join("kube-proxy.nft");
-    std::fs::write(&file, format!("table ip kube-proxy-like {{\n chain pre {{\n  type nat hook prerouting priority -100;\n{rules}\n }}\n}}\n")).expect("write");
-    node.exec_ok("nft", &["-f", &file.to_string_lossy()])
-        .expect("nft");
-}
-
 #[test]
 fn nodeport_through_kube_proxy_dnat_and_back() {
     let sim = SimNode::new().expect("sim node");
     let _fabric = Fabric::install(&sim).expect("fabric");
     let a = pod(&sim, "pod-a", "eth0");
-    kube_proxy(
-        &sim.node,
-        sim.dir.path(),
-        &format!("  tcp dport 30080 dnat to {}:8080", a.ip),
-    );
+    sim.kube_proxy(&format!("  tcp dport 30080 dnat to {}:8080", a.ip))
+        .expect("kube-proxy rules");
     let seen = traffic::tcp_echo_via(
         &sim.inet,
         &a.ns,
@@ -185,11 +174,11 @@ fn a_service_cidr_destination_reaches_its_dnat_target() {
     let _fabric = Fabric::install(&sim).expect("fabric");
     let a = pod(&sim, "pod-a", "eth0");
     let b = pod(&sim, "pod-b", "eth0");
-    kube_proxy(
-        &sim.node,
-        sim.dir.path(),
-        &format!("  ip daddr 10.100.0.10 tcp dport 80 dnat to {}:8080", b.ip),
-    );
+    sim.kube_proxy(&format!(
+        "  ip daddr 10.100.0.10 tcp dport 80 dnat to {}:8080",
+        b.ip
+    ))
+    .expect("kube-proxy rules");
     let seen = traffic::tcp_echo_via(
         &a.ns,
         &b.ns,

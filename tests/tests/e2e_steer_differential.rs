@@ -55,15 +55,7 @@ fn who(seen: IpAddr, names: &[(Ipv4Addr, &str)]) -> String {
 type Scenario = (&'static str, fn(&View) -> Result<String>, &'static str);
 
 fn kube_proxy(v: &View, rules: &str) -> Result<()> {
-    let file = v.sim.dir.path().join("kp.nft");
-    // Ahead of aws-node's nat chains, as kube-proxy's KUBE-SERVICES jump is
-    // the first rule of PREROUTING: a connection DNATed here is past NAT
-    // when aws-node's connmark chain would look at it.
-    std::fs::write(&file, format!("table ip kube-proxy-like {{\n chain pre {{\n  type nat hook prerouting priority -110;\n{rules}\n }}\n}}\n"))?;
-    v.sim
-        .node
-        .exec_ok("nft", &["-f", &file.to_string_lossy()])?;
-    Ok(())
+    v.sim.kube_proxy(rules)
 }
 
 fn secondary_to_vpc(v: &View) -> Result<String> {

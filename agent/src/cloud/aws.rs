@@ -65,9 +65,13 @@ pub fn interfaces_by_mac() -> HashMap<String, String> {
     out
 }
 
-/// Parses `TRUNKLINE_SERVICE_CIDRS`.
+/// Parses `TRUNKLINE_SERVICE_CIDRS`, which AWS mode requires: without the
+/// cluster's service CIDRs, every pod's ClusterIP traffic (DNS first) would
+/// be taken for traffic leaving the VPC and SNATed. There is no guessing
+/// (EKS picks 10.100.0.0/16 or 172.20.0.0/16, or what the cluster was
+/// created with), so an empty value refuses the start.
 pub fn service_cidrs(value: Option<&str>) -> Result<Vec<Ipv4Net>> {
-    value
+    let cidrs = value
         .unwrap_or_default()
         .split(',')
         .map(str::trim)
@@ -77,7 +81,16 @@ pub fn service_cidrs(value: Option<&str>) -> Result<Vec<Ipv4Net>> {
                 .map(|n| n.trunc())
                 .with_context(|| format!("{SERVICE_CIDRS_ENV}: {s:?} is not an IPv4 CIDR"))
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    if cidrs.is_empty() {
+        anyhow::bail!(
+            "{SERVICE_CIDRS_ENV} is not set: AWS mode needs the cluster's service CIDR, or every \
+             pod's ClusterIP traffic would be SNATed to the VPC. Set it in the trunkline-config \
+             ConfigMap to what `aws eks describe-cluster --name <cluster> --query \
+             cluster.kubernetesNetworkConfig.serviceIpv4Cidr` prints"
+        );
+    }
+    Ok(cidrs)
 }
 
 fn pod_ips(e: &trunkline_aws::imds::ImdsEni) -> Vec<Ipv4Addr> {
@@ -408,7 +421,13 @@ mod tests {
 
     #[test]
     fn service_cidrs_are_validated() {
-        assert_eq!(service_cidrs(None).unwrap(), vec![]);
+        for unset in [None, Some(""), Some(" , ")] {
+            let e = service_cidrs(unset).unwrap_err().to_string();
+            assert!(
+                e.contains("is not set") && e.contains("describe-cluster"),
+                "{e}"
+            );
+        }
         assert_eq!(
             service_cidrs(Some("10.100.0.1/16, ")).unwrap(),
             vec!["10.100.0.0/16".parse().unwrap()]

@@ -38,6 +38,11 @@ pub enum PodError {
     Checkpoint(#[from] CheckpointError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error("turning rp_filter off on host veth {veth:?}: {source}")]
+    RpFilter {
+        veth: String,
+        source: std::io::Error,
+    },
 }
 
 /// What AddPod asks for.
@@ -203,6 +208,10 @@ impl Pods {
         if !netif::is_live(&r.host_veth, r.host_ifindex) {
             return Err(PodError::NoVeth(r.host_veth.clone()));
         }
+        netif::disable_rp_filter(&r.host_veth).map_err(|source| PodError::RpFilter {
+            veth: r.host_veth.clone(),
+            source,
+        })?;
         dp.attach_pod(&r.host_veth, &POD_HOOKS)?;
         crash::point("add-attached");
         if self.maps.pod(r.ip)? != Some(entry) {

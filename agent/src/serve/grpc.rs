@@ -44,7 +44,9 @@ fn status_of(e: PodError) -> Status {
         PodError::Invalid(_) | PodError::NoVeth(_) => Status::invalid_argument(e.to_string()),
         PodError::Ipam(IpamError::Exhausted { .. }) => Status::resource_exhausted(e.to_string()),
         PodError::Ipam(_) | PodError::Conflict(_) => Status::failed_precondition(e.to_string()),
-        PodError::Checkpoint(_) | PodError::Dataplane(_) => Status::internal(e.to_string()),
+        PodError::Checkpoint(_) | PodError::Dataplane(_) | PodError::RpFilter { .. } => {
+            Status::internal(e.to_string())
+        }
     }
 }
 

@@ -254,6 +254,23 @@ impl SimNode {
         Ok(rt)
     }
 
+    /// kube-proxy's part of the node: `rules` (nftables statements, DNAT
+    /// to a backend) in a nat chain at prerouting, ahead of aws-node's nat
+    /// chains as kube-proxy's `KUBE-SERVICES` jump is the first rule of
+    /// PREROUTING (a connection DNATed there is past NAT when aws-node's
+    /// connmark chain would look at it). Each call adds to the chain.
+    pub fn kube_proxy(&self, rules: &str) -> Result<()> {
+        let file = self.dir.path().join("kube-proxy.nft");
+        std::fs::write(
+            &file,
+            format!(
+                "table ip kube-proxy-like {{\n chain pre {{\n  type nat hook prerouting priority -110;\n{rules}\n }}\n}}\n"
+            ),
+        )?;
+        self.node.exec_ok("nft", &["-f", &file.to_string_lossy()])?;
+        Ok(())
+    }
+
     pub fn node_file(&self) -> PathBuf {
         self.dir.path().join("node.toml")
     }
