@@ -103,16 +103,8 @@ fn stack_paths_work_on_a_node_with_systemds_rp_filter_default() {
     sim.node
         .ip(&["addr", "add", &format!("{LOCAL_SERVICE}/32"), "dev", "lo"])
         .expect("addr");
-    let want = format!("{LOCAL_SERVICE}/32");
-    let deadline = std::time::Instant::now() + traffic::timeout();
-    while !sim.agent_log().contains(&want) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the agent never took {want} as node-local:\n{}",
-            sim.agent_log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    sim.await_node_local(LOCAL_SERVICE)
+        .expect("node-local address");
     let seen = traffic::tcp_echo(&a.ns, &sim.node, LOCAL_SERVICE, 80, b"creds")
         .expect("pod A -> node-local service on a node with rp_filter default 2");
     assert_eq!(seen.peer.ip(), IpAddr::V4(a.ip), "not SNATed");

@@ -9,7 +9,6 @@ use serde_json::Value;
 use testbed::{
     drivers::traffic,
     topology::{
-        netns::Netns,
         sim_node::{pod_ips, SimNode, BRANCH_IP, BRANCH_POD, NODE_IP},
         vpc_fabric::{own, CniPod, Fabric},
     },

@@ -346,7 +346,7 @@ fn trunkline_run() -> Result<Vec<String>> {
         a: (&pods[0].ns, pods[0].ip),
         a2: (&pods[1].ns, pods[1].ip),
         b: (&pods[2].ns, pods[2].ip),
-        local_ready: &|ip| wait_for_local(&sim, ip),
+        local_ready: &|ip| sim.await_node_local(ip),
     };
     let results = run_all(&v);
     // Nothing trunkline added to the node's routing or firewall: the rules
@@ -364,28 +364,6 @@ fn trunkline_run() -> Result<Vec<String>> {
     let nft = sim.node.exec_ok("nft", &["list", "tables"])?;
     assert_eq!(nft.trim(), "table ip kube-proxy-like", "{nft}");
     Ok(results)
-}
-
-/// Until the agent has programmed `ip` as node-local (its log says so when
-/// the local addresses change), bounded.
-fn wait_for_local(sim: &SimNode, ip: Ipv4Addr) -> Result<()> {
-    let want = format!("{ip}/32");
-    let deadline = std::time::Instant::now() + traffic::timeout();
-    while std::time::Instant::now() < deadline {
-        if sim
-            .agent_log()
-            .lines()
-            .any(|l| l.contains("node-local addresses") && l.contains(&want))
-        {
-            return Ok(());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    anyhow::bail!(
-        "the agent did not take {want} as node-local within {:?}; its log:\n{}",
-        traffic::timeout(),
-        sim.agent_log()
-    )
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use dataplane_common::{DropReason, Hook, Stats, VerdictRecord};
 use etherparse::IpNumber;
 use testbed::kernel::{
-    golden::{Golden, Outcome, TC_ACT_OK, TC_ACT_SHOT},
+    golden::{assert_passed_unchanged, Golden, Outcome, TC_ACT_SHOT},
     packets::{self, Flow, L3_OFF},
 };
 
@@ -18,12 +18,6 @@ fn run(g: &mut Golden, hook: Hook, packet: &[u8]) -> (Outcome, Stats) {
     g.reset_stats();
     let out = g.run(hook, packet);
     (out, g.stats(hook))
-}
-
-fn assert_passed_unchanged(out: &Outcome, packet: &[u8]) {
-    assert_eq!(out.action, TC_ACT_OK, "{out:?}");
-    assert_eq!(out.verdict, Some(VerdictRecord::Pass));
-    assert_eq!(out.data, packet, "a passed packet must leave unchanged");
 }
 
 /// Only the named counters moved, by exactly the given amounts.

@@ -8,12 +8,13 @@
 use dataplane_common::{
     conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_ESTABLISHED, CT_STATE_NEW},
     verdict::{REDIRECT_NEIGH, REDIRECT_PEER},
-    CtKey, Hook, SnatMode, VerdictRecord,
+    CtKey, Hook, SnatMode,
 };
 use testbed::kernel::{
     golden::{
+        assert_passed_unchanged, assert_redirected,
         snat::{node, HOST_IFINDEX, INET, LO, NODE, PEER, POD},
-        Golden, Outcome, TC_ACT_OK, TC_ACT_REDIRECT,
+        Golden, TC_ACT_OK,
     },
     packets::{self, Flow, L3_OFF},
 };
@@ -45,24 +46,6 @@ fn sport(p: &[u8]) -> u16 {
     u16::from_be_bytes([p[L3_OFF + 20], p[L3_OFF + 21]])
 }
 
-fn assert_pass_unchanged(out: &Outcome, packet: &[u8]) {
-    assert_eq!(
-        (out.action, out.verdict),
-        (TC_ACT_OK, Some(VerdictRecord::Pass)),
-        "{out:?}"
-    );
-    assert_eq!(out.data, packet, "passed to the stack untouched");
-}
-
-fn assert_redirect(out: &Outcome, ifindex: u32, how: u32) {
-    assert_eq!(out.action, TC_ACT_REDIRECT, "{out:?}");
-    assert_eq!(
-        out.verdict,
-        Some(VerdictRecord::Redirect { ifindex, how }),
-        "{out:?}"
-    );
-}
-
 #[test]
 fn a_services_remote_backend_answers_through_the_stack() {
     let g = golden();
@@ -71,7 +54,7 @@ fn a_services_remote_backend_answers_through_the_stack() {
     // primary ENI: to_eni sees it without our verdict record.
     let to_backend = Flow::new(POD, PEER, 40000, 53);
     let syn = packets::tcp_syn(to_backend);
-    assert_pass_unchanged(&g.run(Hook::ToEni, &syn), &syn);
+    assert_passed_unchanged(&g.run(Hook::ToEni, &syn), &syn);
     let key = CtKey::new(POD, PEER, 40000, 53, 6);
     let ct = g.ct(&key).expect("the flow is tracked from the pod's side");
     assert_eq!(ct.flags, CT_F_VIA_STACK, "tracked, not translated");
@@ -82,24 +65,24 @@ fn a_services_remote_backend_answers_through_the_stack() {
     // The backend's SYN-ACK goes to the stack (which un-DNATs it), not
     // straight into the pod.
     let answer = syn_ack(Flow::new(PEER, POD, 53, 40000));
-    assert_pass_unchanged(&g.run(Hook::FromEni, &answer), &answer);
+    assert_passed_unchanged(&g.run(Hook::FromEni, &answer), &answer);
     let ct = g.ct(&key).expect("still tracked");
     assert_eq!((ct.state, ct.packets_reply), (CT_STATE_ESTABLISHED, 1));
     assert_eq!(g.stats(Hook::FromEni).to_stack, 1);
 
     // Later packets of the flow keep to the same path and refresh it.
     let more = ack(to_backend);
-    assert_pass_unchanged(&g.run(Hook::ToEni, &more), &more);
+    assert_passed_unchanged(&g.run(Hook::ToEni, &more), &more);
     assert_eq!(g.ct(&key).expect("tracked").packets_orig, 2);
     assert_eq!(g.stats(Hook::ToEni).via_stack_new, 1, "no second entry");
     let answer = ack(Flow::new(PEER, POD, 53, 40000));
-    assert_pass_unchanged(&g.run(Hook::FromEni, &answer), &answer);
+    assert_passed_unchanged(&g.run(Hook::FromEni, &answer), &answer);
 
     // UDP (a resolver's query through a connected socket) the same way.
     let query = packets::udp(Flow::new(POD, PEER, 41000, 53), b"query");
-    assert_pass_unchanged(&g.run(Hook::ToEni, &query), &query);
+    assert_passed_unchanged(&g.run(Hook::ToEni, &query), &query);
     let reply = packets::udp(Flow::new(PEER, POD, 53, 41000), b"answer");
-    assert_pass_unchanged(&g.run(Hook::FromEni, &reply), &reply);
+    assert_passed_unchanged(&g.run(Hook::FromEni, &reply), &reply);
     assert_eq!(g.stats(Hook::ToEni).via_stack_new, 2);
 }
 
@@ -115,7 +98,7 @@ fn flows_the_data_path_steered_itself_stay_off_the_stack() {
     assert!(g.ct(&CtKey::new(POD, PEER, 40001, 443, 6)).is_none());
     assert_eq!(g.stats(Hook::ToEni).via_stack_new, 0);
     let answer = syn_ack(Flow::new(PEER, POD, 443, 40001));
-    assert_redirect(&g.run(Hook::FromEni, &answer), HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&g.run(Hook::FromEni, &answer), HOST_IFINDEX, REDIRECT_PEER);
     // Only a flow's first packet opens an entry: a mid-flow packet the
     // stack routed (say, after an agent restart) is left as it was.
     let mid = ack(Flow::new(POD, PEER, 40002, 443));
@@ -129,7 +112,7 @@ fn a_connection_from_outside_the_vpc_is_answered_untranslated() {
     // A client outside the VPC CIDRs (peered VPC, on-premises, an NLB that
     // keeps the client's address) connects to the pod's IP.
     let syn = packets::tcp_syn(Flow::new(INET, POD, 50000, 8443));
-    assert_redirect(&g.run(Hook::FromEni, &syn), HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&g.run(Hook::FromEni, &syn), HOST_IFINDEX, REDIRECT_PEER);
     let key = CtKey::new(POD, INET, 8443, 50000, 6);
     let ct = g.ct(&key).expect("tracked from the pod's side");
     assert_eq!(ct.flags, CT_F_INBOUND);
@@ -138,7 +121,7 @@ fn a_connection_from_outside_the_vpc_is_answered_untranslated() {
     // The pod's SYN-ACK leaves its own ENI with its own address and port.
     let answer = syn_ack(Flow::new(POD, INET, 8443, 50000));
     let out = g.run(Hook::FromPod, &answer);
-    assert_redirect(&out, LO, REDIRECT_NEIGH);
+    assert_redirected(&out, LO, REDIRECT_NEIGH);
     assert_eq!((src(&out.data), sport(&out.data)), (POD, 8443));
     let ct = g.ct(&key).expect("tracked");
     assert_eq!(ct.state, CT_STATE_ESTABLISHED, "the pod answered");
@@ -155,7 +138,7 @@ fn a_connection_from_outside_the_vpc_is_answered_untranslated() {
 
     // The client's next packets still go straight in.
     let more = ack(Flow::new(INET, POD, 50000, 8443));
-    assert_redirect(&g.run(Hook::FromEni, &more), HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&g.run(Hook::FromEni, &more), HOST_IFINDEX, REDIRECT_PEER);
     assert_eq!(g.ct(&key).expect("tracked").packets_orig, 2);
 }
 
@@ -163,7 +146,7 @@ fn a_connection_from_outside_the_vpc_is_answered_untranslated() {
 fn udp_from_outside_the_vpc_is_answered_untranslated_too() {
     let g = golden();
     let query = packets::udp(Flow::new(INET, POD, 5353, 9000), b"hello");
-    assert_redirect(&g.run(Hook::FromEni, &query), HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&g.run(Hook::FromEni, &query), HOST_IFINDEX, REDIRECT_PEER);
     let answer = packets::udp(Flow::new(POD, INET, 9000, 5353), b"world");
     let out = g.run_redirected(Hook::ToEni, &answer, LO);
     assert_eq!(out.data, answer, "not SNATed");
@@ -180,12 +163,12 @@ fn inbound_from_the_vpc_or_mid_flow_is_not_tracked() {
     let g = golden();
     // A VPC peer's connection needs no entry: nothing would SNAT the reply.
     let syn = packets::tcp_syn(Flow::new(PEER, POD, 50001, 8443));
-    assert_redirect(&g.run(Hook::FromEni, &syn), HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&g.run(Hook::FromEni, &syn), HOST_IFINDEX, REDIRECT_PEER);
     assert!(g.ct(&CtKey::new(POD, PEER, 8443, 50001, 6)).is_none());
     // A packet from outside that opens nothing (no SYN) is delivered and
     // not tracked.
     let mid = ack(Flow::new(INET, POD, 50002, 8443));
-    assert_redirect(&g.run(Hook::FromEni, &mid), HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&g.run(Hook::FromEni, &mid), HOST_IFINDEX, REDIRECT_PEER);
     assert!(g.ct(&CtKey::new(POD, INET, 8443, 50002, 6)).is_none());
     assert_eq!(g.stats(Hook::FromEni).inbound_new, 0);
 }

@@ -12,6 +12,7 @@ use dataplane_common::{
 use etherparse::IpNumber;
 use testbed::kernel::{
     golden::{
+        assert_passed_unchanged,
         snat::{
             node, node_on, BRANCH_POD, EXCLUDED, EXEMPT_POD, HOST_IFINDEX, INET, LO, NODE, PEER,
             POD, ROUTER, SECONDARY_ENI,
@@ -50,15 +51,6 @@ fn assert_checksums(p: &[u8]) {
         1 => assert!(checksum_ok(l4), "ICMP checksum"),
         _ => {}
     }
-}
-
-fn assert_passed_unchanged(out: &Outcome, packet: &[u8]) {
-    assert_eq!(
-        (out.action, out.verdict),
-        (TC_ACT_OK, Some(VerdictRecord::Pass)),
-        "{out:?}"
-    );
-    assert_eq!(out.data, packet);
 }
 
 fn assert_dropped(out: &Outcome, reason: DropReason) {

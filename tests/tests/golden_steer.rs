@@ -10,12 +10,13 @@ use dataplane_common::{
 };
 use testbed::kernel::{
     golden::{
+        assert_passed_unchanged, assert_redirected,
         snat::{
             node, BRANCH_HOST_IFINDEX, BRANCH_MAC, BRANCH_POD, BRANCH_POD_MAC, BRANCH_VLAN,
             GATEWAY_MAC, HOST_IFINDEX, INET, LO, NODE, PEER, POD, SECONDARY_ENI,
             SECONDARY_HOST_IFINDEX, SECONDARY_POD, SECONDARY_POD_MAC, TRUNK,
         },
-        Golden, Outcome, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        Golden, Outcome, TC_ACT_SHOT,
     },
     packets::{self, checksum_ok, Flow, HOST_VETH_MAC, L3_OFF, POD_MAC},
 };
@@ -24,24 +25,6 @@ const SERVICE_IP: [u8; 4] = [10, 100, 0, 10];
 
 fn steer_node() -> Golden {
     node(SnatMode::Random, (32768, 65535))
-}
-
-fn assert_redirect(out: &Outcome, ifindex: u32, how: u32) {
-    assert_eq!(out.action, TC_ACT_REDIRECT, "{out:?}");
-    assert_eq!(
-        out.verdict,
-        Some(VerdictRecord::Redirect { ifindex, how }),
-        "{out:?}"
-    );
-}
-
-fn assert_pass_unchanged(out: &Outcome, packet: &[u8]) {
-    assert_eq!(
-        (out.action, out.verdict),
-        (TC_ACT_OK, Some(VerdictRecord::Pass)),
-        "{out:?}"
-    );
-    assert_eq!(out.data, packet);
 }
 
 fn ttl(p: &[u8]) -> u8 {
@@ -63,19 +46,19 @@ fn pod_traffic_leaves_the_eni_that_owns_its_ip() {
     // Primary-ENI pod to a VPC peer: out of the primary (LO here), via its gateway.
     let pkt = packets::tcp_syn(Flow::new(POD, PEER, 40000, 443));
     let out = g.run(Hook::FromPod, &pkt);
-    assert_redirect(&out, LO, REDIRECT_NEIGH);
+    assert_redirected(&out, LO, REDIRECT_NEIGH);
     assert_hop(&out, &pkt);
     // Secondary-ENI pod to the VPC: out of the secondary ENI.
     let pkt = packets::tcp_syn(Flow::new(SECONDARY_POD, PEER, 40000, 443));
     let out = g.run(Hook::FromPod, &pkt);
-    assert_redirect(&out, SECONDARY_ENI, REDIRECT_NEIGH);
+    assert_redirected(&out, SECONDARY_ENI, REDIRECT_NEIGH);
     assert_eq!(out.vlan_pushed, 0, "no tag on an ENI");
     // Secondary-ENI pod leaving the VPC: SNAT applies, so the primary ENI.
     let out = g.run(
         Hook::FromPod,
         &packets::tcp_syn(Flow::new(SECONDARY_POD, INET, 40000, 443)),
     );
-    assert_redirect(&out, LO, REDIRECT_NEIGH);
+    assert_redirected(&out, LO, REDIRECT_NEIGH);
     assert_eq!(g.stats(Hook::FromPod).steer_eni, 3);
 }
 
@@ -84,7 +67,7 @@ fn same_node_pods_are_one_redirect_apart() {
     let g = steer_node();
     let pkt = packets::udp(Flow::new(POD, SECONDARY_POD, 5000, 53), b"hi");
     let out = g.run(Hook::FromPod, &pkt);
-    assert_redirect(&out, SECONDARY_HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&out, SECONDARY_HOST_IFINDEX, REDIRECT_PEER);
     assert_eq!(
         &out.data[0..6],
         &SECONDARY_POD_MAC,
@@ -100,7 +83,7 @@ fn services_and_the_node_itself_go_to_the_stack_untouched() {
     let g = steer_node();
     for dst in [SERVICE_IP, NODE] {
         let pkt = packets::tcp_syn(Flow::new(POD, dst, 40000, 80));
-        assert_pass_unchanged(&g.run(Hook::FromPod, &pkt), &pkt);
+        assert_passed_unchanged(&g.run(Hook::FromPod, &pkt), &pkt);
     }
     assert_eq!(g.stats(Hook::FromPod).to_stack, 2);
 }
@@ -110,7 +93,7 @@ fn a_spent_ttl_is_left_to_the_stack_to_answer() {
     let g = steer_node();
     let mut pkt = packets::tcp_syn(Flow::new(POD, PEER, 40000, 443));
     packets::set_ttl(&mut pkt, 1);
-    assert_pass_unchanged(&g.run(Hook::FromPod, &pkt), &pkt);
+    assert_passed_unchanged(&g.run(Hook::FromPod, &pkt), &pkt);
 }
 
 #[test]
@@ -119,7 +102,7 @@ fn strict_branch_pods_go_tagged_out_of_the_trunk_for_everything() {
     for dst in [INET, PEER, NODE, POD] {
         let pkt = packets::tcp_syn(Flow::new(BRANCH_POD, dst, 40000, 443));
         let out = g.run(Hook::FromPod, &pkt);
-        assert_redirect(&out, TRUNK, REDIRECT_PLAIN);
+        assert_redirected(&out, TRUNK, REDIRECT_PLAIN);
         assert_eq!(
             out.vlan_pushed,
             u32::from(BRANCH_VLAN),
@@ -148,17 +131,17 @@ fn standard_mode_branch_pods_reach_the_node_directly_and_leave_the_vpc_snated() 
         })
         .expect("CONFIG");
     let to_node = packets::tcp_syn(Flow::new(BRANCH_POD, NODE, 40000, 10250));
-    assert_pass_unchanged(&g.run(Hook::FromPod, &to_node), &to_node);
+    assert_passed_unchanged(&g.run(Hook::FromPod, &to_node), &to_node);
     let out = g.run(
         Hook::FromPod,
         &packets::tcp_syn(Flow::new(BRANCH_POD, INET, 40000, 443)),
     );
-    assert_redirect(&out, LO, REDIRECT_NEIGH);
+    assert_redirected(&out, LO, REDIRECT_NEIGH);
     let out = g.run(
         Hook::FromPod,
         &packets::tcp_syn(Flow::new(BRANCH_POD, PEER, 40000, 443)),
     );
-    assert_redirect(&out, TRUNK, REDIRECT_PLAIN);
+    assert_redirected(&out, TRUNK, REDIRECT_PLAIN);
     assert_eq!(out.vlan_pushed, u32::from(BRANCH_VLAN));
 }
 
@@ -167,7 +150,7 @@ fn flows_that_came_through_the_stack_answer_through_it() {
     let g = steer_node();
     // kubelet-like probe from the node to the pod, delivered by the stack.
     let probe = packets::tcp_syn(Flow::new(NODE, POD, 51000, 8080));
-    assert_pass_unchanged(&g.run(Hook::ToPod, &probe), &probe);
+    assert_passed_unchanged(&g.run(Hook::ToPod, &probe), &probe);
     let key = CtKey::new(POD, NODE, 8080, 51000, 6);
     let ct = g
         .ct(&key)
@@ -179,7 +162,7 @@ fn flows_that_came_through_the_stack_answer_through_it() {
     let nodeport = packets::tcp_syn(Flow::new(INET, POD, 33000, 8080));
     g.run(Hook::ToPod, &nodeport);
     let answer = packets::tcp_syn(Flow::new(POD, INET, 8080, 33000));
-    assert_pass_unchanged(&g.run(Hook::FromPod, &answer), &answer);
+    assert_passed_unchanged(&g.run(Hook::FromPod, &answer), &answer);
     // A pod on this node reaching this one through the stack (a ClusterIP
     // kube-proxy DNATed) is via stack too: the answer must be un-DNATed.
     let via_service = packets::tcp_syn(Flow::new(SECONDARY_POD, POD, 34000, 8080));
@@ -213,12 +196,12 @@ fn vpc_traffic_for_a_local_pod_goes_straight_in() {
     let g = steer_node();
     let pkt = packets::udp(Flow::new(PEER, SECONDARY_POD, 5000, 53), b"q");
     let out = g.run(Hook::FromEni, &pkt);
-    assert_redirect(&out, SECONDARY_HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&out, SECONDARY_HOST_IFINDEX, REDIRECT_PEER);
     assert_eq!(&out.data[0..6], &SECONDARY_POD_MAC);
     assert_hop(&out, &pkt);
     // Untagged traffic for a strict branch pod is not delivered.
     let pkt = packets::udp(Flow::new(PEER, BRANCH_POD, 5000, 53), b"q");
-    assert_pass_unchanged(&g.run(Hook::FromEni, &pkt), &pkt);
+    assert_passed_unchanged(&g.run(Hook::FromEni, &pkt), &pkt);
 }
 
 #[test]
@@ -230,7 +213,7 @@ fn tagged_frames_from_the_trunk_reach_their_branch_pod_untagged() {
         b"tagged",
     );
     let out = g.run(Hook::FromEni, &pkt);
-    assert_redirect(&out, BRANCH_HOST_IFINDEX, REDIRECT_PEER);
+    assert_redirected(&out, BRANCH_HOST_IFINDEX, REDIRECT_PEER);
     assert_eq!(
         &out.data[12..14],
         &[0x08, 0x00],
@@ -262,11 +245,11 @@ fn stack_traffic_routed_out_of_an_eni_is_corrected() {
     let g = steer_node();
     // The stack sent a secondary-ENI pod's packet out of the primary (LO).
     let pkt = packets::tcp_syn(Flow::new(SECONDARY_POD, PEER, 40000, 443));
-    assert_redirect(&g.run(Hook::ToEni, &pkt), SECONDARY_ENI, REDIRECT_NEIGH);
+    assert_redirected(&g.run(Hook::ToEni, &pkt), SECONDARY_ENI, REDIRECT_NEIGH);
     // The stack has no route to pods: a probe it sent out of the ENI goes into the pod.
     let probe = packets::tcp_syn(Flow::new(NODE, POD, 51000, 8080));
     let out = g.run(Hook::ToEni, &probe);
-    assert_redirect(&out, HOST_IFINDEX, REDIRECT_PLAIN);
+    assert_redirected(&out, HOST_IFINDEX, REDIRECT_PLAIN);
     assert_eq!(
         (&out.data[0..6], &out.data[6..12]),
         (&POD_MAC[..], &HOST_VETH_MAC[..])
@@ -288,5 +271,5 @@ fn plain_redirect_mode_delivers_through_the_host_veth() {
         Hook::FromEni,
         &packets::udp(Flow::new(PEER, POD, 5000, 53), b"q"),
     );
-    assert_redirect(&out, HOST_IFINDEX, REDIRECT_POD_VETH);
+    assert_redirected(&out, HOST_IFINDEX, REDIRECT_POD_VETH);
 }

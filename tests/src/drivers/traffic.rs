@@ -106,56 +106,40 @@ pub fn udp_echo(
     port: u16,
     count: usize,
 ) -> Result<Seen> {
-    let sock = server
-        .run_in(|| UdpSocket::bind((server_ip, port)))
-        .with_context(|| format!("binding udp {server_ip}:{port} in {}", server.name()))?;
-    sock.set_read_timeout(Some(timeout()))?;
-    let srv = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
-        let mut last = None;
-        let mut buf = [0u8; 2048];
-        for _ in 0..count {
-            let (n, peer) = sock.recv_from(&mut buf)?;
-            sock.send_to(&buf[..n], peer)?;
-            last = Some((peer, buf[..n].to_vec()));
-        }
-        last.context("no datagram")
-    });
-    let echoed = client.run_in(move || -> Result<Vec<u8>> {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        s.set_read_timeout(Some(timeout()))?;
-        let mut buf = [0u8; 2048];
-        let mut last = Vec::new();
-        for i in 0..count {
-            let msg = format!("trunkline udp {i}");
-            s.send_to(msg.as_bytes(), (server_ip, port))?;
-            let (n, _) = s.recv_from(&mut buf)?;
-            last = buf[..n].to_vec();
-        }
-        Ok(last)
-    });
-    let served = srv
-        .join()
-        .map_err(|_| anyhow::anyhow!("server thread panicked"))?;
-    let echoed = echoed.context("UDP client")?;
-    let (peer, received) = served.context("UDP server")?;
-    Ok(Seen {
-        peer,
-        received,
-        echoed,
-    })
+    let addr = SocketAddr::from((server_ip, port));
+    echo_udp(client, server, addr, addr, count, Client::Unconnected)
 }
 
 /// `count` UDP exchanges as a resolver makes them: the client's socket is
 /// connected to `dial` (a Service address, say), so the kernel drops any
 /// answer that does not come from exactly `dial`; the server listens on
-/// `listen` in `server` (the backend, after DNAT). Returns what the server
-/// saw of the last one.
+/// `listen` in `server` (the backend, after DNAT). Requests are
+/// `trunkline query <i>`. Returns what the server saw of the last one.
 pub fn udp_echo_via(
     client: &Netns,
     server: &Netns,
     listen: SocketAddr,
     dial: SocketAddr,
     count: usize,
+) -> Result<Seen> {
+    echo_udp(client, server, listen, dial, count, Client::Connected)
+}
+
+#[derive(Clone, Copy)]
+enum Client {
+    /// `send_to`/`recv_from`: any answer is taken.
+    Unconnected,
+    /// `connect` first: only answers from the dialled address arrive.
+    Connected,
+}
+
+fn echo_udp(
+    client: &Netns,
+    server: &Netns,
+    listen: SocketAddr,
+    dial: SocketAddr,
+    count: usize,
+    mode: Client,
 ) -> Result<Seen> {
     let sock = server
         .run_in(|| UdpSocket::bind(listen))
@@ -173,15 +157,24 @@ pub fn udp_echo_via(
     });
     let echoed = client.run_in(move || -> Result<Vec<u8>> {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        s.connect(dial)?;
         s.set_read_timeout(Some(timeout()))?;
         let mut buf = [0u8; 2048];
         let mut last = Vec::new();
         for i in 0..count {
-            s.send(format!("trunkline query {i}").as_bytes())?;
-            let n = s
-                .recv(&mut buf)
-                .with_context(|| format!("answer {i} from {dial}"))?;
+            let n = match mode {
+                Client::Unconnected => {
+                    s.send_to(format!("trunkline udp {i}").as_bytes(), dial)?;
+                    s.recv_from(&mut buf)?.0
+                }
+                Client::Connected => {
+                    if i == 0 {
+                        s.connect(dial)?;
+                    }
+                    s.send(format!("trunkline query {i}").as_bytes())?;
+                    s.recv(&mut buf)
+                        .with_context(|| format!("answer {i} from {dial}"))?
+                }
+            };
             last = buf[..n].to_vec();
         }
         Ok(last)

@@ -26,6 +26,28 @@ pub struct Outcome {
     pub duration_ns: u64,
 }
 
+/// The program handed the packet to the stack (verdict record `Pass`)
+/// without changing a byte of it.
+pub fn assert_passed_unchanged(out: &Outcome, packet: &[u8]) {
+    assert_eq!(
+        (out.action, out.verdict),
+        (TC_ACT_OK, Some(VerdictRecord::Pass)),
+        "{out:?}"
+    );
+    assert_eq!(out.data, packet, "a passed packet must leave unchanged");
+}
+
+/// The program redirected the packet to `ifindex`, the way `how` says
+/// (`dataplane_common::verdict::REDIRECT_*`).
+pub fn assert_redirected(out: &Outcome, ifindex: u32, how: u32) {
+    assert_eq!(out.action, TC_ACT_REDIRECT, "{out:?}");
+    assert_eq!(
+        out.verdict,
+        Some(VerdictRecord::Redirect { ifindex, how }),
+        "{out:?}"
+    );
+}
+
 /// A loaded object with private (unpinned) maps, written and read through
 /// the agent's own map owners, taken out of `dataplane` at load.
 pub struct Golden {

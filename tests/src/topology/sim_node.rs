@@ -341,6 +341,29 @@ impl SimNode {
     }
 
     /// The agent's log so far (for failure messages).
+    /// Returns once the agent has taken `ip` (just added to the node) as
+    /// node-local, which it logs when the local addresses change; bounded
+    /// by the traffic timeout.
+    pub fn await_node_local(&self, ip: std::net::Ipv4Addr) -> Result<()> {
+        let want = format!("{ip}/32");
+        let within = crate::drivers::traffic::timeout();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            let log = self.agent_log();
+            if log
+                .lines()
+                .any(|l| l.contains("node-local addresses") && l.contains(&want))
+            {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        anyhow::bail!(
+            "the agent did not take {want} as node-local within {within:?}; its log:\n{}",
+            self.agent_log()
+        )
+    }
+
     pub fn agent_log(&self) -> String {
         self.agent
             .as_ref()
