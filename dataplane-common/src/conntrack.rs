@@ -75,7 +75,7 @@ pub struct CtEntry {
     pub nat_ip: Ipv4,
     /// Translated source port (host order) when `CT_F_SNAT` is set.
     pub nat_port: u16,
-    /// `CT_STATE_*`.
+    /// `CT_STATE_*` (see [`crate::flow_state`]).
     pub state: u8,
     /// `CT_F_*` bits.
     pub flags: u8,
@@ -103,10 +103,17 @@ pub const CT_F_VIA_STACK: u8 = 1 << 1;
 /// on-premises, NLB with client IP): as with netfilter, whose NAT decision
 /// is made at a flow's first packet, the pod's replies are never SNATed.
 pub const CT_F_INBOUND: u8 = 1 << 2;
+/// The pod's peer opened the flow (the stack delivered its first packet to
+/// the pod, or it came from outside the VPC): the pod's packets are the
+/// replies. Without it, the pod opened the flow.
+pub const CT_F_OPENED_BY_PEER: u8 = 1 << 5;
 
-pub const CT_STATE_NEW: u8 = 0;
-pub const CT_STATE_ESTABLISHED: u8 = 1;
-pub const CT_STATE_CLOSING: u8 = 2;
+// `CtEntry::state` values and the FIN flags, with the transitions.
+pub use crate::flow_state::{
+    CT_F_FIN_ORIG, CT_F_FIN_REPLY, CT_STATE_CLOSE, CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED,
+    CT_STATE_FIN_WAIT, CT_STATE_LAST_ACK, CT_STATE_NEW, CT_STATE_SYN_RECV, CT_STATE_TIME_WAIT,
+    CT_STATE_UDP_STREAM,
+};
 
 /// `FRAGS` key: identifies the fragments of one datagram (RFC 791), in the
 /// direction they travel. Only the first fragment carries the ports; later

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod conntrack;
 pub mod csum;
+pub mod flow_state;
 #[cfg(feature = "host")]
 pub mod mac;
 pub mod maps;

@@ -163,6 +163,12 @@ define_stats! {
     nat_alloc_try_2_4,
     nat_alloc_try_5_16,
     nat_alloc_try_17_plus,
+    /// Of those, mappings that needed 129 attempts or more (a destination
+    /// nearly out of ports).
+    nat_alloc_try_129_plus,
+    /// Port probes made by new mappings, found or not (mean attempts:
+    /// this over `nat_new`).
+    nat_probes,
     /// A new flow's conntrack entry raced another CPU's; the winner was kept.
     ct_race,
     /// New host connections from the node IP recorded, so SNAT avoids their ports.
@@ -224,6 +230,10 @@ impl Stats {
             5..=16 => self.nat_alloc_try_5_16 += 1,
             _ => self.nat_alloc_try_17_plus += 1,
         }
+        if tries > 128 {
+            self.nat_alloc_try_129_plus += 1;
+        }
+        self.nat_probes += tries as u64;
     }
 }
 
@@ -236,18 +246,23 @@ mod tests {
     #[test]
     fn alloc_attempts_land_in_their_bucket() {
         let mut s = Stats::default();
-        for tries in [1, 2, 4, 5, 16, 17, 32] {
+        for tries in [1, 2, 4, 5, 16, 17, 32, 128, 129, 1024] {
             s.count_alloc(tries);
         }
-        assert_eq!(s.nat_new, 7);
+        assert_eq!(s.nat_new, 10);
         assert_eq!(
             (
                 s.nat_alloc_try_1,
                 s.nat_alloc_try_2_4,
                 s.nat_alloc_try_5_16,
-                s.nat_alloc_try_17_plus
+                s.nat_alloc_try_17_plus,
+                s.nat_alloc_try_129_plus,
             ),
-            (1, 2, 2, 2)
+            (1, 2, 2, 5, 2)
+        );
+        assert_eq!(
+            s.nat_probes,
+            1 + 2 + 4 + 5 + 16 + 17 + 32 + 128 + 129 + 1024
         );
     }
 

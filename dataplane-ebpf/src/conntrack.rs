@@ -4,10 +4,8 @@
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use dataplane_common::{
-    conntrack::{
-        CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
-    },
-    CtEntry, CtKey, DropReason, FragKey, FragPorts,
+    conntrack::{CT_F_OPENED_BY_PEER, CT_STATE_NEW, TCP_ACK, TCP_SYN},
+    flow_state, CtEntry, CtKey, DropReason, FragKey, FragPorts,
 };
 
 use crate::{
@@ -92,25 +90,33 @@ pub fn lookup(key: &CtKey) -> Option<&'static mut CtEntry> {
     maps::ct_mut(key)
 }
 
-/// Accounts a packet of the original direction.
+/// Accounts a packet the pod sent on a tracked flow.
 #[inline(always)]
-pub fn seen_orig(ct: &mut CtEntry, pkt: &Parsed) {
-    touch(ct);
-    ct.packets_orig += 1;
-    ct.bytes_orig += pkt.ip_len as u64;
-    track_tcp_close(ct, pkt);
+pub fn seen_from_pod(ct: &mut CtEntry, pkt: &Parsed) {
+    let reply = ct.flags & CT_F_OPENED_BY_PEER != 0;
+    seen(ct, pkt, reply);
 }
 
-/// Accounts a packet of the reply direction.
+/// Accounts a packet sent to the pod on a tracked flow.
 #[inline(always)]
-pub fn seen_reply(ct: &mut CtEntry, pkt: &Parsed) {
+pub fn seen_to_pod(ct: &mut CtEntry, pkt: &Parsed) {
+    let reply = ct.flags & CT_F_OPENED_BY_PEER == 0;
+    seen(ct, pkt, reply);
+}
+
+/// Accounts a packet of the opener's (`reply` false) or the answerer's
+/// direction.
+#[inline(always)]
+fn seen(ct: &mut CtEntry, pkt: &Parsed, reply: bool) {
     touch(ct);
-    ct.packets_reply += 1;
-    ct.bytes_reply += pkt.ip_len as u64;
-    if ct.state < CT_STATE_ESTABLISHED {
-        ct.state = CT_STATE_ESTABLISHED;
+    if reply {
+        ct.packets_reply += 1;
+        ct.bytes_reply += pkt.ip_len as u64;
+    } else {
+        ct.packets_orig += 1;
+        ct.bytes_orig += pkt.ip_len as u64;
     }
-    track_tcp_close(ct, pkt);
+    advance(ct, pkt, reply);
 }
 
 /// Updates last-seen only when the coarse clock has moved, so that most
@@ -123,10 +129,26 @@ fn touch(ct: &mut CtEntry) {
     }
 }
 
-/// FIN or RST in either direction moves the flow to the short closing timeout.
+/// Moves the flow's state as netfilter's state machine would (see
+/// `dataplane_common::flow_state`); writes only what changes.
 #[inline(always)]
-fn track_tcp_close(ct: &mut CtEntry, pkt: &Parsed) {
-    if pkt.proto == IPPROTO_TCP && pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        ct.state = CT_STATE_CLOSING;
+fn advance(ct: &mut CtEntry, pkt: &Parsed, reply: bool) {
+    let (state, flags) = match pkt.proto {
+        IPPROTO_TCP => flow_state::tcp_next(ct.state, ct.flags, pkt.tcp_flags, reply),
+        IPPROTO_UDP => (
+            flow_state::udp_next(ct.state, reply, ct.last_seen_ns.wrapping_sub(ct.created_ns)),
+            ct.flags,
+        ),
+        _ => (flow_state::other_next(ct.state, reply), ct.flags),
+    };
+    if state != ct.state {
+        if state == CT_STATE_NEW {
+            // Reopened: the new connection's age counts from now.
+            ct.created_ns = ct.last_seen_ns;
+        }
+        ct.state = state;
+    }
+    if flags != ct.flags {
+        ct.flags = flags;
     }
 }

@@ -5,7 +5,7 @@
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
-    conntrack::{CT_F_INBOUND, CT_F_VIA_STACK},
+    conntrack::{CT_F_INBOUND, CT_F_OPENED_BY_PEER, CT_F_VIA_STACK},
     Config, CtKey, DropReason, PodEntry, Stats, VlanKey,
 };
 
@@ -60,7 +60,7 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         return Verdict::Pass;
     };
     if let Some(ct) = conntrack::lookup(&orig) {
-        conntrack::seen_reply(ct, pkt);
+        conntrack::seen_to_pod(ct, pkt);
     }
     if nat::rev_snat(ctx, pkt, &reply, &orig).is_err() {
         return Verdict::Drop(DropReason::MalformedL4);
@@ -86,19 +86,19 @@ fn into_local_pod(
         let pod_side = key.reversed();
         match conntrack::lookup(&pod_side) {
             Some(ct) if ct.flags & CT_F_VIA_STACK != 0 => {
-                conntrack::seen_reply(ct, pkt);
+                conntrack::seen_to_pod(ct, pkt);
                 stats.to_stack += 1;
                 return Verdict::Pass;
             }
             Some(ct) => {
                 if ct.flags & CT_F_INBOUND != 0 {
-                    conntrack::seen_orig(ct, pkt);
+                    conntrack::seen_to_pod(ct, pkt);
                 }
             }
             None => {
                 if conntrack::opens_flow(pkt)
                     && snat_needed(cfg, pod, pkt.src)
-                    && conntrack::start(&pod_side, CT_F_INBOUND, pkt)
+                    && conntrack::start(&pod_side, CT_F_INBOUND | CT_F_OPENED_BY_PEER, pkt)
                 {
                     stats.inbound_new += 1;
                 }

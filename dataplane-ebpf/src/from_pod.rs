@@ -13,12 +13,12 @@
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
     conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK},
-    Config, PodEntry, Stats,
+    Config, CtKey, PodEntry, Stats,
 };
 
 use crate::{
     conntrack, deliver, maps,
-    parse::Parsed,
+    parse::{self, Parsed},
     policy::{snat_needed, strict_branch},
     verdict::Verdict,
 };
@@ -60,7 +60,11 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     let Some(cfg) = maps::config() else {
         return Verdict::Pass;
     };
-    let t = decide(cfg, pkt);
+    let t = if pkt.is_icmp_error() && about_via_stack(ctx, pkt) {
+        Target::stack()
+    } else {
+        decide(cfg, pkt)
+    };
     if t.via == Via::Stack || !deliver::hop(ctx, pkt.l3_off) {
         stats.to_stack += 1;
         return Verdict::Pass;
@@ -82,6 +86,19 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     }
 }
 
+/// Whether the pod's ICMP error is about a packet the stack delivered (a
+/// NodePort's UDP datagram to a closed port): the stack must translate it
+/// back, as it translated the packet it quotes.
+#[inline(always)]
+fn about_via_stack(ctx: &TcContext, pkt: &Parsed) -> bool {
+    let Some(q) = parse::parse_quoted(ctx, pkt) else {
+        return false;
+    };
+    // The quoted packet came to the pod: its reverse is the pod-side key.
+    let pod_side = CtKey::new(q.dst, q.src, q.dst_port, q.src_port, q.proto);
+    matches!(conntrack::lookup(&pod_side), Some(ct) if ct.flags & CT_F_VIA_STACK != 0)
+}
+
 #[inline(always)]
 fn decide(cfg: &Config, pkt: &Parsed) -> Target {
     let Some(pod) = maps::pod(&pkt.src) else {
@@ -90,7 +107,7 @@ fn decide(cfg: &Config, pkt: &Parsed) -> Target {
     if let Ok(key) = conntrack::flow_key(pkt) {
         if let Some(ct) = conntrack::lookup(&key) {
             if ct.flags & CT_F_VIA_STACK != 0 {
-                conntrack::seen_reply(ct, pkt);
+                conntrack::seen_from_pod(ct, pkt);
                 return Target::stack();
             }
             if ct.flags & CT_F_SNAT != 0 {
@@ -98,7 +115,7 @@ fn decide(cfg: &Config, pkt: &Parsed) -> Target {
             }
             if ct.flags & CT_F_INBOUND != 0 {
                 // Opened from outside the VPC: answered untranslated.
-                conntrack::seen_reply(ct, pkt);
+                conntrack::seen_from_pod(ct, pkt);
                 return untranslated(pod);
             }
         }

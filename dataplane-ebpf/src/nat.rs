@@ -20,21 +20,93 @@ use crate::{
     },
     maps::{self, CT, SNAT_REV},
     parse::{header_mut, Fragment, Parsed, Quoted},
-    skb,
+    skb::{self, LoopBody},
 };
 
-/// Attempts before a new flow is dropped for want of a port. Probing is
-/// linear from the first choice, so a range of up to this many ports is
-/// searched exhaustively (as netfilter does: 128 attempts at most).
-pub const NAT_MAX_TRIES: u32 = 128;
+/// Probes before a new flow is dropped for want of a port. A range of up
+/// to this many ports is searched exhaustively. The search runs in
+/// `bpf_loop`, whose body the verifier checks once, so the bound costs
+/// nothing at load; it bounds the work per packet at high occupancy
+/// (netfilter stops at 240 probes, `nf_nat_l4proto_unique_tuple`).
+pub const NAT_MAX_TRIES: u32 = 1024;
+
+/// A range larger than `NAT_MAX_TRIES` is searched in windows of linear
+/// probes, each from a fresh random port: 512, 256, 128, 64, 64.
+/// Netfilter does the same (halving windows from new random offsets):
+/// linear probing alone stays inside the cluster of taken ports its first
+/// choice fell in, so at high occupancy it fails while free ports exist
+/// elsewhere.
+#[inline(always)]
+fn window_starts(tries: u32) -> bool {
+    tries == 512 || tries == 768 || tries == 896 || tries == 960
+}
 
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
+
+/// The port search of one new flow, as a `bpf_loop` body.
+struct PortSearch {
+    key: CtKey,
+    node_ip: Ipv4,
+    lo: u32,
+    range: NonZeroU32,
+    /// Offset in the range of the current window's first probe.
+    base: u32,
+    /// The pod's own port is probed first (`none`).
+    keep_own: bool,
+    windows: bool,
+    /// Probes made so far.
+    tries: u32,
+    /// The port reserved in `SNAT_REV` (0: none yet).
+    port: u16,
+}
+
+impl PortSearch {
+    #[inline(always)]
+    fn candidate(&mut self, i: u32) -> u16 {
+        if self.keep_own && i == 0 {
+            return self.key.src_port;
+        }
+        let n = i - self.keep_own as u32; // probes into the range
+        if self.windows && window_starts(n) {
+            self.base = skb::random().wrapping_sub(n);
+        }
+        (self.lo + self.base.wrapping_add(n) % self.range) as u16
+    }
+}
+
+impl LoopBody for PortSearch {
+    #[inline(always)]
+    fn step(&mut self, i: u32) -> bool {
+        let port = self.candidate(i);
+        self.tries = i + 1;
+        let reply = reply_key(&self.key, self.node_ip, port);
+        // Looked up first: an insert into the LRU map takes a free node
+        // (evicting another flow's if there is none) before it fails.
+        if maps::snat_orig(&reply).is_some() {
+            return false;
+        }
+        if SNAT_REV
+            .insert(reply, self.key, BPF_NOEXIST as u64)
+            .is_err()
+        {
+            return false; // taken meanwhile by another CPU
+        }
+        self.port = port;
+        true
+    }
+}
 
 /// Allocates a node port for the new flow `key` and inserts both conntrack
 /// entries: the reverse first (`NOEXIST`, which is the per-destination
 /// uniqueness check), then the forward one, rolling the reverse back if
 /// another CPU created the flow meanwhile.
+///
+/// The first choice depends on the mode, as with netfilter's SNAT flags:
+/// `--random-fully` a random port; `--random` a hash of the whole flow
+/// (the same flow gets the same port, another source port another one);
+/// none the pod's own port, kept when it is free even outside the range,
+/// then a random one.
 #[inline(always)]
 pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry, DropReason> {
     let lo = cfg.port_min as u32;
@@ -44,53 +116,53 @@ pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry,
         Some(r) => r,
         None => NonZeroU32::MIN,
     };
-    let first = match cfg.snat_mode() {
-        // --random: the same flow hashes to the same first choice.
+    let mode = cfg.snat_mode();
+    let keep_own = mode == Some(SnatMode::Sequential) && key.src_port != 0;
+    // For source NAT netfilter starts from a random offset unless the
+    // flow's own port is kept (`nf_nat_l4proto_unique_tuple`).
+    let base = match mode {
         Some(SnatMode::Hash) => flow_hash(key),
-        // No randomisation: keep the pod's own port when it is in range.
-        Some(SnatMode::Sequential)
-            if (key.src_port as u32) >= lo && (key.src_port as u32) <= hi =>
-        {
-            key.src_port as u32 - lo
-        }
         _ => skb::random(),
     };
-    let limit = if range.get() < NAT_MAX_TRIES {
-        range.get()
-    } else {
-        NAT_MAX_TRIES
+    let probes = range.get() + keep_own as u32;
+    let mut search = PortSearch {
+        key: *key,
+        node_ip: cfg.node_ip,
+        lo,
+        range,
+        base,
+        keep_own,
+        windows: range.get() > NAT_MAX_TRIES,
+        tries: 0,
+        port: 0,
     };
-    let mut tries = 0u32;
-    while tries < limit && tries < NAT_MAX_TRIES {
-        // Linear probing from the first choice (random for --random-fully).
-        let port = (lo + first.wrapping_add(tries) % range) as u16;
-        tries += 1;
-        let reply = reply_key(key, cfg.node_ip, port);
-        if SNAT_REV.insert(reply, *key, BPF_NOEXIST as u64).is_err() {
-            continue; // this port is taken towards this destination
-        }
-        let t = now();
-        let entry = CtEntry {
-            created_ns: t,
-            last_seen_ns: t,
-            nat_ip: cfg.node_ip,
-            nat_port: port,
-            state: CT_STATE_NEW,
-            flags: CT_F_SNAT,
-            ..CtEntry::default()
-        };
-        if CT.insert(*key, entry, BPF_NOEXIST as u64).is_ok() {
-            stats.count_alloc(tries);
-            return Ok(entry);
-        }
-        let _ = SNAT_REV.remove(reply);
-        if let Some(winner) = maps::ct(key) {
-            stats.ct_race += 1;
-            return Ok(winner);
-        }
-        return Err(DropReason::CtInsertFailed);
+    skb::bounded_loop(probes.min(NAT_MAX_TRIES), &mut search);
+    if search.port == 0 {
+        stats.nat_probes += search.tries as u64;
+        return Err(DropReason::NatNoPort);
     }
-    Err(DropReason::NatNoPort)
+    let (port, tries) = (search.port, search.tries);
+    let reply = reply_key(key, cfg.node_ip, port);
+    let t = now();
+    let entry = CtEntry {
+        created_ns: t,
+        last_seen_ns: t,
+        nat_ip: cfg.node_ip,
+        nat_port: port,
+        state: CT_STATE_NEW,
+        flags: CT_F_SNAT,
+        ..CtEntry::default()
+    };
+    if CT.insert(*key, entry, BPF_NOEXIST as u64).is_ok() {
+        stats.count_alloc(tries);
+        return Ok(entry);
+    }
+    let _ = SNAT_REV.remove(reply);
+    if let Some(winner) = maps::ct(key) {
+        stats.ct_race += 1;
+        return Ok(winner);
+    }
+    Err(DropReason::CtInsertFailed)
 }
 
 /// The reply tuple of `orig` once its source is `nat_ip:nat_port`.
@@ -104,7 +176,8 @@ pub fn reply_key(orig: &CtKey, nat_ip: Ipv4, nat_port: u16) -> CtKey {
 fn flow_hash(k: &CtKey) -> u32 {
     let mut h = u32::from_ne_bytes(k.src_ip)
         ^ u32::from_ne_bytes(k.dst_ip).rotate_left(13)
-        ^ ((k.dst_port as u32) << 16 | k.proto as u32);
+        ^ ((k.dst_port as u32) << 16 | k.proto as u32)
+        ^ (k.src_port as u32).rotate_left(7);
     h ^= h >> 16;
     h = h.wrapping_mul(0x85eb_ca6b);
     h ^= h >> 13;

@@ -8,12 +8,15 @@
 //! `pull`) takes the context by `&mut`, so no header reference obtained
 //! before the call can still be alive after it.
 
-use core::ptr::{addr_of_mut, write_volatile};
+use core::{
+    ffi::c_void,
+    ptr::{addr_of_mut, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::bpf_redir_neigh,
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh,
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop, bpf_redirect, bpf_redirect_neigh,
         bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push,
     },
     programs::TcContext,
@@ -127,4 +130,37 @@ pub fn now() -> u64 {
 pub fn random() -> u32 {
     // SAFETY: helper without arguments.
     unsafe { bpf_get_prandom_u32() }
+}
+
+/// One iteration of a [`bounded_loop`].
+pub trait LoopBody {
+    /// Runs iteration `i`; `true` ends the loop.
+    fn step(&mut self, i: u32) -> bool;
+}
+
+/// The callback `bpf_loop` calls: a subprogram the verifier checks once,
+/// however many times it runs.
+#[inline(never)]
+extern "C" fn loop_step<T: LoopBody>(i: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `&mut T` that `bounded_loop` passed, alive and
+    // not otherwise borrowed for the whole `bpf_loop` call.
+    let body = unsafe { &mut *(ctx as *mut T) };
+    body.step(i as u32) as i64
+}
+
+/// Runs `body.step(0..n)` until a step returns `true`, with `bpf_loop`
+/// (Linux 5.17): unlike an unrolled or bounded loop, its body is verified
+/// once, so a search of many probes costs the verifier nothing per probe.
+#[inline(always)]
+pub fn bounded_loop<T: LoopBody>(n: u32, body: &mut T) {
+    // SAFETY: `loop_step::<T>` has the callback signature `bpf_loop`
+    // requires, and `body` outlives the call.
+    unsafe {
+        bpf_loop(
+            n,
+            loop_step::<T> as *mut c_void,
+            body as *mut T as *mut c_void,
+            0,
+        );
+    }
 }

@@ -45,7 +45,7 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         if let Ok(key) = conntrack::flow_key(pkt) {
             if let Some(ct) = conntrack::lookup(&key) {
                 if ct.flags & CT_F_SNAT != 0 {
-                    conntrack::seen_orig(ct, pkt);
+                    conntrack::seen_from_pod(ct, pkt);
                     let (nat_ip, nat_port) = (ct.nat_ip, ct.nat_port);
                     return translate(ctx, pkt, cfg, &key, nat_ip, nat_port, stats);
                 }
@@ -54,7 +54,7 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
                 // Counted once: not again after our own redirect to the
                 // ENI that owns the pod's IP.
                 if ct.flags & CT_F_VIA_STACK != 0 && !redirected_by_us(ctx) {
-                    conntrack::seen_orig(ct, pkt);
+                    conntrack::seen_from_pod(ct, pkt);
                 }
                 return match maps::pod(&pkt.src) {
                     Some(pod) => steer_source(ctx, &pod),
@@ -181,6 +181,11 @@ fn icmp_error_from_pod(
     let Some(ct) = conntrack::lookup(&orig) else {
         return Verdict::Pass;
     };
+    if ct.flags & CT_F_SNAT == 0 {
+        // About a flow the stack translated (via stack): the stack has
+        // already made the error match what the remote end sent.
+        return Verdict::Pass;
+    }
     let (nat_ip, nat_port) = (ct.nat_ip, ct.nat_port);
     if nat::icmp_error(
         ctx,

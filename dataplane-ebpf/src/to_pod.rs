@@ -6,7 +6,10 @@
 //! security-group pods accept only what came through their branch ENI.
 
 use aya_ebpf::programs::TcContext;
-use dataplane_common::{conntrack::CT_F_VIA_STACK, DropReason, Stats};
+use dataplane_common::{
+    conntrack::{CT_F_OPENED_BY_PEER, CT_F_VIA_STACK},
+    DropReason, Stats,
+};
 
 use crate::{
     conntrack::{self, opens_flow},
@@ -34,14 +37,22 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     // (a ClusterIP DNATed to this pod): its replies must go back through
     // the stack to be un-DNATed. Direct pod-to-pod deliveries never get
     // here (peer redirect), or carry our record (plain redirect).
-    if !opens_flow(pkt) {
-        return Verdict::Pass;
-    }
     let Ok(key) = conntrack::flow_key(pkt) else {
         return Verdict::Pass;
     };
     // Keyed from the pod's side, as `from_pod` will look its replies up.
-    if conntrack::start(&key.reversed(), CT_F_VIA_STACK, pkt) {
+    // Looked up first: an insert into the LRU map would evict to make room
+    // even when the flow is already there.
+    let pod_side = key.reversed();
+    if let Some(ct) = conntrack::lookup(&pod_side) {
+        // Flows the pod opened were counted where they entered the node.
+        if ct.flags & (CT_F_VIA_STACK | CT_F_OPENED_BY_PEER) == CT_F_VIA_STACK | CT_F_OPENED_BY_PEER
+        {
+            conntrack::seen_to_pod(ct, pkt);
+        }
+    } else if opens_flow(pkt)
+        && conntrack::start(&pod_side, CT_F_VIA_STACK | CT_F_OPENED_BY_PEER, pkt)
+    {
         stats.via_stack_new += 1;
     }
     Verdict::Pass

@@ -137,7 +137,7 @@ fn a_collected_flow_is_replaced_by_a_working_new_one() {
         .expect("gc now");
     assert_eq!(live.expired, 0, "{live:?}");
     assert!(live.ct_entries >= 1);
-    // Past the UDP stream timeout (180 s) the replied flow is collected.
+    // Past the UDP timeouts (30 s replied, 120 s stream) the flow is collected.
     let later = gc
         .collect(
             &mut maps,

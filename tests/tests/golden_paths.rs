@@ -6,7 +6,10 @@
 //! NAT at a flow's first packet, and that packet was inbound).
 
 use dataplane_common::{
-    conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_ESTABLISHED, CT_STATE_NEW},
+    conntrack::{
+        CT_F_INBOUND, CT_F_OPENED_BY_PEER, CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_ESTABLISHED,
+        CT_STATE_NEW, CT_STATE_SYN_RECV,
+    },
     verdict::{REDIRECT_NEIGH, REDIRECT_PEER},
     CtKey, Hook, SnatMode,
 };
@@ -16,26 +19,19 @@ use testbed::kernel::{
         snat::{node, HOST_IFINDEX, INET, LO, NODE, PEER, POD},
         Golden, TC_ACT_OK,
     },
-    packets::{self, Flow, L3_OFF},
+    packets::{self, Flow, L3_OFF, TCP_ACK, TCP_SYN},
 };
-
-const TCP_FLAGS: usize = L3_OFF + 20 + 13;
 
 fn golden() -> Golden {
     node(SnatMode::Random, (32768, 65535))
 }
 
-fn with_tcp_flags(mut p: Vec<u8>, flags: u8) -> Vec<u8> {
-    p[TCP_FLAGS] = flags;
-    p
-}
-
 fn syn_ack(f: Flow) -> Vec<u8> {
-    with_tcp_flags(packets::tcp_syn(f), 0x12)
+    packets::tcp(f, TCP_SYN | TCP_ACK)
 }
 
 fn ack(f: Flow) -> Vec<u8> {
-    with_tcp_flags(packets::tcp_syn(f), 0x10)
+    packets::tcp(f, TCP_ACK)
 }
 
 fn src(p: &[u8]) -> [u8; 4] {
@@ -67,13 +63,14 @@ fn a_services_remote_backend_answers_through_the_stack() {
     let answer = syn_ack(Flow::new(PEER, POD, 53, 40000));
     assert_passed_unchanged(&g.run(Hook::FromEni, &answer), &answer);
     let ct = g.ct(&key).expect("still tracked");
-    assert_eq!((ct.state, ct.packets_reply), (CT_STATE_ESTABLISHED, 1));
+    assert_eq!((ct.state, ct.packets_reply), (CT_STATE_SYN_RECV, 1));
     assert_eq!(g.stats(Hook::FromEni).to_stack, 1);
 
     // Later packets of the flow keep to the same path and refresh it.
     let more = ack(to_backend);
     assert_passed_unchanged(&g.run(Hook::ToEni, &more), &more);
-    assert_eq!(g.ct(&key).expect("tracked").packets_orig, 2);
+    let ct = g.ct(&key).expect("tracked");
+    assert_eq!((ct.state, ct.packets_orig), (CT_STATE_ESTABLISHED, 2));
     assert_eq!(g.stats(Hook::ToEni).via_stack_new, 1, "no second entry");
     let answer = ack(Flow::new(PEER, POD, 53, 40000));
     assert_passed_unchanged(&g.run(Hook::FromEni, &answer), &answer);
@@ -115,7 +112,7 @@ fn a_connection_from_outside_the_vpc_is_answered_untranslated() {
     assert_redirected(&g.run(Hook::FromEni, &syn), HOST_IFINDEX, REDIRECT_PEER);
     let key = CtKey::new(POD, INET, 8443, 50000, 6);
     let ct = g.ct(&key).expect("tracked from the pod's side");
-    assert_eq!(ct.flags, CT_F_INBOUND);
+    assert_eq!(ct.flags, CT_F_INBOUND | CT_F_OPENED_BY_PEER);
     assert_eq!(g.stats(Hook::FromEni).inbound_new, 1);
 
     // The pod's SYN-ACK leaves its own ENI with its own address and port.
@@ -124,7 +121,7 @@ fn a_connection_from_outside_the_vpc_is_answered_untranslated() {
     assert_redirected(&out, LO, REDIRECT_NEIGH);
     assert_eq!((src(&out.data), sport(&out.data)), (POD, 8443));
     let ct = g.ct(&key).expect("tracked");
-    assert_eq!(ct.state, CT_STATE_ESTABLISHED, "the pod answered");
+    assert_eq!(ct.state, CT_STATE_SYN_RECV, "the pod answered");
     assert_eq!(ct.flags & CT_F_SNAT, 0);
     // And to_eni, where a pod-opened flow to that address is translated,
     // leaves it as it is.
@@ -139,7 +136,8 @@ fn a_connection_from_outside_the_vpc_is_answered_untranslated() {
     // The client's next packets still go straight in.
     let more = ack(Flow::new(INET, POD, 50000, 8443));
     assert_redirected(&g.run(Hook::FromEni, &more), HOST_IFINDEX, REDIRECT_PEER);
-    assert_eq!(g.ct(&key).expect("tracked").packets_orig, 2);
+    let ct = g.ct(&key).expect("tracked");
+    assert_eq!((ct.state, ct.packets_orig), (CT_STATE_ESTABLISHED, 2));
 }
 
 #[test]

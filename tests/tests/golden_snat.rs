@@ -5,7 +5,7 @@
 
 use dataplane_common::{
     config::CFG_F_SG_STANDARD,
-    conntrack::{CT_F_SNAT, CT_STATE_ESTABLISHED},
+    conntrack::{CT_F_SNAT, CT_STATE_SYN_RECV},
     verdict::{REDIRECT_NEIGH, REDIRECT_PEER},
     Config, CtKey, DropReason, Hook, SnatMode, VerdictRecord,
 };
@@ -19,7 +19,9 @@ use testbed::kernel::{
         },
         Golden, Outcome, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
     },
-    packets::{self, checksum_ok, l4_checksum_ok, Flow, HOST_VETH_MAC, L3_OFF, POD_MAC},
+    packets::{
+        self, checksum_ok, l4_checksum_ok, Flow, HOST_VETH_MAC, L3_OFF, POD_MAC, TCP_ACK, TCP_SYN,
+    },
 };
 
 const L4: usize = L3_OFF + 20;
@@ -122,7 +124,7 @@ fn reply_is_translated_back_and_delivered_into_the_pod() {
     let mut g = node(SnatMode::Random, (32768, 65535));
     let port = snat_syn(&g, Flow::new(POD, INET, 40002, 443));
     g.reset_stats();
-    let reply = packets::tcp_syn(Flow::new(INET, NODE, 443, port));
+    let reply = packets::tcp(Flow::new(INET, NODE, 443, port), TCP_SYN | TCP_ACK);
     let out = g.run(Hook::FromEni, &reply);
     assert_eq!(out.action, TC_ACT_REDIRECT, "{out:?}");
     assert_eq!(
@@ -143,7 +145,7 @@ fn reply_is_translated_back_and_delivered_into_the_pod() {
     let s = g.stats(Hook::FromEni);
     assert_eq!((s.rev_snat, s.redirect), (1, 1));
     let ct = g.ct(&CtKey::new(POD, INET, 40002, 443, 6)).expect("CT");
-    assert_eq!((ct.state, ct.packets_reply), (CT_STATE_ESTABLISHED, 1));
+    assert_eq!((ct.state, ct.packets_reply), (CT_STATE_SYN_RECV, 1));
 }
 
 /// A reply whose pod the data path does not serve (a pod still on

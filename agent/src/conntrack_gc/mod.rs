@@ -8,19 +8,30 @@
 use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 use dataplane_common::{
-    conntrack::{CT_F_SNAT, CT_STATE_CLOSING, CT_STATE_ESTABLISHED},
+    conntrack::{
+        CT_F_SNAT, CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED, CT_STATE_FIN_WAIT, CT_STATE_LAST_ACK,
+        CT_STATE_NEW, CT_STATE_SYN_RECV, CT_STATE_TIME_WAIT, CT_STATE_UDP_STREAM,
+    },
     CtEntry, CtKey, Ipv4,
 };
 
 use crate::dataplane::{CtMaps, DataplaneError};
 
-/// Flow timeouts (netfilter's defaults).
-#[derive(Clone, Copy, Debug)]
+/// Flow timeouts by protocol and state: netfilter's defaults
+/// (`net.netfilter.nf_conntrack_*_timeout*` on 6.x kernels). The table is
+/// in `docs/conntrack.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
-    pub tcp_new: Duration,
+    pub tcp_syn_sent: Duration,
+    pub tcp_syn_recv: Duration,
     pub tcp_established: Duration,
-    pub tcp_closing: Duration,
+    pub tcp_fin_wait: Duration,
+    pub tcp_close_wait: Duration,
+    pub tcp_last_ack: Duration,
+    pub tcp_time_wait: Duration,
+    pub tcp_close: Duration,
     pub udp_unreplied: Duration,
+    pub udp_replied: Duration,
     pub udp_stream: Duration,
     pub icmp: Duration,
     pub other: Duration,
@@ -28,14 +39,21 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
+        let s = Duration::from_secs;
         Self {
-            tcp_new: Duration::from_secs(120),
-            tcp_established: Duration::from_secs(5 * 24 * 3600),
-            tcp_closing: Duration::from_secs(120),
-            udp_unreplied: Duration::from_secs(30),
-            udp_stream: Duration::from_secs(180),
-            icmp: Duration::from_secs(30),
-            other: Duration::from_secs(600),
+            tcp_syn_sent: s(120),
+            tcp_syn_recv: s(60),
+            tcp_established: s(5 * 24 * 3600),
+            tcp_fin_wait: s(120),
+            tcp_close_wait: s(60),
+            tcp_last_ack: s(30),
+            tcp_time_wait: s(120),
+            tcp_close: s(10),
+            udp_unreplied: s(30),
+            udp_replied: s(30),
+            udp_stream: s(120),
+            icmp: s(30),
+            other: s(600),
         }
     }
 }
@@ -43,11 +61,17 @@ impl Default for Timeouts {
 impl Timeouts {
     pub fn for_entry(&self, key: &CtKey, ct: &CtEntry) -> Duration {
         match (key.proto, ct.state) {
+            (6, CT_STATE_NEW) => self.tcp_syn_sent,
+            (6, CT_STATE_SYN_RECV) => self.tcp_syn_recv,
             (6, CT_STATE_ESTABLISHED) => self.tcp_established,
-            (6, CT_STATE_CLOSING) => self.tcp_closing,
-            (6, _) => self.tcp_new,
-            (17, CT_STATE_ESTABLISHED) | (17, CT_STATE_CLOSING) => self.udp_stream,
-            (17, _) => self.udp_unreplied,
+            (6, CT_STATE_FIN_WAIT) => self.tcp_fin_wait,
+            (6, CT_STATE_CLOSE_WAIT) => self.tcp_close_wait,
+            (6, CT_STATE_LAST_ACK) => self.tcp_last_ack,
+            (6, CT_STATE_TIME_WAIT) => self.tcp_time_wait,
+            (6, _) => self.tcp_close,
+            (17, CT_STATE_NEW) => self.udp_unreplied,
+            (17, CT_STATE_UDP_STREAM) => self.udp_stream,
+            (17, _) => self.udp_replied,
             (1, _) => self.icmp,
             _ => self.other,
         }
@@ -249,29 +273,33 @@ mod tests {
 
     #[test]
     fn timeouts_follow_netfilter() {
+        use dataplane_common::conntrack::CT_STATE_CLOSE;
         let t = Timeouts::default();
         let k = |p| CtKey::new([0; 4], [0; 4], 1, 2, p);
-        let e = |s| CtEntry {
-            state: s,
-            ..Default::default()
+        let secs = |p, s| {
+            let e = CtEntry {
+                state: s,
+                ..Default::default()
+            };
+            t.for_entry(&k(p), &e).as_secs()
         };
-        assert_eq!(
-            t.for_entry(&k(6), &e(CT_STATE_ESTABLISHED)),
-            Duration::from_secs(432_000)
-        );
-        assert_eq!(
-            t.for_entry(&k(6), &e(CT_STATE_CLOSING)),
-            Duration::from_secs(120)
-        );
-        assert_eq!(t.for_entry(&k(17), &e(0)), Duration::from_secs(30));
-        assert_eq!(
-            t.for_entry(&k(17), &e(CT_STATE_ESTABLISHED)),
-            Duration::from_secs(180)
-        );
-        assert_eq!(
-            t.for_entry(&k(1), &e(CT_STATE_ESTABLISHED)),
-            Duration::from_secs(30)
-        );
+        for (state, want) in [
+            (CT_STATE_NEW, 120),
+            (CT_STATE_SYN_RECV, 60),
+            (CT_STATE_ESTABLISHED, 432_000),
+            (CT_STATE_FIN_WAIT, 120),
+            (CT_STATE_CLOSE_WAIT, 60),
+            (CT_STATE_LAST_ACK, 30),
+            (CT_STATE_TIME_WAIT, 120),
+            (CT_STATE_CLOSE, 10),
+        ] {
+            assert_eq!(secs(6, state), want, "tcp {state}");
+        }
+        assert_eq!(secs(17, CT_STATE_NEW), 30);
+        assert_eq!(secs(17, CT_STATE_ESTABLISHED), 30, "replied, not a stream");
+        assert_eq!(secs(17, CT_STATE_UDP_STREAM), 120);
+        assert_eq!(secs(1, CT_STATE_ESTABLISHED), 30);
+        assert_eq!(secs(47, CT_STATE_NEW), 600);
     }
 
     #[test]

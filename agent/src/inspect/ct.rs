@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use dataplane_common::{
-    conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_CLOSING, CT_STATE_ESTABLISHED},
-    CtEntry, CtKey,
+    conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK},
+    flow_state, CtEntry, CtKey,
 };
 use serde_json::{json, Value};
 
@@ -17,16 +17,6 @@ fn proto_name(p: u8) -> &'static str {
         17 => "udp",
         1 => "icmp",
         _ => "unknown",
-    }
-}
-
-fn state_name(key: &CtKey, ct: &CtEntry) -> &'static str {
-    match (key.proto, ct.state) {
-        (6, CT_STATE_ESTABLISHED) => "ESTABLISHED",
-        (6, CT_STATE_CLOSING) => "CLOSING",
-        (6, _) => "SYN_SENT",
-        (_, CT_STATE_ESTABLISHED) => "REPLIED",
-        _ => "UNREPLIED",
     }
 }
 
@@ -67,7 +57,7 @@ pub fn ct_lines(flows: &[(CtKey, CtEntry)], now_ns: u64, t: &Timeouts) -> String
             proto_name(key.proto),
             key.proto,
             remaining(key, ct, now_ns, t),
-            state_name(key, ct),
+            flow_state::name(key.proto, ct.state),
             tuple(key),
             ct.packets_orig,
             ct.bytes_orig,
@@ -99,7 +89,7 @@ pub fn ct_json(flows: &[(CtKey, CtEntry)], now_ns: u64, t: &Timeouts) -> Value {
         let reply = reply_tuple(key, ct);
         json!({
             "proto": proto_name(key.proto),
-            "state": state_name(key, ct),
+            "state": flow_state::name(key.proto, ct.state),
             "timeout": remaining(key, ct, now_ns, t),
             "orig": {"src": Ipv4Addr::from(key.src_ip).to_string(), "dst": Ipv4Addr::from(key.dst_ip).to_string(),
                      "sport": key.src_port, "dport": key.dst_port, "packets": ct.packets_orig, "bytes": ct.bytes_orig},
@@ -173,6 +163,7 @@ pub fn nat_table(flows: &[(CtKey, CtEntry)], port_range: (u16, u16), top: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dataplane_common::conntrack::CT_STATE_ESTABLISHED;
 
     fn flow(sport: u16, dst: [u8; 4], dport: u16, nat_port: u16) -> (CtKey, CtEntry) {
         (

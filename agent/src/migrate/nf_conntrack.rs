@@ -9,8 +9,11 @@
 use std::net::Ipv4Addr;
 
 use dataplane_common::{
-    conntrack::{CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_CLOSING, CT_STATE_ESTABLISHED, CT_STATE_NEW},
-    CtEntry, CtKey,
+    conntrack::{
+        CT_F_OPENED_BY_PEER, CT_F_SNAT, CT_F_VIA_STACK, CT_STATE_ESTABLISHED, CT_STATE_NEW,
+        CT_STATE_UDP_STREAM,
+    },
+    flow_state, CtEntry, CtKey,
 };
 
 /// One direction of a connection.
@@ -30,6 +33,8 @@ pub struct Conn {
     pub tcp_state: Option<String>,
     /// A reply has been seen (no `[UNREPLIED]`).
     pub replied: bool,
+    /// Netfilter marked it `[ASSURED]` (for UDP: a stream).
+    pub assured: bool,
     pub orig: Tuple,
     pub reply: Tuple,
 }
@@ -68,9 +73,14 @@ fn parse_line(line: &str) -> Option<Conn> {
     let mut tuples: Vec<Tuple> = Vec::with_capacity(2);
     let mut cur: [Option<&str>; 4] = [None; 4];
     let mut replied = true;
+    let mut assured = false;
     for w in words {
         if w == "[UNREPLIED]" {
             replied = false;
+            continue;
+        }
+        if w == "[ASSURED]" {
+            assured = true;
             continue;
         }
         let Some((k, v)) = w.split_once('=') else {
@@ -108,6 +118,7 @@ fn parse_line(line: &str) -> Option<Conn> {
         proto,
         tcp_state,
         replied,
+        assured,
         orig,
         reply,
     })
@@ -131,9 +142,9 @@ pub enum Adopted {
 
 fn state_of(c: &Conn) -> u8 {
     match c.tcp_state.as_deref() {
-        Some("ESTABLISHED") => CT_STATE_ESTABLISHED,
-        Some("SYN_SENT" | "SYN_RECV" | "NONE") => CT_STATE_NEW,
-        Some(_) => CT_STATE_CLOSING,
+        // An unknown name (a future kernel's) is timed as an opening flow.
+        Some(name) => flow_state::tcp_from_name(name).unwrap_or(CT_STATE_NEW),
+        None if c.assured => CT_STATE_UDP_STREAM,
         None if c.replied => CT_STATE_ESTABLISHED,
         None => CT_STATE_NEW,
     }
@@ -182,7 +193,7 @@ pub fn adopt(
         return Some(Adopted::ViaStack {
             key: key_of(r, c.proto),
             entry: CtEntry {
-                flags: CT_F_VIA_STACK,
+                flags: CT_F_VIA_STACK | CT_F_OPENED_BY_PEER,
                 ..entry
             },
         });
@@ -252,7 +263,7 @@ ipv4 2 tcp 6 10 ESTABLISHED src=1.2.3.4 dst=5.6.7.8 sport=1 src=1.1.1.1
             key,
             CtKey::new(POD.octets(), [203, 0, 113, 10], 8082, 50000, 6)
         );
-        assert_eq!(entry.flags, CT_F_VIA_STACK);
+        assert_eq!(entry.flags, CT_F_VIA_STACK | CT_F_OPENED_BY_PEER);
     }
 
     #[test]
@@ -276,8 +287,10 @@ ipv4 2 tcp 6 10 ESTABLISHED src=1.2.3.4 dst=5.6.7.8 sport=1 src=1.1.1.1
         for (state, want) in [
             ("ESTABLISHED", CT_STATE_ESTABLISHED),
             ("SYN_SENT", CT_STATE_NEW),
-            ("FIN_WAIT", CT_STATE_CLOSING),
-            ("TIME_WAIT", CT_STATE_CLOSING),
+            ("SYN_RECV", dataplane_common::conntrack::CT_STATE_SYN_RECV),
+            ("FIN_WAIT", dataplane_common::conntrack::CT_STATE_FIN_WAIT),
+            ("TIME_WAIT", dataplane_common::conntrack::CT_STATE_TIME_WAIT),
+            ("CLOSE", dataplane_common::conntrack::CT_STATE_CLOSE),
         ] {
             let line = format!("tcp 6 100 {state} src=192.168.10.5 dst=203.0.113.10 sport=1 dport=2 src=203.0.113.10 dst=192.168.31.166 sport=2 dport=3");
             let (conns, _) = parse(&line);

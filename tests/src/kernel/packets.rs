@@ -54,11 +54,32 @@ writable!(
 );
 
 pub fn tcp_syn(f: Flow) -> Vec<u8> {
-    eth()
+    tcp(f, TCP_SYN)
+}
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A TCP segment without payload and with these flags (`TCP_*` bits).
+pub fn tcp(f: Flow, flags: u8) -> Vec<u8> {
+    let mut b = eth()
         .ipv4(f.src, f.dst, 64)
-        .tcp(f.sport, f.dport, 1000, 64240)
-        .syn()
-        .write_to_vec(&[])
+        .tcp(f.sport, f.dport, 1000, 64240);
+    if flags & TCP_SYN != 0 {
+        b = b.syn();
+    }
+    if flags & TCP_FIN != 0 {
+        b = b.fin();
+    }
+    if flags & TCP_RST != 0 {
+        b = b.rst();
+    }
+    if flags & TCP_ACK != 0 {
+        b = b.ack(2000);
+    }
+    b.write_to_vec(&[])
 }
 
 pub fn udp(f: Flow, payload: &[u8]) -> Vec<u8> {

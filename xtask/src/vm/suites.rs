@@ -47,6 +47,8 @@ impl Suite {
                 "golden_snat",
                 "golden_steer",
                 "golden_paths",
+                "golden_ct_states",
+                "golden_port_search",
             ],
             // The agent, SNAT through the agent, steering (and its
             // differential against aws-node's plumbing), restart and
