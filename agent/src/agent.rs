@@ -249,12 +249,35 @@ impl Agent {
             tracing::warn!(variable = aws_node_env::EXCLUDE_SNAT_CIDRS, entry = %skipped, "skipped");
         }
         let object = crate::object::load(config.ebpf_object.as_deref())?;
-        let mut dp = Dataplane::load_pinned(&object, &config.bpf_root).with_context(|| {
-            format!(
-                "loading the data path pinned under {}",
-                config.bpf_root.display()
+        let ct_size = config.conntrack_max.unwrap_or_else(|| {
+            crate::dataplane::conntrack_entries_for(
+                std::thread::available_parallelism().map_or(1, |n| n.get()),
             )
-        })?;
+        });
+        let sizes = [
+            (dataplane_common::maps::CT, ct_size),
+            (dataplane_common::maps::SNAT_REV, ct_size),
+        ];
+        let mut dp =
+            Dataplane::load_pinned_sized(&object, &config.bpf_root, &sizes).with_context(|| {
+                format!(
+                    "loading the data path pinned under {}",
+                    config.bpf_root.display()
+                )
+            })?;
+        for (map, wanted) in sizes {
+            match crate::dataplane::pinned_capacity(&config.bpf_root, map) {
+                Some(size) if size != wanted => tracing::warn!(
+                    map,
+                    size,
+                    wanted,
+                    "the pinned map keeps the size it was created with; \
+                     the new size applies when the maps are next created (after a reboot)"
+                ),
+                Some(size) => tracing::info!(map, size, "conntrack table size"),
+                None => {}
+            }
+        }
         // A different object than last time is an upgrade: existing
         // attachments switch to its programs; the same object leaves them be.
         let object_id = object_identity(&object);

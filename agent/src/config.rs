@@ -16,6 +16,9 @@ pub struct RunConfig {
     pub ebpf_object: Option<PathBuf>,
     pub mtu: u32,
     pub ip_cooldown: Duration,
+    /// Entries of `CT` and `SNAT_REV` (each) when they are created; `None`:
+    /// sized from the node's CPUs (`dataplane::conntrack_entries_for`).
+    pub conntrack_max: Option<u32>,
     /// aws-node's checkpoint to migrate from at start, if it exists.
     pub migrate_from_aws_node: Option<PathBuf>,
     /// Security groups for pods from the Kubernetes API (unset: local mode).

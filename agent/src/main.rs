@@ -145,6 +145,10 @@ struct RunArgs {
     /// Seconds a released pod IP waits before it is handed out again.
     #[arg(long, env = "TRUNKLINE_IP_COOLDOWN", default_value_t = 30)]
     ip_cooldown: u64,
+    /// Entries of the conntrack and SNAT tables (each), applied when they
+    /// are created. Default: 32,768 per CPU, at least 262,144.
+    #[arg(long, env = "TRUNKLINE_CONNTRACK_MAX", value_parser = clap::value_parser!(u32).range(1024..=67_108_864))]
+    conntrack_max: Option<u32>,
     /// At start, take over the pods of aws-node's checkpoint (as `migrate`
     /// does) if the file exists; it is renamed `*.migrated` afterwards.
     #[arg(
@@ -182,6 +186,7 @@ impl RunArgs {
             ebpf_object: self.ebpf_object,
             mtu: self.mtu,
             ip_cooldown: Duration::from_secs(self.ip_cooldown),
+            conntrack_max: self.conntrack_max,
             migrate_from_aws_node: self.migrate_from_aws_node,
             kube: trunkline_agent::config::KubeSettings {
                 kubeconfig: self.kubeconfig,

@@ -185,6 +185,9 @@ define_stats! {
     vlan_pop,
     /// Packets left to the host stack on purpose (services, node-local, via-stack flows).
     to_stack,
+    /// Pod packets larger than the MTU of the ENI they would leave by, left
+    /// to the stack to fragment or to answer with frag-needed.
+    to_stack_mtu,
     /// New flows that came through the host stack: into a pod (NodePort,
     /// probes; `to_pod`), or from a pod out of an ENI (a Service with a
     /// backend elsewhere; `to_eni`).

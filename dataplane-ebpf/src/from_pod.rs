@@ -20,6 +20,7 @@ use crate::{
     conntrack, deliver, maps,
     parse::{self, Parsed},
     policy::{snat_needed, strict_branch},
+    skb,
     verdict::Verdict,
 };
 
@@ -65,6 +66,13 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     } else {
         decide(cfg, pkt)
     };
+    // Larger than the ENI's MTU (pod MTU 9001 behind a 1500 ENI): the stack
+    // fragments it, or answers frag-needed when DF is set, as it does for
+    // what it routes itself. Checked before our hop takes a TTL off.
+    if t.via == Via::Eni && !skb::fits_mtu(ctx, t.ifindex) {
+        stats.to_stack_mtu += 1;
+        return Verdict::Pass;
+    }
     if t.via == Via::Stack || !deliver::hop(ctx, pkt.l3_off) {
         stats.to_stack += 1;
         return Verdict::Pass;

@@ -165,6 +165,46 @@ pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry,
     Err(DropReason::CtInsertFailed)
 }
 
+/// Maps a new flow of a protocol without ports to the node IP alone: its
+/// replies are told apart by (source, protocol) only, so a second pod's
+/// flow of that protocol to the same destination is refused (netfilter
+/// clashes there too) and counted as `nat_no_port`.
+#[inline(always)]
+pub fn allocate_address_only(
+    cfg: &Config,
+    key: &CtKey,
+    stats: &mut Stats,
+) -> Result<CtEntry, DropReason> {
+    let reply = reply_key(key, cfg.node_ip, 0);
+    if maps::snat_orig(&reply).is_some()
+        || SNAT_REV.insert(reply, *key, BPF_NOEXIST as u64).is_err()
+    {
+        return Err(DropReason::NatNoPort);
+    }
+    let t = now();
+    let entry = CtEntry {
+        created_ns: t,
+        last_seen_ns: t,
+        nat_ip: cfg.node_ip,
+        nat_port: 0,
+        state: CT_STATE_NEW,
+        flags: CT_F_SNAT,
+        ..CtEntry::default()
+    };
+    if CT.insert(*key, entry, BPF_NOEXIST as u64).is_ok() {
+        stats.count_alloc(1);
+        return Ok(entry);
+    }
+    let _ = SNAT_REV.remove(reply);
+    match maps::ct(key) {
+        Some(winner) => {
+            stats.ct_race += 1;
+            Ok(winner)
+        }
+        None => Err(DropReason::CtInsertFailed),
+    }
+}
+
 /// The reply tuple of `orig` once its source is `nat_ip:nat_port`.
 #[inline(always)]
 pub fn reply_key(orig: &CtKey, nat_ip: Ipv4, nat_port: u16) -> CtKey {

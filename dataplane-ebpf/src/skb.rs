@@ -16,8 +16,8 @@ use core::{
 use aya_ebpf::{
     bindings::bpf_redir_neigh,
     helpers::{
-        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop, bpf_redirect, bpf_redirect_neigh,
-        bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push,
+        bpf_check_mtu, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop, bpf_redirect,
+        bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push,
     },
     programs::TcContext,
 };
@@ -163,4 +163,28 @@ pub fn bounded_loop<T: LoopBody>(n: u32, body: &mut T) {
             0,
         );
     }
+}
+
+/// Whether the packet fits the MTU of device `ifindex`; for a GSO packet,
+/// whether each of its segments does (`bpf_check_mtu`, Linux 5.12). A
+/// redirect skips the forwarding path's own MTU check, so the caller asks
+/// first.
+#[inline(always)]
+pub fn fits_mtu(ctx: &TcContext, ifindex: u32) -> bool {
+    const BPF_MTU_CHK_SEGS: u64 = 1;
+    let mut mtu_len = 0u32;
+    // SAFETY: the program's own skb, and a pointer to a local the helper
+    // writes the MTU into.
+    let rc = unsafe {
+        bpf_check_mtu(
+            ctx.skb.skb as *mut c_void,
+            ifindex,
+            &mut mtu_len,
+            0,
+            BPF_MTU_CHK_SEGS,
+        )
+    };
+    // 1 and 2 (frag needed, a segment too big) say it does not fit; an
+    // error (no such device) says nothing, and the redirect decides.
+    rc <= 0
 }

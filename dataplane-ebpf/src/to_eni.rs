@@ -41,7 +41,7 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     }
     // Fast path: an established translation is applied as it is, whatever
     // the maps say now (a VPC CIDR added later does not disturb the flow).
-    if translatable(pkt) {
+    if !pkt.is_icmp_error() {
         if let Ok(key) = conntrack::flow_key(pkt) {
             if let Some(ct) = conntrack::lookup(&key) {
                 if ct.flags & CT_F_SNAT != 0 {
@@ -81,16 +81,18 @@ fn new_flow(ctx: &mut TcContext, pkt: &Parsed, cfg: &Config, stats: &mut Stats) 
     if pkt.is_icmp_error() {
         return icmp_error_from_pod(ctx, pkt, cfg, stats);
     }
-    if !translatable(pkt) {
-        return Verdict::Pass;
-    }
     // A later fragment gets here only when its first fragment was not seen.
     let key = match conntrack::flow_key(pkt) {
         Ok(k) if pkt.fragment != Fragment::Later => k,
         Ok(_) => return Verdict::Drop(DropReason::FragUnknown),
         Err(reason) => return Verdict::Drop(reason),
     };
-    match nat::allocate(cfg, &key, stats) {
+    let mapping = if has_ports(pkt) {
+        nat::allocate(cfg, &key, stats)
+    } else {
+        nat::allocate_address_only(cfg, &key, stats)
+    };
+    match mapping {
         Ok(entry) => translate(ctx, pkt, cfg, &key, entry.nat_ip, entry.nat_port, stats),
         Err(reason) => Verdict::Drop(reason),
     }
@@ -152,13 +154,15 @@ fn steer_source(ctx: &TcContext, pod: &PodEntry) -> Verdict {
     deliver::out_of_eni(pod.eni_ifindex)
 }
 
-/// TCP, UDP and ICMP echo requests get a mapping; anything else is passed
-/// as it is (no ports to tell its flows apart on the way back).
+/// TCP, UDP and ICMP echo get a port (or id) mapping; other protocols
+/// (SCTP, GRE, ESP, ICMP other than echo) are translated address-only, as
+/// netfilter's SNAT does, so one pod at a time talks that protocol to a
+/// given destination through the node IP.
 #[inline(always)]
-fn translatable(pkt: &Parsed) -> bool {
+fn has_ports(pkt: &Parsed) -> bool {
     match pkt.proto {
         IPPROTO_TCP | IPPROTO_UDP => true,
-        IPPROTO_ICMP => pkt.fragment == Fragment::Later || pkt.icmp_type == ICMP_ECHO_REQUEST,
+        IPPROTO_ICMP => pkt.icmp_type == ICMP_ECHO_REQUEST,
         _ => false,
     }
 }
@@ -205,14 +209,17 @@ fn icmp_error_from_pod(
     leave_primary(ctx, cfg)
 }
 
-/// A new connection of the node itself (TCP SYN, or UDP) is entered in
+/// A new connection of the node itself (TCP SYN, UDP, echo request) is entered in
 /// `SNAT_REV` as an identity mapping, so port allocation skips its port
 /// towards that destination.
 #[inline(always)]
 fn record_host_flow(pkt: &Parsed, cfg: &Config, stats: &mut Stats) {
+    // Echo requests too: a pod's echo mapping must not take the id of the
+    // node's own ping, or it would get its replies.
     let new_flow = match pkt.proto {
         IPPROTO_TCP => pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN,
         IPPROTO_UDP => pkt.fragment != Fragment::Later,
+        IPPROTO_ICMP => pkt.fragment == Fragment::None && pkt.icmp_type == ICMP_ECHO_REQUEST,
         _ => false,
     };
     if !new_flow {

@@ -151,3 +151,123 @@ fn a_collected_flow_is_replaced_by_a_working_new_one() {
     let again = traffic::udp_echo(&n.pod, &n.inet, INET_IP, 5300, 1).expect("udp after GC");
     assert_eq!(again.peer.ip(), std::net::IpAddr::V4(NODE_IP));
 }
+
+/// The conntrack tables are sized when they are created (from the node's
+/// CPUs by default, or `TRUNKLINE_CONNTRACK_MAX`), and a restart with
+/// another size keeps the pinned maps, and their flows, as they are.
+#[test]
+fn conntrack_tables_are_sized_at_creation_and_kept_across_restarts() {
+    use dataplane_common::maps::{CT, SNAT_REV};
+    use trunkline_agent::dataplane::{conntrack_entries_for, pinned_capacity};
+    assert_eq!(conntrack_entries_for(1), 262_144, "the floor");
+    assert_eq!(conntrack_entries_for(16), 524_288, "32,768 per CPU");
+    let bpffs = BpffsMount::new().expect("bpffs");
+    let sizes = [(CT, 4_096), (SNAT_REV, 4_096)];
+    let dp = Dataplane::load_pinned_sized(&object::bytes(), bpffs.path(), &sizes).expect("load");
+    assert_eq!(pinned_capacity(bpffs.path(), CT), Some(4_096));
+    assert_eq!(pinned_capacity(bpffs.path(), SNAT_REV), Some(4_096));
+    let mut maps = CtMaps::open(bpffs.path()).expect("CT maps");
+    let (key, _) = snat_flow(&mut maps, 40000, 6, CT_STATE_ESTABLISHED, 1, 40000);
+    drop((dp, maps));
+    let bigger = [(CT, 8_192), (SNAT_REV, 8_192)];
+    let _dp =
+        Dataplane::load_pinned_sized(&object::bytes(), bpffs.path(), &bigger).expect("reload");
+    assert_eq!(pinned_capacity(bpffs.path(), CT), Some(4_096), "kept");
+    let maps = CtMaps::open(bpffs.path()).expect("CT maps");
+    assert!(ct_entry(&maps, &key).is_some(), "with its flows");
+}
+
+/// A connection pool reconnecting from the same source port after the
+/// previous connection closed (the server closed first and holds
+/// TIME_WAIT), then idling: the new SYN reopens the flow on its NAT port,
+/// so a GC pass after 121 idle seconds (netfilter's TIME_WAIT is 120 s)
+/// keeps it, and the connection goes on. With a flow left "closing", GC
+/// would cut it and its next segment would leave from another port, to
+/// be reset by the server.
+#[test]
+fn a_pooled_tuple_reused_after_time_wait_survives_an_idle_gc() {
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpListener, TcpStream},
+    };
+
+    use dataplane_common::conntrack::CT_STATE_TIME_WAIT;
+    use socket2::{Domain, Socket, Type};
+    use testbed::topology::mini_node::POD_IP;
+
+    let n = SnatNode::new(&object::bytes(), SnatOptions::default()).expect("node");
+    let server_at = SocketAddr::from((INET_IP, 5700));
+    let listener = n
+        .inet
+        .run_in(|| TcpListener::bind(server_at))
+        .expect("listen");
+    let pod_at = SocketAddr::from((POD_IP, 41000));
+    let connect = || -> TcpStream {
+        n.pod
+            .run_in(|| -> std::io::Result<TcpStream> {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+                s.set_reuse_address(true)?;
+                s.bind(&pod_at.into())?;
+                s.connect_timeout(&server_at.into(), traffic::timeout())?;
+                s.set_read_timeout(Some(traffic::timeout()))?;
+                Ok(s.into())
+            })
+            .expect("connect from the pool's port")
+    };
+    let exchange = |client: &mut TcpStream, server: &mut TcpStream, what: &[u8]| {
+        client.write_all(what).expect("send");
+        let mut got = vec![0; what.len()];
+        server.read_exact(&mut got).expect("server reads");
+        assert_eq!(got, what);
+    };
+    let key = CtKey::new(POD_IP.octets(), INET_IP.octets(), 41000, 5700, 6);
+    let maps = CtMaps::open(n.bpffs.path()).expect("maps");
+    let state = |maps: &CtMaps| ct_entry(maps, &key).map(|e| (e.state, e.nat_port));
+
+    let mut first = connect();
+    let (mut served, peer) = listener.accept().expect("accept");
+    served
+        .set_read_timeout(Some(traffic::timeout()))
+        .expect("timeout");
+    exchange(&mut first, &mut served, b"first");
+    drop(served); // the server closes first: TIME_WAIT is on its side
+    let mut eof = [0u8; 1];
+    assert_eq!(first.read(&mut eof).expect("EOF"), 0);
+    drop(first);
+    let deadline = std::time::Instant::now() + traffic::timeout();
+    while state(&maps).map(|s| s.0) != Some(CT_STATE_TIME_WAIT) {
+        assert!(std::time::Instant::now() < deadline, "{:?}", state(&maps));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let nat_port = peer.port();
+
+    let mut second = connect();
+    let (mut served, again) = listener.accept().expect("accept the reused tuple");
+    served
+        .set_read_timeout(Some(traffic::timeout()))
+        .expect("timeout");
+    assert_eq!(again, peer, "the same NAT port");
+    exchange(&mut second, &mut served, b"second");
+    assert_eq!(
+        state(&maps),
+        Some((dataplane_common::conntrack::CT_STATE_ESTABLISHED, nat_port))
+    );
+
+    // 121 s of idling, as the GC sees it.
+    let mut maps = maps;
+    let mut gc = Collector::new(Timeouts::default());
+    let later = now_coarse_ns() + Duration::from_secs(121).as_nanos() as u64;
+    gc.collect(&mut maps, later, NODE_IP.octets(), &HashSet::new())
+        .expect("gc");
+    assert!(
+        ct_entry(&maps, &key).is_some(),
+        "the pooled connection is kept"
+    );
+    exchange(&mut second, &mut served, b"after the idle");
+    let mut back = [0u8; 4];
+    served.write_all(b"pong").expect("server answers");
+    second
+        .read_exact(&mut back)
+        .expect("the pod gets the answer");
+    assert_eq!(&back, b"pong");
+}

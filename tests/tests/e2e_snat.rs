@@ -72,6 +72,25 @@ fn tcp_across_small_mtu(n: &SnatNode) -> Result<String> {
     Ok(format!("1 MiB each way, pod path MTU {mtu}"))
 }
 
+/// 1 MiB each way from a pod with MTU 9001 behind a 1500 ENI, to the
+/// internet (SNATed) and to a VPC host (not): the pod learns the path MTU
+/// from the node's frag-needed instead of its segments being black-holed.
+fn tcp_from_a_jumbo_pod(n: &SnatNode) -> Result<String> {
+    let payload = vec![0x5a; 1 << 20];
+    let inet = traffic::tcp_echo(&n.pod, &n.inet, INET_IP, 5600, &payload)?;
+    let vpc = traffic::tcp_echo(&n.pod, &n.router, ROUTER_IP, 5601, &payload)?;
+    for seen in [&inet, &vpc] {
+        if seen.echoed != payload || seen.received != payload {
+            bail!("transfer short or corrupted");
+        }
+    }
+    Ok(format!(
+        "1 MiB each way, inet saw {}, VPC saw {}",
+        inet.peer.ip(),
+        vpc.peer.ip()
+    ))
+}
+
 fn ttl_limited_ping(n: &SnatNode) -> Result<String> {
     // TTL 2: the node forwards (1), the router cannot (0) and answers the node IP.
     let out = n.pod.exec(
@@ -184,6 +203,19 @@ fn counted_icmp_error(n: &SnatNode) {
     );
 }
 
+fn counted_mtu_to_stack(n: &SnatNode) {
+    let s = n.dataplane().stats().expect("stats");
+    let from_pod = s.hook(Hook::FromPod);
+    assert!(
+        from_pod.to_stack_mtu > 0,
+        "oversized segments went to the stack: {from_pod:?}"
+    );
+    assert!(
+        from_pod.steer_eni > 0,
+        "the rest went straight out: {from_pod:?}"
+    );
+}
+
 fn counted_exhaustion(n: &SnatNode) {
     let s = n.dataplane().stats().expect("stats");
     assert_eq!(
@@ -254,6 +286,13 @@ fn scenarios() -> Vec<Scenario> {
             run: tcp_across_small_mtu,
             expect: "1 MiB each way, pod path MTU 1280",
             counters: counted_icmp_error,
+        },
+        Scenario {
+            name: "pod MTU 9001, ENI 1500",
+            opts: SnatOptions { pod_mtu: 9001, ..d },
+            run: tcp_from_a_jumbo_pod,
+            expect: "1 MiB each way, inet saw 192.168.16.10, VPC saw 192.168.31.170",
+            counters: counted_mtu_to_stack,
         },
         Scenario {
             name: "TTL-limited ping",

@@ -84,12 +84,26 @@ impl Dataplane {
     /// already pinned there is re-used, not replaced, so the data path keeps
     /// its state across agent restarts.
     pub fn load_pinned(object: &[u8], bpf_root: &Path) -> Result<Self> {
+        Self::load_pinned_sized(object, bpf_root, &[])
+    }
+
+    /// Like [`Self::load_pinned`], with some maps' `max_entries` changed.
+    /// A size applies when the map is created: a map already pinned keeps
+    /// the size it was created with (see [`pinned_capacity`]).
+    pub fn load_pinned_sized(
+        object: &[u8],
+        bpf_root: &Path,
+        sizes: &[(&str, u32)],
+    ) -> Result<Self> {
         ensure_bpffs_dir(bpf_root)?;
         let pins: Vec<(&'static str, PathBuf)> =
             names::ALL.iter().map(|n| (*n, bpf_root.join(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
+        }
+        for (name, size) in sizes {
+            loader.map_max_entries(name, *size);
         }
         let ebpf = loader.load(object)?;
         Self::finish_load(ebpf, Some(bpf_root.to_path_buf()))
@@ -199,4 +213,23 @@ impl Dataplane {
     pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// `max_entries` of the map pinned as `<bpf_root>/<name>`, if it is there.
+pub fn pinned_capacity(bpf_root: &Path, name: &str) -> Option<u32> {
+    aya::maps::MapInfo::from_pin(bpf_root.join(name))
+        .ok()
+        .map(|i| i.max_entries())
+}
+
+/// The default size of `CT` and `SNAT_REV` for a node with `cpus` CPUs:
+/// kube-proxy's rule for netfilter's table (32,768 per CPU), with the
+/// compiled-in 262,144 as the floor rather than kube-proxy's 131,072 (an
+/// LRU map evicts when full, so it gets more room than a table that
+/// refuses).
+pub fn conntrack_entries_for(cpus: usize) -> u32 {
+    let per_cpu = u32::try_from(cpus)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(32_768);
+    per_cpu.max(names::CT_MAX as u32)
 }

@@ -242,8 +242,16 @@ impl Metrics {
         for (name, cap) in [
             (names::NO_SNAT, names::NO_SNAT_MAX),
             (names::SERVICE_CIDRS, names::SERVICE_CIDRS_MAX),
-            (names::CT, names::CT_MAX),
-            (names::SNAT_REV, names::SNAT_REV_MAX),
+            (
+                names::CT,
+                crate::dataplane::pinned_capacity(bpf_root, names::CT)
+                    .map_or(names::CT_MAX, |n| n as usize),
+            ),
+            (
+                names::SNAT_REV,
+                crate::dataplane::pinned_capacity(bpf_root, names::SNAT_REV)
+                    .map_or(names::SNAT_REV_MAX, |n| n as usize),
+            ),
         ] {
             self.map_capacity
                 .get_or_create(&labels(&[("map", name)]))

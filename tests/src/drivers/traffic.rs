@@ -71,6 +71,7 @@ pub fn tcp_echo_via(
         };
         conn.set_nonblocking(false)?;
         conn.set_read_timeout(Some(timeout()))?;
+        conn.set_write_timeout(Some(timeout()))?;
         let mut buf = vec![0u8; len];
         conn.read_exact(&mut buf)?;
         conn.write_all(&buf)?;
@@ -80,6 +81,8 @@ pub fn tcp_echo_via(
     let echoed = client.run_in(move || -> Result<Vec<u8>> {
         let mut s = TcpStream::connect_timeout(&connect, timeout())?;
         s.set_read_timeout(Some(timeout()))?;
+        // A black-holed path stalls the sender too: bounded, not a hang.
+        s.set_write_timeout(Some(timeout()))?;
         s.write_all(&payload)?;
         let mut back = vec![0u8; payload.len()];
         s.read_exact(&mut back)?;

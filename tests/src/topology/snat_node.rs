@@ -65,6 +65,10 @@ pub struct SnatOptions {
     pub excluded: Option<([u8; 4], u32)>,
     /// MTU of the router's link towards the internet host (PMTU discovery).
     pub inet_link_mtu: u32,
+    /// MTU of the pod's veth (both ends). The ENI (`node:eth0`) keeps
+    /// 1500: 9001 here is a pod behind an ENI that aws-node set to 1500,
+    /// talking to far ends that announce an MSS of `pod_mtu - 40`.
+    pub pod_mtu: u32,
 }
 
 impl Default for SnatOptions {
@@ -77,6 +81,7 @@ impl Default for SnatOptions {
             port_max: c.port_max,
             excluded: None,
             inet_link_mtu: 1500,
+            pod_mtu: 1500,
         }
     }
 }
@@ -113,6 +118,9 @@ impl SnatNode {
         veth(&router, "eth1", &inet, "eth0")?;
 
         wire_pod(&pod, &node, HOST_VETH, POD_IP)?;
+        let pod_mtu = opts.pod_mtu.to_string();
+        pod.ip(&["link", "set", "eth0", "mtu", &pod_mtu])?;
+        node.ip(&["link", "set", HOST_VETH, "mtu", &pod_mtu])?;
         node.sysctl("net.ipv4.ip_forward", "1")?;
         node.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "eth0"])?;
         node.ip(&["route", "add", "default", "via", &ROUTER_IP.to_string()])?;
@@ -129,13 +137,23 @@ impl SnatNode {
         router.sysctl("net.ipv4.ip_forward", "1")?;
         router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"])?;
         router.ip(&["addr", "add", &format!("{INET_GW}/24"), "dev", "eth1"])?;
-        router.ip(&[
-            "route",
-            "add",
-            &format!("{POD_IP}/32"),
-            "via",
-            &NODE_IP.to_string(),
-        ])?;
+        // With a jumbo pod, the far ends announce a jumbo MSS, as VPC hosts
+        // with MTU 9001 do: only the node's 1500 ENI is smaller.
+        let advmss = (opts.pod_mtu > 1500).then(|| (opts.pod_mtu - 40).to_string());
+        let with_advmss = |mut args: Vec<String>| {
+            if let Some(mss) = &advmss {
+                args.extend(["advmss".to_string(), mss.clone()]);
+            }
+            args
+        };
+        let args = with_advmss(vec![
+            "route".into(),
+            "add".into(),
+            format!("{POD_IP}/32"),
+            "via".into(),
+            NODE_IP.to_string(),
+        ]);
+        router.ip(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
         router.ip(&[
             "link",
             "set",
@@ -145,7 +163,14 @@ impl SnatNode {
         ])?;
 
         inet.ip(&["addr", "add", &format!("{INET_IP}/24"), "dev", "eth0"])?;
-        inet.ip(&["route", "add", "default", "via", &INET_GW.to_string()])?;
+        let args = with_advmss(vec![
+            "route".into(),
+            "add".into(),
+            "default".into(),
+            "via".into(),
+            INET_GW.to_string(),
+        ]);
+        inet.ip(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
 
         let dataplane = match opts.plumbing {
             Plumbing::Trunkline => Some(attach_trunkline(object, &opts, &pod, &node, &bpffs)?),

@@ -49,6 +49,7 @@ impl Suite {
                 "golden_paths",
                 "golden_ct_states",
                 "golden_port_search",
+                "golden_snat_protocols",
             ],
             // The agent, SNAT through the agent, steering (and its
             // differential against aws-node's plumbing), restart and
