@@ -56,6 +56,9 @@ impl Target {
     }
 }
 
+/// The smallest MTU an ENI has (EC2: 1500, 9001 within a VPC).
+const MIN_ENI_MTU: u16 = 1500;
+
 #[inline(always)]
 pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     let Some(cfg) = maps::config() else {
@@ -69,7 +72,9 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     // Larger than the ENI's MTU (pod MTU 9001 behind a 1500 ENI): the stack
     // fragments it, or answers frag-needed when DF is set, as it does for
     // what it routes itself. Checked before our hop takes a TTL off.
-    if t.via == Via::Eni && !skb::fits_mtu(ctx, t.ifindex) {
+    // Every ENI carries at least 1500 bytes: only larger (or GSO) packets
+    // pay for the helper.
+    if t.via == Via::Eni && pkt.ip_len > MIN_ENI_MTU && !skb::fits_mtu(ctx, t.ifindex) {
         stats.to_stack_mtu += 1;
         return Verdict::Pass;
     }

@@ -4,7 +4,7 @@
 //! the node's own echo ids kept from pod mappings.
 
 use dataplane_common::{conntrack::CT_F_SNAT, CtKey, DropReason, Hook, SnatMode, VerdictRecord};
-use etherparse::IpNumber;
+use etherparse::{icmpv4::TimestampMessage, Icmpv4Type, IpNumber};
 use testbed::kernel::{
     golden::{
         assert_passed_unchanged,
@@ -91,27 +91,27 @@ fn a_second_pods_gre_to_the_same_peer_is_refused_and_counted() {
 #[test]
 fn icmp_other_than_echo_is_translated_address_only() {
     let g = golden();
-    // An ICMP timestamp request (type 13), with its checksum.
-    let mut icmp = vec![13, 0, 0, 0, 0x00, 0x07, 0x00, 0x01];
-    icmp.extend_from_slice(&[0; 12]);
-    let sum = !fold(&icmp);
-    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let out = g.run(Hook::ToEni, &datagram(POD, INET, IpNumber::ICMP, &icmp));
+    // An ICMP timestamp request (type 13).
+    let request = packets::icmp(
+        POD,
+        INET,
+        Icmpv4Type::TimestampRequest(TimestampMessage {
+            id: 7,
+            seq: 1,
+            originate_timestamp: 0,
+            receive_timestamp: 0,
+            transmit_timestamp: 0,
+        }),
+    );
+    let out = g.run(Hook::ToEni, &request);
     assert_eq!(out.action, TC_ACT_OK, "{out:?}");
     assert_eq!(addrs(&out.data), (NODE, INET));
-    assert_eq!(&out.data[L3_OFF + 20..], &icmp[..], "ICMP untouched");
+    assert_eq!(
+        &out.data[L3_OFF + 20..],
+        &request[L3_OFF + 20..],
+        "ICMP untouched"
+    );
     assert!(g.ct(&CtKey::new(POD, INET, 0, 0, 1)).is_some());
-}
-
-fn fold(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
 }
 
 /// The node's own ping is recorded like its TCP and UDP connections, so a

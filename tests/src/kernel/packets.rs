@@ -103,6 +103,11 @@ pub fn icmp_echo_reply(src: [u8; 4], dst: [u8; 4], id: u16, seq: u16) -> Vec<u8>
         .write_to_vec(b"trunkline-ping")
 }
 
+/// An ICMP message of any type (timestamp, router solicitation, ...).
+pub fn icmp(src: [u8; 4], dst: [u8; 4], kind: etherparse::Icmpv4Type) -> Vec<u8> {
+    eth().ipv4(src, dst, 64).icmpv4(kind).write_to_vec(&[])
+}
+
 /// UDP inside an 802.1Q tag.
 pub fn udp_vlan(f: Flow, vlan: u16, payload: &[u8]) -> Vec<u8> {
     let vid = VlanId::try_new(vlan).expect("vlan id");
