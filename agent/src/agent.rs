@@ -169,6 +169,12 @@ impl Agent {
             .set_local(local, self.pods.node(), self.pods.enis())?)
     }
 
+    /// A migration from aws-node starts (`true`) or has adopted every pod
+    /// (`false`); see `CFG_F_ADOPTING`.
+    pub fn set_adopting(&mut self, adopting: bool) -> anyhow::Result<()> {
+        Ok(self.node.set_adopting(adopting)?)
+    }
+
     /// SIGHUP in local mode: re-reads the node file and applies it.
     pub fn reload_node_file(&mut self) -> anyhow::Result<()> {
         if self.config.node_file.as_os_str().is_empty() {

@@ -61,6 +61,12 @@ assert_no_padding!(Config {
 pub const CFG_F_REDIRECT_VIA_HOST_VETH: u8 = 1 << 0;
 /// `POD_SECURITY_GROUP_ENFORCING_MODE=standard`.
 pub const CFG_F_SG_STANDARD: u8 = 1 << 1;
+/// A migration from aws-node is adopting pods: a packet from a pod veth
+/// whose source is in no `PODS` entry may be from a pod being adopted
+/// (its programs attached, its entry not yet written), which the legacy
+/// plumbing still carries, so it goes to the stack instead of being
+/// dropped as spoofed.
+pub const CFG_F_ADOPTING: u8 = 1 << 2;
 
 /// Default SNAT port range (Linux's ephemeral range is 32768–60999; the
 /// agent carves out what host sockets use).

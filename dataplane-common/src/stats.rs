@@ -54,10 +54,13 @@ pub enum DropReason {
     /// Strict security-group mode: traffic for a branch pod that did not
     /// come through its branch ENI.
     StrictNotTrunk = 7,
+    /// A packet from a pod's host veth whose source address is not that
+    /// pod's (another pod's, the node's, or no address we gave out).
+    Spoofed = 8,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::MalformedL3,
         DropReason::MalformedL4,
         DropReason::NatNoPort,
@@ -65,6 +68,7 @@ impl DropReason {
         DropReason::CtInsertFailed,
         DropReason::VlanUnknown,
         DropReason::StrictNotTrunk,
+        DropReason::Spoofed,
     ];
 
     pub const fn from_u32(v: u32) -> Option<Self> {
@@ -76,6 +80,7 @@ impl DropReason {
             5 => Some(Self::CtInsertFailed),
             6 => Some(Self::VlanUnknown),
             7 => Some(Self::StrictNotTrunk),
+            8 => Some(Self::Spoofed),
             _ => None,
         }
     }
@@ -90,6 +95,7 @@ impl DropReason {
             Self::CtInsertFailed => "drop_ct_insert_failed",
             Self::VlanUnknown => "drop_vlan_unknown",
             Self::StrictNotTrunk => "drop_strict_not_trunk",
+            Self::Spoofed => "drop_spoofed",
         }
     }
 }
@@ -202,6 +208,7 @@ define_stats! {
     drop_ct_insert_failed,
     drop_vlan_unknown,
     drop_strict_not_trunk,
+    drop_spoofed,
 }
 
 // Every field is a u64, so no padding is possible; the size is a multiple of 8.
@@ -220,6 +227,7 @@ impl Stats {
             DropReason::CtInsertFailed => self.drop_ct_insert_failed += 1,
             DropReason::VlanUnknown => self.drop_vlan_unknown += 1,
             DropReason::StrictNotTrunk => self.drop_strict_not_trunk += 1,
+            DropReason::Spoofed => self.drop_spoofed += 1,
         }
     }
 

@@ -64,6 +64,9 @@ pub fn into_pod(ctx: &mut TcContext, cfg: &Config, pod: &PodEntry) -> Verdict {
         let rc = skb::redirect(pod.host_ifindex);
         Verdict::redirect(rc, pod.host_ifindex, REDIRECT_POD_VETH)
     } else {
+        // No device's receive path runs between here and the pod's IP
+        // layer to set the type for the pod's MAC; set it ourselves.
+        skb::set_pkt_type_host(ctx);
         let rc = skb::redirect_peer(pod.host_ifindex);
         Verdict::redirect(rc, pod.host_ifindex, REDIRECT_PEER)
     }

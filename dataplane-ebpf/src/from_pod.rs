@@ -1,6 +1,8 @@
 //! `from_pod` (TC ingress of each pod's host veth): everything a pod sends
 //! is steered here, without the host's routing tables.
 //!
+//! - a source address that is not the sending pod's → dropped, before any
+//!   flow state is looked up or written (anti-spoofing);
 //! - replies of flows that came in through the host stack → the stack;
 //! - replies of flows opened from outside the VPC → out untranslated;
 //! - strict branch pods → tagged out of the trunk, whatever the destination;
@@ -12,8 +14,9 @@
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
+    config::CFG_F_ADOPTING,
     conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK},
-    Config, CtKey, PodEntry, Stats,
+    Config, CtKey, DropReason, PodEntry, Stats,
 };
 
 use crate::{
@@ -64,10 +67,16 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     let Some(cfg) = maps::config() else {
         return Verdict::Pass;
     };
+    let pod = match sender(ctx, pkt) {
+        Sender::Pod(pod) => pod,
+        // Mid-migration: the legacy plumbing still carries this veth.
+        Sender::Unknown if cfg.flags & CFG_F_ADOPTING != 0 => return Verdict::Pass,
+        Sender::Unknown | Sender::Spoofed => return Verdict::Drop(DropReason::Spoofed),
+    };
     let t = if pkt.is_icmp_error() && about_via_stack(ctx, pkt) {
         Target::stack()
     } else {
-        decide(cfg, pkt)
+        decide(cfg, pkt, pod)
     };
     // Larger than the ENI's MTU (pod MTU 9001 behind a 1500 ENI): the stack
     // fragments it, or answers frag-needed when DF is set, as it does for
@@ -99,6 +108,28 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     }
 }
 
+/// Who sent a packet that arrived on a pod's veth.
+enum Sender {
+    /// The pod its source address was given to, from that pod's own veth.
+    Pod(PodEntry),
+    /// Another pod's address: it would take that pod's replies, its SNAT
+    /// ports or, for a strict branch pod, its security groups.
+    Spoofed,
+    /// An address no pod has (the node's, one never given out).
+    Unknown,
+}
+
+/// The sender check. Nothing but `CONFIG` and `PODS` is read before it
+/// holds, so a spoofed packet cannot create, refresh or close a flow.
+#[inline(always)]
+fn sender(ctx: &TcContext, pkt: &Parsed) -> Sender {
+    match maps::pod(&pkt.src) {
+        Some(pod) if pod.host_ifindex == skb::ifindex(ctx) => Sender::Pod(pod),
+        Some(_) => Sender::Spoofed,
+        None => Sender::Unknown,
+    }
+}
+
 /// Whether the pod's ICMP error is about a packet the stack delivered (a
 /// NodePort's UDP datagram to a closed port): the stack must translate it
 /// back, as it translated the packet it quotes.
@@ -113,10 +144,7 @@ fn about_via_stack(ctx: &TcContext, pkt: &Parsed) -> bool {
 }
 
 #[inline(always)]
-fn decide(cfg: &Config, pkt: &Parsed) -> Target {
-    let Some(pod) = maps::pod(&pkt.src) else {
-        return Target::stack(); // not a source we gave out: the stack decides
-    };
+fn decide(cfg: &Config, pkt: &Parsed, pod: PodEntry) -> Target {
     if let Ok(key) = conntrack::flow_key(pkt) {
         if let Some(ct) = conntrack::lookup(&key) {
             if ct.flags & CT_F_VIA_STACK != 0 {

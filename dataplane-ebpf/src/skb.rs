@@ -17,7 +17,8 @@ use aya_ebpf::{
     bindings::bpf_redir_neigh,
     helpers::{
         bpf_check_mtu, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop, bpf_redirect,
-        bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_vlan_pop, bpf_skb_vlan_push,
+        bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_vlan_pop,
+        bpf_skb_vlan_push,
     },
     programs::TcContext,
 };
@@ -69,6 +70,26 @@ pub fn vlan_pop(ctx: &mut TcContext) -> bool {
 pub fn redirect(ifindex: u32) -> i64 {
     // SAFETY: helper call with plain arguments.
     unsafe { bpf_redirect(ifindex, 0) }
+}
+
+/// `skb->pkt_type` value for a frame addressed to this host.
+const PACKET_HOST: u32 = 0;
+
+/// Marks the frame as addressed to this host (`PACKET_HOST`), as the
+/// receiving device's `eth_type_trans` would for the MAC it now carries.
+/// Before Linux 6.15 `bpf_redirect_peer` kept the type the frame arrived
+/// with, and the pod's IP layer drops a `PACKET_OTHERHOST` frame: one EC2
+/// delivered to a branch ENI's MAC on the trunk is one. The helper is
+/// called only when the type differs.
+#[inline(always)]
+pub fn set_pkt_type_host(ctx: &TcContext) {
+    // SAFETY: reading a context field of this program's skb.
+    let current = unsafe { (*ctx.skb.skb).pkt_type };
+    if current != PACKET_HOST {
+        // SAFETY: helper on this program's skb; it changes no packet data.
+        // It fails only for types it refuses to set, which HOST is not.
+        unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
+    }
 }
 
 /// `bpf_redirect_peer(ifindex, 0)`: into the namespace of veth `ifindex`'s

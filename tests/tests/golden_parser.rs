@@ -2,7 +2,7 @@
 //! parser branch, asserting the TC action, the verdict record, the packet
 //! bytes and the counters.
 
-use dataplane_common::{DropReason, Hook, Stats, VerdictRecord};
+use dataplane_common::{DropReason, Hook, PodEntry, Stats, VerdictRecord};
 use etherparse::IpNumber;
 use testbed::kernel::{
     golden::{assert_passed_unchanged, Golden, Outcome, TC_ACT_SHOT},
@@ -12,6 +12,19 @@ use testbed::kernel::{
 const POD: [u8; 4] = [192, 168, 31, 170];
 const INET: [u8; 4] = [203, 0, 113, 10];
 const FLOW: Flow = Flow::new(POD, INET, 40000, 443);
+
+/// A node that knows only the pod `POD` (so `from_pod` accepts its packets
+/// as the pod's own) and has no configuration: every program passes what
+/// it parsed, and the parser alone decides.
+fn parser_node() -> Golden {
+    let mut g = Golden::load();
+    let pod = PodEntry {
+        host_ifindex: 42,
+        ..PodEntry::default()
+    };
+    g.pod_maps.put_pod(POD.into(), &pod).expect("PODS");
+    g
+}
 
 /// Runs `packet` through `hook` on a fresh counter slate.
 fn run(g: &mut Golden, hook: Hook, packet: &[u8]) -> (Outcome, Stats) {
@@ -36,7 +49,7 @@ fn assert_counters(s: &Stats, expected: &[(&str, u64)]) {
 
 #[test]
 fn tcp_is_parsed_and_passed() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     let pkt = packets::tcp_syn(FLOW);
     let (out, s) = run(&mut g, Hook::FromPod, &pkt);
     assert_passed_unchanged(&out, &pkt);
@@ -45,7 +58,7 @@ fn tcp_is_parsed_and_passed() {
 
 #[test]
 fn udp_and_icmp_are_parsed() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     let pkt = packets::udp(FLOW, b"hello");
     let (out, s) = run(&mut g, Hook::FromPod, &pkt);
     assert_passed_unchanged(&out, &pkt);
@@ -59,7 +72,7 @@ fn udp_and_icmp_are_parsed() {
 
 #[test]
 fn vlan_tagged_frame_is_parsed_through_the_tag() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     let pkt = packets::udp_vlan(FLOW, 7, b"tagged");
     assert_eq!(
         &pkt[12..14],
@@ -73,7 +86,7 @@ fn vlan_tagged_frame_is_parsed_through_the_tag() {
 
 #[test]
 fn ip_options_move_the_l4_header() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     // Record Route (7), length 7, pointer 4, one empty slot, then EOL.
     let options = [7, 7, 4, 0, 0, 0, 0, 0];
     let pkt = packets::tcp_syn_with_ip_options(FLOW, &options);
@@ -86,7 +99,7 @@ fn ip_options_move_the_l4_header() {
 
 #[test]
 fn first_and_later_fragments() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     // First fragment: offset 0, MF set, carries the UDP header.
     let udp_hdr_and_data = [
         0x9c, 0x40, 0x00, 0x35, 0x00, 0x30, 0x00, 0x00, 1, 2, 3, 4, 5, 6, 7, 8,
@@ -106,7 +119,7 @@ fn first_and_later_fragments() {
 
 #[test]
 fn non_ipv4_is_passed_untouched() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     let pkt = packets::arp_request(POD, [169, 254, 1, 1]);
     let (out, s) = run(&mut g, Hook::FromPod, &pkt);
     assert_passed_unchanged(&out, &pkt);
@@ -127,7 +140,7 @@ fn assert_dropped(out: &Outcome, reason: DropReason) {
 fn ipv4_header_longer_than_the_packet_is_a_counted_drop() {
     // (BPF_PROG_TEST_RUN itself refuses an IPv4 frame shorter than a bare
     // 20-byte header, so truncation is exercised through IHL.)
-    let mut g = Golden::load();
+    let mut g = parser_node();
     let mut pkt = packets::udp(FLOW, b"hello");
     pkt[L3_OFF] = 0x4f; // IHL 15: a 60-byte header in a 33-byte datagram
     let (out, s) = run(&mut g, Hook::FromPod, &pkt);
@@ -137,7 +150,7 @@ fn ipv4_header_longer_than_the_packet_is_a_counted_drop() {
 
 #[test]
 fn bad_ihl_and_overlong_total_length_are_dropped() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     let mut pkt = packets::tcp_syn(FLOW);
     pkt[L3_OFF] = 0x44; // IHL 4: less than the minimum header
     let (out, s) = run(&mut g, Hook::ToEni, &pkt);
@@ -153,7 +166,7 @@ fn bad_ihl_and_overlong_total_length_are_dropped() {
 
 #[test]
 fn truncated_l4_header_is_a_counted_drop() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     // A consistent IPv4 header (total length 24) around 4 bytes of "TCP".
     let pkt = packets::ipv4_fragment(
         POD,
@@ -171,7 +184,7 @@ fn truncated_l4_header_is_a_counted_drop() {
 
 #[test]
 fn each_program_counts_in_its_own_slot() {
-    let mut g = Golden::load();
+    let mut g = parser_node();
     let pkt = packets::udp(FLOW, b"x");
     for hook in Hook::ALL {
         g.reset_stats();

@@ -277,28 +277,27 @@ fn plain_redirect_mode_delivers_through_the_host_veth() {
 /// A pod packet larger than the MTU of the ENI it would leave by goes to
 /// the stack (which fragments it or answers frag-needed) instead of being
 /// redirected past the forwarding path's MTU check; one that fits is
-/// redirected. Run in a namespace of its own whose veth, MTU 1500, stands
-/// for the primary ENI (`bpf_check_mtu` looks the device up
-/// in the namespace the program runs in).
+/// redirected. A veth of MTU 1500 in the harness's namespace stands for the
+/// primary ENI (`bpf_check_mtu` looks the device up in the namespace the
+/// program runs in).
 #[test]
 fn a_packet_larger_than_its_enis_mtu_goes_to_the_stack() {
-    use testbed::{kernel::golden::snat::node_on, topology::netns::Netns};
-    let ns = Netns::new("gmtu").expect("netns");
+    use testbed::kernel::golden::{snat::configure, Golden};
+    let g = Golden::load();
+    let ns = g.netns();
     ns.ip(&[
         "link", "add", "eni0", "mtu", "1500", "type", "veth", "peer", "name", "eni0p",
     ])
     .expect("a device standing for the ENI");
     ns.ip(&["link", "set", "eni0", "up"]).expect("up");
     let eni = ns.ifindex("eni0").expect("ifindex");
-    ns.run_in(|| {
-        let mut g = node_on(SnatMode::Random, (32768, 65535), eni);
-        g.reset_stats();
-        let big = packets::udp(Flow::new(POD, PEER, 5000, 53), &[7; 1600]);
-        assert_passed_unchanged(&g.run(Hook::FromPod, &big), &big);
-        let s = g.stats(Hook::FromPod);
-        assert_eq!((s.to_stack_mtu, s.steer_eni), (1, 0), "{s:?}");
-        let small = packets::udp(Flow::new(POD, PEER, 5000, 53), &[7; 1400]);
-        assert_redirected(&g.run(Hook::FromPod, &small), eni, REDIRECT_NEIGH);
-        assert_eq!(g.stats(Hook::FromPod).steer_eni, 1);
-    });
+    let mut g = configure(g, SnatMode::Random, (32768, 65535), eni);
+    g.reset_stats();
+    let big = packets::udp(Flow::new(POD, PEER, 5000, 53), &[7; 1600]);
+    assert_passed_unchanged(&g.run(Hook::FromPod, &big), &big);
+    let s = g.stats(Hook::FromPod);
+    assert_eq!((s.to_stack_mtu, s.steer_eni), (1, 0), "{s:?}");
+    let small = packets::udp(Flow::new(POD, PEER, 5000, 53), &[7; 1400]);
+    assert_redirected(&g.run(Hook::FromPod, &small), eni, REDIRECT_NEIGH);
+    assert_eq!(g.stats(Hook::FromPod).steer_eni, 1);
 }

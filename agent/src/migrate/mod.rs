@@ -12,7 +12,11 @@
 //!    both directions of the pod's traffic to the data path at once
 //!    (`from_eni` translates a reply back only for a pod in `PODS`; before,
 //!    it leaves it to netfilter untouched). Its connections are read again
-//!    right after, for any opened meanwhile.
+//!    right after, for any opened meanwhile. While pods are being adopted
+//!    `CONFIG` carries `CFG_F_ADOPTING`: `from_pod` hands a packet whose
+//!    source is in no `PODS` entry to the stack (the legacy plumbing's)
+//!    instead of dropping it as spoofed, which covers a pod between its
+//!    attach and its entry. Another pod's address is dropped throughout.
 //! 3. Only then is the legacy plumbing removed (it is on no pod's path any
 //!    more): the SNAT and connmark chains, the ip rules, the per-ENI tables
 //!    and pod routes, `vlan.eth.N` devices, aws-node's nft table.
@@ -245,25 +249,23 @@ fn import(ct: &mut CtMaps, flows: &[Adopted], report: &mut Report) -> Result<()>
     Ok(())
 }
 
-/// Carries out `plan` on the started agent, copying connections into `ct`
-/// (the agent's one `CT`/`SNAT_REV` writer, which GC gets afterwards).
-/// Refuses a plan with blockers.
-pub fn execute(agent: &mut Agent, ct: &mut CtMaps, plan: &Plan) -> Result<Report> {
-    if !plan.blockers.is_empty() {
-        bail!(
-            "migration blocked, nothing changed:\n{}",
-            plan.blockers.join("\n")
-        );
-    }
-    let node_ip = agent.node_ip();
-    let mut report = Report::default();
+/// Adopts every adoptable pod of `plan`: its connections copied, its
+/// programs attached and its PODS entry written, then its connections read
+/// again for any opened meanwhile.
+fn adopt_all(
+    agent: &mut Agent,
+    ct: &mut CtMaps,
+    plan: &Plan,
+    node_ip: Ipv4Addr,
+    report: &mut Report,
+) -> Result<()> {
     for p in plan.adoptable() {
         let mac = pod_mac(p.pod.ip, &p.host_veth)
             .with_context(|| format!("pod {}/{}", p.pod.namespace, p.pod.name))?;
         import(
             ct,
             &adoptions(&read_conntrack()?, node_ip, &[p.pod.ip]),
-            &mut report,
+            report,
         )?;
         agent
             .adopt_pod(Adoptee {
@@ -282,6 +284,28 @@ pub fn execute(agent: &mut Agent, ct: &mut CtMaps, plan: &Plan) -> Result<Report
         import(ct, &late, &mut ignored)?;
         report.adopted += 1;
     }
+    Ok(())
+}
+
+/// Carries out `plan` on the started agent, copying connections into `ct`
+/// (the agent's one `CT`/`SNAT_REV` writer, which GC gets afterwards).
+/// Refuses a plan with blockers.
+pub fn execute(agent: &mut Agent, ct: &mut CtMaps, plan: &Plan) -> Result<Report> {
+    if !plan.blockers.is_empty() {
+        bail!(
+            "migration blocked, nothing changed:\n{}",
+            plan.blockers.join("\n")
+        );
+    }
+    let node_ip = agent.node_ip();
+    let mut report = Report::default();
+    // Until every pod is adopted, a veth whose programs are attached but
+    // whose PODS entry is not yet written is still the legacy plumbing's:
+    // its packets go to the stack rather than being dropped as spoofed.
+    agent.set_adopting(true)?;
+    let adopted = adopt_all(agent, ct, plan, node_ip, &mut report);
+    agent.set_adopting(false)?;
+    adopted?;
     for step in &plan.removals {
         step.run()
             .with_context(|| format!("removing {}", step.what))?;

@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dataplane_common::{config::CFG_F_SG_STANDARD, maps as names, Config, EniEntry, EniRole, Hook};
+use dataplane_common::{
+    config::{CFG_F_ADOPTING, CFG_F_SG_STANDARD},
+    maps as names, Config, EniEntry, EniRole, Hook,
+};
 use ipnet::Ipv4Net;
 
 use crate::{
@@ -100,19 +103,22 @@ pub fn pass_to_stack(
     out.into_iter().collect()
 }
 
-/// `CONFIG` from the node file and the aws-node environment.
-pub fn config(node: &NodeSpec, primary_ifindex: u32, snat: &SnatEnv) -> Config {
+/// `CONFIG` from the node file and the aws-node environment; `adopting`
+/// while a migration adopts pods (`CFG_F_ADOPTING`).
+pub fn config(node: &NodeSpec, primary_ifindex: u32, snat: &SnatEnv, adopting: bool) -> Config {
+    let sg = if snat.sg_mode == SgMode::Standard {
+        CFG_F_SG_STANDARD
+    } else {
+        0
+    };
+    let adopting = if adopting { CFG_F_ADOPTING } else { 0 };
     Config {
         node_ip: node.node.primary_ip.octets(),
         primary_eni_ifindex: primary_ifindex,
         port_min: snat.port_range.0,
         port_max: snat.port_range.1,
         snat_mode: snat.mode as u8,
-        flags: if snat.sg_mode == SgMode::Standard {
-            CFG_F_SG_STANDARD
-        } else {
-            0
-        },
+        flags: sg | adopting,
         ..Config::default()
     }
 }
@@ -126,6 +132,8 @@ pub struct NodeReconciler {
     snat: SnatEnv,
     /// The node's local prefixes as last read (see [`super::local_addrs`]).
     local: BTreeSet<Ipv4Net>,
+    /// A migration is adopting pods (see `CFG_F_ADOPTING`).
+    adopting: bool,
 }
 
 impl NodeReconciler {
@@ -134,7 +142,20 @@ impl NodeReconciler {
             maps,
             snat,
             local: BTreeSet::new(),
+            adopting: false,
         }
+    }
+
+    /// A migration starts (`true`) or has finished adopting (`false`):
+    /// re-writes `CONFIG` with `CFG_F_ADOPTING` set or cleared.
+    pub fn set_adopting(&mut self, adopting: bool) -> Result<(), NodeStateError> {
+        self.adopting = adopting;
+        // Before the first `apply` this writes the flag alone, which `apply`
+        // keeps.
+        let mut cfg = self.maps.config()?;
+        cfg.flags = (cfg.flags & !CFG_F_ADOPTING) | if adopting { CFG_F_ADOPTING } else { 0 };
+        self.maps.put_config(&cfg)?;
+        Ok(())
     }
 
     /// The node's local prefixes changed (or were read for the first
@@ -163,7 +184,8 @@ impl NodeReconciler {
         enis: &BTreeMap<String, Eni>,
         dp: &mut Dataplane,
     ) -> Result<(), NodeStateError> {
-        reconcile_node(node, &self.snat, &self.local, enis, dp, &mut self.maps)
+        let state = (&self.snat, &self.local, self.adopting);
+        reconcile_node(node, state, enis, dp, &mut self.maps)
     }
 }
 
@@ -172,8 +194,7 @@ impl NodeReconciler {
 /// are, so a restart does not disturb forwarding).
 fn reconcile_node(
     node: &NodeSpec,
-    snat: &SnatEnv,
-    local: &BTreeSet<Ipv4Net>,
+    (snat, local, adopting): (&SnatEnv, &BTreeSet<Ipv4Net>, bool),
     enis: &BTreeMap<String, Eni>,
     dp: &mut Dataplane,
     maps: &mut NodeMaps,
@@ -210,7 +231,7 @@ fn reconcile_node(
     // Written only when it differs, so a restart with the same settings
     // leaves the data path untouched; a changed setting applies to new flows
     // (established ones keep their translation).
-    let want = config(node, primary.ifindex, snat);
+    let want = config(node, primary.ifindex, snat, adopting);
     if maps.config()? != want {
         maps.put_config(&want)?;
     }

@@ -4,7 +4,9 @@
 //!   is a registered branch ENI's and its source MAC and IP are that ENI's;
 //!   the tag comes off and the frame goes on into the VPC. Untagged frames
 //!   (the trunk's own traffic) pass; anything else is dropped and counted.
-//! - egress (to the node): a frame for a branch ENI's IP gets its VLAN tag.
+//! - egress (to the node): a frame for a branch ENI's IP gets its VLAN tag
+//!   and that ENI's MAC as destination, as EC2 delivers it: not the trunk's
+//!   own MAC, so the node receives it as `PACKET_OTHERHOST`.
 #![no_std]
 #![no_main]
 
@@ -116,6 +118,14 @@ pub fn vpc_trunk_out(ctx: TcContext) -> i32 {
     };
     // SAFETY: valid map value pointer.
     let vlan = unsafe { *vlan };
+    let Some(branch) = BRANCH_BY_VLAN.get_ptr(&vlan) else {
+        return TC_ACT_OK;
+    };
+    // SAFETY: valid map value pointer.
+    let mac = unsafe { (*branch).mac };
+    if ctx.store(0, &mac, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
     // SAFETY: helper on this program's skb.
     if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), vlan) } != 0 {
         return TC_ACT_SHOT;

@@ -194,6 +194,53 @@ fn echo_udp(
     })
 }
 
+/// A pod forging its source: `forged` is added to the client's `eth0` (as
+/// a process in the pod can do with `NET_ADMIN`, or with a raw socket) and
+/// `count` UDP datagrams are sent from it to `server_ip:port`; the address
+/// is removed again before this returns. Returns how many datagrams the
+/// server received (from any source: a forgery SNATed on the way still
+/// arrived), waiting a bounded quiet time after the last one.
+pub fn udp_forged(
+    client: &Netns,
+    forged: Ipv4Addr,
+    server: &Netns,
+    server_ip: Ipv4Addr,
+    port: u16,
+    count: usize,
+) -> Result<usize> {
+    let sock = server
+        .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .with_context(|| format!("binding udp :{port} in {}", server.name()))?;
+    let quiet = crate::scaled(Duration::from_millis(1500));
+    sock.set_read_timeout(Some(quiet))?;
+    let srv = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut got = 0;
+        // Bounded: at most `count` datagrams, each within `quiet`.
+        while got < count && sock.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+        got
+    });
+    let addr = format!("{forged}/32");
+    client.ip(&["addr", "add", &addr, "dev", "eth0"])?;
+    let sent = client.run_in(move || -> Result<()> {
+        let s = UdpSocket::bind((forged, 0)).context("binding the forged address")?;
+        for i in 0..count {
+            s.send_to(format!("forged {i}").as_bytes(), (server_ip, port))?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    });
+    let removed = client.ip(&["addr", "del", &addr, "dev", "eth0"]);
+    let got = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))?;
+    sent.context("sending forged datagrams")?;
+    removed.context("removing the forged address")?;
+    Ok(got)
+}
+
 /// `count` ICMP echo requests from `from` to `dst`; fails unless all are answered.
 pub fn ping(from: &Netns, dst: Ipv4Addr, count: u32) -> Result<()> {
     let out = from.exec_ok(

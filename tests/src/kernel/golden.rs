@@ -1,11 +1,20 @@
 //! Golden-packet harness: one program, one packet, through the real
 //! verifier-checked program with `BPF_PROG_TEST_RUN`.
+//!
+//! Programs run in a namespace of the harness's own. `BPF_PROG_TEST_RUN`
+//! runs a packet as received on the device whose ifindex the context names
+//! (loopback when none), looked up in the caller's namespace, and
+//! `bpf_check_mtu` looks devices up there too: a test makes the devices its
+//! programs must see in [`Golden::netns`], and a pod's packet is run as
+//! received on that pod's host veth (a veth made at its ifindex).
+
+use std::{collections::BTreeSet, net::Ipv4Addr, sync::Mutex};
 
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane_common::{CtEntry, CtKey, Hook, Stats, VerdictRecord};
 use trunkline_agent::dataplane::{CtMaps, Dataplane, MapOwner, NodeMaps, PodMaps};
 
-use crate::kernel::skbuff::SkBuff;
+use crate::{kernel::skbuff::SkBuff, topology::netns::Netns};
 
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
@@ -55,6 +64,10 @@ pub struct Golden {
     pub pod_maps: PodMaps,
     pub node_maps: NodeMaps,
     pub ct_maps: CtMaps,
+    /// Where the programs run; deleted (with its devices) on drop.
+    net: Netns,
+    /// Ifindexes of the stand-in host veths made in `net` so far.
+    veths: Mutex<BTreeSet<u32>>,
 }
 
 impl Golden {
@@ -72,7 +85,15 @@ impl Golden {
             node_maps: NodeMaps::take_from(&mut dataplane).expect("the node maps"),
             ct_maps: CtMaps::take_from(&mut dataplane).expect("CT, SNAT_REV"),
             dataplane,
+            net: Netns::new("golden").expect("the golden namespace"),
+            veths: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// The namespace the programs run in: devices a program must find
+    /// (an ENI for `bpf_check_mtu`) are made here.
+    pub fn netns(&self) -> &Netns {
+        &self.net
     }
 
     /// `CT[key]`.
@@ -90,7 +111,9 @@ impl Golden {
         self.ct_maps.ct_entries().expect("reading CT").len()
     }
 
-    /// Runs `hook`'s program once on `packet`.
+    /// Runs `hook`'s program once on `packet`. For `from_pod` the packet is
+    /// received on the host veth of the pod that owns its source address
+    /// (on loopback when no pod does); [`Self::run_on`] names the device.
     pub fn run(&self, hook: Hook, packet: &[u8]) -> Outcome {
         self.run_repeat(hook, packet, 1)
     }
@@ -98,7 +121,73 @@ impl Golden {
     /// Runs `hook`'s program `repeat` times on `packet` (for cost
     /// measurement); the outcome is the last run's.
     pub fn run_repeat(&self, hook: Hook, packet: &[u8], repeat: u32) -> Outcome {
-        self.run_ctx(hook, packet, repeat, SkBuff::default())
+        let mut ctx = SkBuff::default();
+        if hook == Hook::FromPod {
+            ctx.ifindex = self.sender_veth(packet).unwrap_or(0);
+        }
+        self.run_ctx(hook, packet, repeat, ctx)
+    }
+
+    /// Runs `hook`'s program once on `packet` as received on a host veth
+    /// at `ifindex` (a pod sending with an address that may not be its own).
+    pub fn run_on(&self, hook: Hook, packet: &[u8], ifindex: u32) -> Outcome {
+        let ctx = SkBuff {
+            ifindex,
+            ..SkBuff::default()
+        };
+        self.run_ctx(hook, packet, 1, ctx)
+    }
+
+    /// The host veth of the pod whose address is `packet`'s IPv4 source.
+    fn sender_veth(&self, packet: &[u8]) -> Option<u32> {
+        let ip = etherparse::SlicedPacket::from_ethernet(packet).ok()?;
+        let Some(etherparse::NetSlice::Ipv4(v4)) = ip.net else {
+            return None;
+        };
+        let src = Ipv4Addr::from(v4.header().source());
+        let pod = self.pod_maps.pod(src).expect("reading PODS")?;
+        Some(pod.host_ifindex)
+    }
+
+    /// Makes a veth at `ifindex` in the namespace (once), standing for a
+    /// pod's host veth, so that `BPF_PROG_TEST_RUN` receives on it. A
+    /// device the test made there at that index already serves.
+    fn ensure_veth(&self, ifindex: u32) {
+        let mut made = self.veths.lock().expect("veths lock");
+        if made.contains(&ifindex) {
+            return;
+        }
+        // A veth (the kernels here have no dummy module); its peer takes
+        // an index far from any the tests give their pods.
+        let (name, index) = (format!("gv{ifindex}"), ifindex.to_string());
+        let (peer, peer_index) = (format!("gv{ifindex}p"), (ifindex + 100_000).to_string());
+        let added = self.net.ip(&[
+            "link",
+            "add",
+            &name,
+            "index",
+            &index,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "index",
+            &peer_index,
+        ]);
+        if let Err(e) = added {
+            let links = self
+                .net
+                .exec_ok("ip", &["-o", "link", "show"])
+                .expect("ip link");
+            assert!(
+                links
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{ifindex}: "))),
+                "no device at ifindex {ifindex} and none could be made: {e:#}"
+            );
+        }
+        made.insert(ifindex);
     }
 
     /// Runs `hook`'s program on `packet` as one of our own programs
@@ -119,6 +208,9 @@ impl Golden {
     }
 
     fn run_ctx(&self, hook: Hook, packet: &[u8], repeat: u32, ctx_in: SkBuff) -> Outcome {
+        if ctx_in.ifindex > 1 {
+            self.ensure_veth(ctx_in.ifindex);
+        }
         let prog = self.dataplane.program(hook).expect("program");
         let mut ctx_out = [0u8; std::mem::size_of::<SkBuff>()];
         // Room for growth (a VLAN push adds 4 bytes).
@@ -131,7 +223,10 @@ impl Golden {
             repeat,
             ..Default::default()
         };
-        let res = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        let res = self
+            .net
+            .run_in(|| prog.test_run(opts))
+            .expect("BPF_PROG_TEST_RUN");
         data_out.truncate(res.data_size_out as usize);
         let ctx = SkBuff::from_bytes(&ctx_out).expect("ctx_out");
         Outcome {

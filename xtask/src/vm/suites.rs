@@ -50,6 +50,7 @@ impl Suite {
                 "golden_ct_states",
                 "golden_port_search",
                 "golden_snat_protocols",
+                "golden_spoof",
             ],
             // The agent, SNAT through the agent, steering (and its
             // differential against aws-node's plumbing), restart and
