@@ -12,4 +12,6 @@ pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
     // Events on pods whose pod-eni annotation is invalid (trunkline-kube's
     // events: create only, one per distinct bad annotation).
     ("", "events", &["create"]),
+    // The cluster's service CIDRs at start in AWS mode (Kubernetes 1.33+).
+    ("networking.k8s.io", "servicecidrs", &["list"]),
 ];

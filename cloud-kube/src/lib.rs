@@ -11,11 +11,13 @@ pub mod annotation;
 pub mod branches;
 pub mod events;
 pub mod pod_watch;
+pub mod service_cidrs;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 pub use annotation::{AnnotationError, BranchEni, MacAddr};
 pub use branches::{BranchBook, BranchState, PodView, WaitError};
+pub use service_cidrs::{service_cidrs, ServiceCidrError, ServiceCidrs};
 
 use events::EventPoster;
 use kube::{
@@ -102,6 +104,23 @@ pub fn read_kubeconfig(path: &std::path::Path) -> Result<Kubeconfig, KubeError> 
     merged.ok_or_else(|| KubeError::NoKubeconfig(path.to_path_buf()))
 }
 
+/// A client of the apiserver `access` names.
+pub async fn client(access: &ApiAccess) -> Result<Client, KubeError> {
+    let config = match access {
+        ApiAccess::Kubeconfig(path) => {
+            let kc = read_kubeconfig(path)?;
+            Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| KubeError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?
+        }
+        ApiAccess::InCluster => Config::incluster()?,
+    };
+    Client::try_from(config).map_err(KubeError::Client)
+}
+
 pub struct PodEniSource {
     client: Client,
     options: Options,
@@ -118,19 +137,7 @@ impl PodEniSource {
         if options.node_name.is_empty() {
             return Err(KubeError::NoNodeName);
         }
-        let config = match &options.access {
-            ApiAccess::Kubeconfig(path) => {
-                let kc = read_kubeconfig(path)?;
-                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                    .await
-                    .map_err(|source| KubeError::Kubeconfig {
-                        path: path.clone(),
-                        source,
-                    })?
-            }
-            ApiAccess::InCluster => Config::incluster()?,
-        };
-        let client = Client::try_from(config).map_err(KubeError::Client)?;
+        let client = client(&options.access).await?;
         let book = Arc::new(BranchBook::new());
         let events = EventPoster::spawn(client.clone(), options.node_name.clone());
         let stats = Arc::new(WatchStats::default());

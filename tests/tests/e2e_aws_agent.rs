@@ -1,7 +1,10 @@
 //! The agent in AWS mode in a simulated node: no node file; the node comes
 //! from the IMDS fixture, pod IPs from the EC2 warm pool on moto. Real CNI
 //! ADDs get IPs that moto shows assigned to the instance's ENI, and an ENI
-//! the pool attached gets its ENIS entry once its interface appears.
+//! the pool attached gets its ENIS entry once its interface appears. The
+//! service CIDR comes from the cluster's ServiceCIDR API (the fixture
+//! apiserver), with `TRUNKLINE_SERVICE_CIDRS` left empty as the shipped
+//! ConfigMap has it, and a pod reaches a Service through it.
 //!
 //! moto and the fixture listen on the host's loopback; the agent reaches
 //! them through forwarders bound inside the node namespace.
@@ -15,11 +18,17 @@ use std::{
 use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::{config::Credentials, types::Filter};
 use testbed::{
+    drivers::traffic,
     fakes::{
         imds_fixture::{FixtureEni, ImdsFixture},
+        kube_api::FakeApi,
         moto::Moto,
     },
-    topology::{ns_forward::NsForward, sim_node::SimNode, vpc_fabric::CniPod},
+    topology::{
+        ns_forward::NsForward,
+        sim_node::SimNode,
+        vpc_fabric::{CniPod, Fabric},
+    },
 };
 
 const INSTANCE_TYPE: &str = "m5.xlarge";
@@ -141,6 +150,11 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
     let to_imds = NsForward::new(&sim.node, imds.addr)?;
     let moto_url = to_moto.endpoint();
     let imds_url = to_imds.endpoint();
+    // A 1.33+ apiserver: the service CIDR is its ServiceCIDR `kubernetes`.
+    let api = FakeApi::start_in(&sim.node)?;
+    api.set_service_cidrs(Some(&[("kubernetes", &["10.100.0.0/16"])]));
+    let kubeconfig = api.write_kubeconfig(sim.dir.path())?;
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
     sim.aws_mode = true;
     sim.set_agent_env(&[
         ("AWS_ENDPOINT_URL_EC2", &moto_url),
@@ -148,7 +162,9 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         ("AWS_REGION", "us-east-1"),
-        ("TRUNKLINE_SERVICE_CIDRS", "10.100.0.0/16"),
+        // As shipped in deploy/configmap.yaml.
+        ("TRUNKLINE_SERVICE_CIDRS", ""),
+        ("KUBECONFIG", &kubeconfig),
         // 3 warm, and at least 18 in all: more than the primary's 14 slots,
         // so the pool attaches a second ENI.
         ("WARM_IP_TARGET", "3"),
@@ -228,6 +244,25 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
         },
     )
     .with_context(|| std::fs::read_to_string(&copy).unwrap_or_default())?;
+    // A ClusterIP from the API's service CIDR reaches its backend through
+    // kube-proxy (not SNATed out of the VPC as a foreign address). The
+    // VPC's side (ARP, the gateway) and a forwarding node, as EC2 and a
+    // Kubernetes node have them.
+    let _fabric = Fabric::install(&sim)?;
+    sim.kube_proxy(&format!(
+        "  ip daddr 10.100.0.10 tcp dport 80 dnat to {}:8083",
+        pods[1].ip
+    ))?;
+    let seen = traffic::tcp_echo_via(
+        &pods[0].ns,
+        &pods[1].ns,
+        SocketAddr::from((pods[1].ip, 8083)),
+        SocketAddr::from((Ipv4Addr::new(10, 100, 0, 10), 80)),
+        b"svc",
+    )
+    .with_context(|| sim.agent_log())?;
+    assert_eq!(seen.peer.ip(), pods[0].ip, "the backend saw the pod");
+    assert_eq!(seen.echoed, b"svc");
     drop(pods);
     Ok(())
 }

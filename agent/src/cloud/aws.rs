@@ -65,11 +65,70 @@ pub fn interfaces_by_mac() -> HashMap<String, String> {
     out
 }
 
-/// Parses `TRUNKLINE_SERVICE_CIDRS`, which AWS mode requires: without the
-/// cluster's service CIDRs, every pod's ClusterIP traffic (DNS first) would
-/// be taken for traffic leaving the VPC and SNATed. There is no guessing
-/// (EKS picks 10.100.0.0/16 or 172.20.0.0/16, or what the cluster was
-/// created with), so an empty value refuses the start.
+/// How long the start waits for the apiserver's ServiceCIDR list.
+const SERVICE_CIDR_API_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cluster's service CIDRs, which AWS mode requires: without them,
+/// every pod's ClusterIP traffic (DNS first) would be taken for traffic
+/// leaving the VPC and SNATed. From the Kubernetes ServiceCIDR API where
+/// the cluster serves it (1.33+), else from `TRUNKLINE_SERVICE_CIDRS`
+/// (`configured`), else the start is refused, saying what to set. There
+/// is no guessing.
+pub fn cluster_service_cidrs(
+    rt: &tokio::runtime::Runtime,
+    access: Option<trunkline_kube::ApiAccess>,
+    configured: Option<&str>,
+) -> Result<Vec<Ipv4Net>> {
+    use trunkline_kube::ServiceCidrs;
+    let from_api = match access {
+        None => Err("no apiserver to ask (no kubeconfig, not in a cluster)".to_string()),
+        Some(access) => {
+            match rt.block_on(trunkline_kube::service_cidrs(
+                &access,
+                SERVICE_CIDR_API_TIMEOUT,
+            )) {
+                Ok(ServiceCidrs::Served(c)) if !c.is_empty() => Ok(c),
+                Ok(ServiceCidrs::Served(_)) => {
+                    Err("the apiserver lists no IPv4 ServiceCIDR".to_string())
+                }
+                Ok(ServiceCidrs::NotServed) => Err(
+                    "the cluster does not serve the ServiceCIDR API (Kubernetes before 1.33)"
+                        .to_string(),
+                ),
+                Err(e) => Err(format!("{e}")),
+            }
+        }
+    };
+    match from_api {
+        Ok(cidrs) => {
+            let set = configured.filter(|v| !v.trim().is_empty());
+            match set.map(|v| service_cidrs(Some(v))) {
+                Some(Ok(c)) if c != cidrs => tracing::warn!(
+                    api = ?cidrs, configured = ?c,
+                    "{SERVICE_CIDRS_ENV} differs from the cluster's ServiceCIDRs; the cluster's are used"
+                ),
+                Some(Err(e)) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "ignored: the cluster's ServiceCIDRs are used"
+                ),
+                _ => {}
+            }
+            tracing::info!(service_cidrs = ?cidrs, "service CIDRs from the cluster's ServiceCIDR API");
+            Ok(cidrs)
+        }
+        Err(why) => {
+            let cidrs = service_cidrs(configured)
+                .with_context(|| format!("no service CIDRs from the cluster: {why}"))?;
+            tracing::info!(service_cidrs = ?cidrs, reason = %why, "service CIDRs from {SERVICE_CIDRS_ENV}");
+            Ok(cidrs)
+        }
+    }
+}
+
+/// Parses `TRUNKLINE_SERVICE_CIDRS`, the service CIDRs for a cluster that
+/// does not serve the ServiceCIDR API. EKS picks 10.100.0.0/16 or
+/// 172.20.0.0/16, or what the cluster was created with: an empty value is
+/// an error that says where to read it.
 pub fn service_cidrs(value: Option<&str>) -> Result<Vec<Ipv4Net>> {
     let cidrs = value
         .unwrap_or_default()
@@ -215,11 +274,15 @@ pub struct Discovered {
 pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
     let pool_env =
         trunkline_aws::env::from_process().context("reading the warm-pool environment")?;
-    let services = service_cidrs(std::env::var(SERVICE_CIDRS_ENV).ok().as_deref())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting a runtime for IMDS")?;
+    let services = cluster_service_cidrs(
+        &rt,
+        config.kube.access(),
+        std::env::var(SERVICE_CIDRS_ENV).ok().as_deref(),
+    )?;
     let info = rt
         .block_on(Imds::from_env().discover())
         .context("discovering the node from IMDS")?;

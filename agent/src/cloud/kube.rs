@@ -34,6 +34,15 @@ const UNKNOWN_WAIT: Duration = Duration::from_secs(2);
 const GET_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl KubeSettings {
+    /// Where the apiserver is, or `None` (local mode, no cluster).
+    pub fn access(&self) -> Option<ApiAccess> {
+        match (&self.kubeconfig, self.in_cluster) {
+            (Some(p), _) => Some(ApiAccess::Kubeconfig(p.clone())),
+            (None, true) => Some(ApiAccess::InCluster),
+            (None, false) => None,
+        }
+    }
+
     /// The watch's options, or `None` (with the reason) in local mode.
     pub fn options(&self) -> Result<Options, &'static str> {
         let access = match (&self.kubeconfig, self.in_cluster) {

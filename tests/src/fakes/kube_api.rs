@@ -11,7 +11,10 @@
 //!   while [`FakeApi::answer_gone`] is armed) gets the apiserver's in-stream
 //!   `ERROR` with a `410` Status (Expired);
 //! - `GET /api/v1/namespaces/NS/pods/NAME` → the pod or a 404 Status;
-//! - `POST /api/v1/namespaces/NS/events` → recorded, 201.
+//! - `POST /api/v1/namespaces/NS/events` → recorded, 201;
+//! - `GET /apis/networking.k8s.io/v1/servicecidrs` → a ServiceCIDRList once
+//!   [`FakeApi::set_service_cidrs`] says the API is served, else a 404 as
+//!   from a cluster before 1.33.
 //!
 //! The listener is bound on 127.0.0.1 inside a test network namespace (the
 //! agent runs there). [`FakeApi::stop`] closes the listener and every
@@ -62,6 +65,9 @@ struct State {
     gets: u32,
     /// The resourceVersion each watch request started from.
     watch_from: Vec<u64>,
+    /// `spec.cidrs` of each ServiceCIDR object by name; `None`: the API is
+    /// not served (a cluster before 1.33), so its path is a 404.
+    service_cidrs: Option<BTreeMap<String, Vec<String>>>,
 }
 
 struct Server {
@@ -263,6 +269,16 @@ impl FakeApi {
         Ok(())
     }
 
+    /// Serves the ServiceCIDR API with these objects (name, `spec.cidrs`),
+    /// as a 1.33+ apiserver does; `None` stops serving it.
+    pub fn set_service_cidrs(&self, objects: Option<&[(&str, &[&str])]>) {
+        lock(&self.state).service_cidrs = objects.map(|o| {
+            o.iter()
+                .map(|(n, c)| (n.to_string(), c.iter().map(|s| s.to_string()).collect()))
+                .collect()
+        });
+    }
+
     pub fn delete_pod(&self, namespace: &str, name: &str) -> Result<()> {
         let pod = lock(&self.state)
             .pods
@@ -455,6 +471,25 @@ async fn handle(
                     status(404, "NotFound", &format!("pods \"{name}\" not found")),
                 ),
             }
+        }
+        ("GET", ["apis", "networking.k8s.io", "v1", "servicecidrs"])
+            if lock(&state).service_cidrs.is_some() =>
+        {
+            let s = lock(&state);
+            let items: Vec<Value> = s
+                .service_cidrs
+                .iter()
+                .flatten()
+                .map(|(name, cidrs)| {
+                    json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+                           "metadata": {"name": name}, "spec": {"cidrs": cidrs}})
+                })
+                .collect();
+            full(
+                StatusCode::OK,
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDRList",
+                       "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+            )
         }
         ("POST", ["api", "v1", "namespaces", ns, "events"]) => {
             let ns = ns.to_string();
