@@ -67,6 +67,11 @@ enum Command {
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Where aws-network-policy-agent pins its per-pod programs; any
+        /// there blocks the migration (trunkline does not enforce
+        /// NetworkPolicy yet).
+        #[arg(long, env = "TRUNKLINE_NETWORK_POLICY_PINS", default_value = trunkline_agent::migrate::network_policy::DEFAULT_PINS)]
+        network_policy_pins: PathBuf,
     },
     /// Probe the running kernel: the BPF features the data path needs and
     /// the attach mode it gets (TCX from 6.6, else clsact + cls_bpf). Exits
@@ -299,6 +304,7 @@ fn main() -> anyhow::Result<()> {
             run,
             aws_node_checkpoint,
             dry_run,
+            network_policy_pins,
         } => {
             if !dry_run {
                 supported_kernel()?;
@@ -318,14 +324,19 @@ fn main() -> anyhow::Result<()> {
                     &node,
                     |ip| trunkline_agent::migrate::pool_of(&node, ip),
                     &aws_node_checkpoint,
+                    &network_policy_pins,
                 )?;
                 println!("migration plan (dry run, nothing changed):\n{plan}");
                 if !plan.blockers.is_empty() {
                     anyhow::bail!("{} blocker(s)", plan.blockers.len());
                 }
             } else {
-                let report =
-                    trunkline_agent::migrate::run_once(config, node, &aws_node_checkpoint)?;
+                let report = trunkline_agent::migrate::run_once(
+                    config,
+                    node,
+                    &aws_node_checkpoint,
+                    &network_policy_pins,
+                )?;
                 println!(
                     "migrated: {} pod(s) adopted, {} SNAT and {} via-stack connection(s) copied, {} legacy object(s) removed",
                     report.adopted, report.snat_flows, report.via_stack_flows, report.removed

@@ -205,3 +205,44 @@ fn migration_keeps_running_transfers_and_leaves_nothing_legacy() -> Result<()> {
     );
     Ok(())
 }
+
+/// aws-network-policy-agent enforces a policy on one of the node's pods
+/// (its programs pinned for that pod): trunkline does not enforce
+/// NetworkPolicy yet, so both the dry run and the migration refuse, and
+/// the node is left exactly as it was.
+#[test]
+fn a_node_where_aws_network_policy_agent_enforces_policies_is_not_migrated() -> Result<()> {
+    let node = LegacyNode::build()?;
+    let pins = node.network_policy_pins();
+    std::fs::create_dir_all(&pins)?;
+    for prog in ["web-default_handle_ingress", "web-default_handle_egress"] {
+        std::fs::write(pins.join(prog), b"")?;
+    }
+    let before = node.legacy_state()?;
+
+    let dry = node.migrate(&["--dry-run"])?;
+    let plan = output(&dry);
+    assert!(!dry.status.success(), "the dry run must report the blocker");
+    assert!(
+        plan.contains("BLOCKER: aws-network-policy-agent enforces NetworkPolicy on 1 pod(s)")
+            && plan.contains("web-default"),
+        "{plan}"
+    );
+
+    let out = node.migrate(&[])?;
+    let said = output(&out);
+    assert!(!out.status.success(), "migrate must refuse:\n{said}");
+    assert!(
+        said.contains("migration blocked, nothing changed") && said.contains("NetworkPolicy"),
+        "{said}"
+    );
+    assert_eq!(
+        node.legacy_state()?,
+        before,
+        "the refused migration changed the node"
+    );
+    // And the pods still work on the legacy plumbing.
+    let a = &node.pods[0];
+    traffic::udp_echo(&a.ns, &node.sim.inet, INET_IP, 9200, 2)?;
+    Ok(())
+}

@@ -22,10 +22,13 @@
 //!    and pod routes, `vlan.eth.N` devices, aws-node's nft table.
 //!
 //! Anything that would leave a running pod unserved (a live pod whose IP is
-//! in no pool, a strict branch pod) is a blocker: nothing is changed.
+//! in no pool, a strict branch pod) or unprotected (NetworkPolicy enforced
+//! by aws-network-policy-agent, which trunkline does not do yet) is a
+//! blocker: nothing is changed.
 
 pub mod aws_node_checkpoint;
 pub mod legacy_plumbing;
+pub mod network_policy;
 pub mod nf_conntrack;
 
 use std::{collections::BTreeSet, fmt, net::Ipv4Addr, path::Path, time::Duration};
@@ -140,10 +143,13 @@ fn is_branch_veth(name: &str) -> bool {
 }
 
 /// What migration would do on this node (changes nothing).
+/// `policy_pins`: where aws-network-policy-agent pins its programs
+/// ([`network_policy::DEFAULT_PINS`]).
 pub fn plan(
     node: &NodeSpec,
     eni_of: impl Fn(Ipv4Addr) -> Option<String>,
     checkpoint: &Path,
+    policy_pins: &Path,
 ) -> Result<Plan> {
     let (legacy, warnings) = aws_node_checkpoint::load(checkpoint)?;
     let mut plan = Plan {
@@ -176,6 +182,11 @@ pub fn plan(
             live,
             flows,
         });
+    }
+    let enforced = network_policy::enforced_pods(policy_pins)?;
+    if !enforced.is_empty() {
+        plan.blockers
+            .push(network_policy::blocker(policy_pins, &enforced));
     }
     for l in legacy_plumbing::links() {
         if is_branch_veth(&l) {
@@ -319,9 +330,14 @@ pub fn execute(agent: &mut Agent, ct: &mut CtMaps, plan: &Plan) -> Result<Report
 /// --migrate-from-aws-node`. On success aws-node's checkpoint is renamed
 /// `<file>.migrated`, so that a later start does not take its stale entries
 /// for pods (a new pod of the same name gets the same veth name).
-pub fn migrate(agent: &mut Agent, ct: &mut CtMaps, checkpoint: &Path) -> Result<Report> {
+pub fn migrate(
+    agent: &mut Agent,
+    ct: &mut CtMaps,
+    checkpoint: &Path,
+    policy_pins: &Path,
+) -> Result<Report> {
     let node = agent.node_spec().clone();
-    let plan = plan(&node, |ip| agent.eni_of(ip), checkpoint)?;
+    let plan = plan(&node, |ip| agent.eni_of(ip), checkpoint, policy_pins)?;
     tracing::info!(plan = %plan, "migrating from aws-node");
     let report = execute(agent, ct, &plan)?;
     let mut done = checkpoint.as_os_str().to_owned();
@@ -338,11 +354,12 @@ pub fn run_once(
     config: crate::config::RunConfig,
     node: NodeSpec,
     checkpoint: &Path,
+    policy_pins: &Path,
 ) -> Result<Report> {
     let bpf_root = config.bpf_root.clone();
     let (mut agent, _) = Agent::start(config, node)?;
     let mut ct = CtMaps::open(&bpf_root).context("opening CT and SNAT_REV")?;
-    migrate(&mut agent, &mut ct, checkpoint)
+    migrate(&mut agent, &mut ct, checkpoint, policy_pins)
 }
 
 /// The ENI whose `pod_ips` in the node file hold `ip` (the dry run has no

@@ -134,7 +134,12 @@ async fn serve(config: RunConfig, node: NodeSpec, on_start: OnStart) -> Result<(
         if checkpoint.exists() {
             // A blocked or failed migration leaves the legacy pods on the
             // legacy plumbing; the agent still serves new pods.
-            if let Err(e) = crate::migrate::migrate(&mut agent, &mut ct, checkpoint) {
+            if let Err(e) = crate::migrate::migrate(
+                &mut agent,
+                &mut ct,
+                checkpoint,
+                std::path::Path::new(crate::migrate::network_policy::DEFAULT_PINS),
+            ) {
                 tracing::error!(error = format!("{e:#}"), "migration from aws-node failed");
             }
         } else {

@@ -183,6 +183,13 @@ impl LegacyNode {
     }
 
     /// `trunkline-agent migrate` in the node's namespace, with `extra` args.
+    /// The node's stand-in for aws-network-policy-agent's pin directory
+    /// (absent until a test makes it): `migrate` is pointed here, never at
+    /// the machine's own bpffs.
+    pub fn network_policy_pins(&self) -> std::path::PathBuf {
+        self.sim.dir.path().join("aws-programs")
+    }
+
     pub fn migrate(&self, extra: &[&str]) -> Result<std::process::Output> {
         let sim = &self.sim;
         let mut args: Vec<OsString> = vec!["migrate".into()];
@@ -192,6 +199,10 @@ impl LegacyNode {
                 .build(),
         );
         args.extend(["--aws-node-checkpoint".into(), self.checkpoint().into()]);
+        args.extend([
+            "--network-policy-pins".into(),
+            self.network_policy_pins().into(),
+        ]);
         args.extend(extra.iter().map(OsString::from));
         sim.node
             .exec(&crate::drivers::binaries::agent().to_string_lossy(), &args)
