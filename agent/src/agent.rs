@@ -283,6 +283,14 @@ impl Agent {
                 Some(size) => tracing::info!(map, size, "conntrack table size"),
                 None => {}
             }
+            if crate::dataplane::pinned_is_lru(&config.bpf_root, map) {
+                tracing::warn!(
+                    map,
+                    "pinned by an earlier version as an LRU table: when full it evicts \
+                     the oldest flow instead of refusing new ones, until the maps are \
+                     next created (after a reboot)"
+                );
+            }
         }
         // A different object than last time is an upgrade: existing
         // attachments switch to its programs; the same object leaves them be.

@@ -46,8 +46,9 @@ pub enum DropReason {
     /// A non-first fragment of a pod datagram whose first fragment was not
     /// seen: its flow (and so its translation) is unknown.
     FragUnknown = 4,
-    /// Conntrack insert failed for a reason other than a race (map full).
-    CtInsertFailed = 5,
+    /// A new flow refused: `CT` or `SNAT_REV` is full (netfilter's "table
+    /// full, dropping packet"); no live flow is evicted to make room.
+    CtFull = 5,
     /// A tagged frame on a trunk whose VLAN is no branch pod's, or whose
     /// destination is not that pod.
     VlanUnknown = 6,
@@ -65,7 +66,7 @@ impl DropReason {
         DropReason::MalformedL4,
         DropReason::NatNoPort,
         DropReason::FragUnknown,
-        DropReason::CtInsertFailed,
+        DropReason::CtFull,
         DropReason::VlanUnknown,
         DropReason::StrictNotTrunk,
         DropReason::Spoofed,
@@ -77,7 +78,7 @@ impl DropReason {
             2 => Some(Self::MalformedL4),
             3 => Some(Self::NatNoPort),
             4 => Some(Self::FragUnknown),
-            5 => Some(Self::CtInsertFailed),
+            5 => Some(Self::CtFull),
             6 => Some(Self::VlanUnknown),
             7 => Some(Self::StrictNotTrunk),
             8 => Some(Self::Spoofed),
@@ -92,7 +93,7 @@ impl DropReason {
             Self::MalformedL4 => "drop_malformed_l4",
             Self::NatNoPort => "drop_nat_no_port",
             Self::FragUnknown => "drop_frag_unknown",
-            Self::CtInsertFailed => "drop_ct_insert_failed",
+            Self::CtFull => "drop_ct_full",
             Self::VlanUnknown => "drop_vlan_unknown",
             Self::StrictNotTrunk => "drop_strict_not_trunk",
             Self::Spoofed => "drop_spoofed",
@@ -179,6 +180,9 @@ define_stats! {
     ct_race,
     /// New host connections from the node IP recorded, so SNAT avoids their ports.
     host_flow,
+    /// New host connections not recorded because `SNAT_REV` was full (the
+    /// node's traffic is never refused).
+    host_flow_untracked,
     /// A host connection took a port an existing SNAT mapping holds.
     host_port_conflict,
     /// Pod packets sent straight out of the ENI that owns their IP.
@@ -205,7 +209,7 @@ define_stats! {
     drop_malformed_l4,
     drop_nat_no_port,
     drop_frag_unknown,
-    drop_ct_insert_failed,
+    drop_ct_full,
     drop_vlan_unknown,
     drop_strict_not_trunk,
     drop_spoofed,
@@ -224,7 +228,7 @@ impl Stats {
             DropReason::MalformedL4 => self.drop_malformed_l4 += 1,
             DropReason::NatNoPort => self.drop_nat_no_port += 1,
             DropReason::FragUnknown => self.drop_frag_unknown += 1,
-            DropReason::CtInsertFailed => self.drop_ct_insert_failed += 1,
+            DropReason::CtFull => self.drop_ct_full += 1,
             DropReason::VlanUnknown => self.drop_vlan_unknown += 1,
             DropReason::StrictNotTrunk => self.drop_strict_not_trunk += 1,
             DropReason::Spoofed => self.drop_spoofed += 1,

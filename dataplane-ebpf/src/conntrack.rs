@@ -10,7 +10,7 @@ use dataplane_common::{
 
 use crate::{
     headers::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    maps::{self, CT, FRAGS},
+    maps::{self, Inserted, CT, FRAGS},
     parse::{Fragment, Parsed},
 };
 
@@ -68,9 +68,11 @@ pub fn opens_flow(pkt: &Parsed) -> bool {
 /// go) with `pkt`, its first packet. Entries are keyed from the pod's side
 /// whoever opened the flow; "orig" counts the opener's packets and "reply"
 /// the answerer's, so the first answer makes the flow established.
-/// `false` if the flow was already tracked (or the map refused).
+/// `Ok(false)` if the flow was already tracked; `CtFull` if the table
+/// has no room: the packet is then dropped, as netfilter drops a new flow
+/// it cannot track (untracked, its replies would miss the way back).
 #[inline(always)]
-pub fn start(key: &CtKey, flags: u8, pkt: &Parsed) -> bool {
+pub fn start(key: &CtKey, flags: u8, pkt: &Parsed) -> Result<bool, DropReason> {
     let t = now();
     let entry = CtEntry {
         created_ns: t,
@@ -81,7 +83,11 @@ pub fn start(key: &CtKey, flags: u8, pkt: &Parsed) -> bool {
         flags,
         ..CtEntry::default()
     };
-    CT.insert(*key, entry, BPF_NOEXIST as u64).is_ok()
+    match Inserted::of(CT.insert(*key, entry, BPF_NOEXIST as u64)) {
+        Inserted::New => Ok(true),
+        Inserted::Exists => Ok(false),
+        Inserted::Full => Err(DropReason::CtFull),
+    }
 }
 
 /// The flow's entry, if tracked.

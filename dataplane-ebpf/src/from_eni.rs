@@ -96,11 +96,13 @@ fn into_local_pod(
                 }
             }
             None => {
-                if conntrack::opens_flow(pkt)
-                    && snat_needed(cfg, pod, pkt.src)
-                    && conntrack::start(&pod_side, CT_F_INBOUND | CT_F_OPENED_BY_PEER, pkt)
-                {
-                    stats.inbound_new += 1;
+                if conntrack::opens_flow(pkt) && snat_needed(cfg, pod, pkt.src) {
+                    match conntrack::start(&pod_side, CT_F_INBOUND | CT_F_OPENED_BY_PEER, pkt) {
+                        Ok(true) => stats.inbound_new += 1,
+                        Ok(false) => {}
+                        // Untracked, the pod's answer would be SNATed.
+                        Err(reason) => return Verdict::Drop(reason),
+                    }
                 }
             }
         }

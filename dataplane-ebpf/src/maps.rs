@@ -28,20 +28,51 @@ pub static SERVICE_CIDRS: LpmTrie<Ipv4, u32, SERVICE_CIDRS_MAX> = LpmTrie::new()
 #[btf_map]
 pub static CONFIG: Array<Config, 1> = Array::new();
 
+// `CT` and `SNAT_REV` are plain (preallocated) hash maps, not LRU ones: a
+// full table refuses the new flow (`drop_ct_full`, netfilter's "table full,
+// dropping packet") instead of evicting a live flow whose next packet would
+// leave from another port; the agent's GC makes room, dropping unassured
+// flows first when the table is nearly full.
 #[btf_map]
-pub static CT: LruHashMap<CtKey, CtEntry, CT_MAX> = LruHashMap::new();
+pub static CT: HashMap<CtKey, CtEntry, CT_MAX> = HashMap::new();
 
 #[btf_map]
-pub static SNAT_REV: LruHashMap<CtKey, CtKey, SNAT_REV_MAX> = LruHashMap::new();
+pub static SNAT_REV: HashMap<CtKey, CtKey, SNAT_REV_MAX> = HashMap::new();
 
 #[btf_map]
 pub static STATS: PerCpuArray<Stats, { Hook::COUNT }> = PerCpuArray::new();
 
+// LRU: a datagram's entry is only needed until its last fragment passed;
+// evicting an old one costs at most that datagram.
 #[btf_map]
 pub static FRAGS: LruHashMap<FragKey, FragPorts, FRAGS_MAX> = LruHashMap::new();
 
 #[btf_map]
 pub static VLANS: HashMap<VlanKey, Ipv4, VLANS_MAX> = HashMap::new();
+
+/// `-EEXIST` from a map update: the `BPF_NOEXIST` key is there already.
+const EEXIST: i32 = 17;
+
+/// How an insert with `BPF_NOEXIST` into `CT` or `SNAT_REV` went.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    /// The key was there already (another CPU, or an earlier packet).
+    Exists,
+    /// The table is full (`-E2BIG`; any other failure is treated alike).
+    Full,
+}
+
+impl Inserted {
+    #[inline(always)]
+    pub fn of(result: Result<(), i32>) -> Self {
+        match result {
+            Ok(()) => Self::New,
+            Err(e) if e == -EEXIST => Self::Exists,
+            Err(_) => Self::Full,
+        }
+    }
+}
 
 /// Whether `ip` is for the host stack: a service CIDR (kube-proxy) or an
 /// address of the node itself.

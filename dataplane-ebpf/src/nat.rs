@@ -18,7 +18,7 @@ use crate::{
         ICMP_CSUM_OFF, ICMP_ID_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IP_DST_OFF, IP_SRC_OFF,
         L4_DPORT_OFF, L4_SPORT_OFF, TCP_CSUM_OFF, UDP_CSUM_OFF,
     },
-    maps::{self, CT, SNAT_REV},
+    maps::{self, Inserted, CT, SNAT_REV},
     parse::{header_mut, Fragment, Parsed, Quoted},
     skb::{self, LoopBody},
 };
@@ -59,6 +59,8 @@ struct PortSearch {
     tries: u32,
     /// The port reserved in `SNAT_REV` (0: none yet).
     port: u16,
+    /// `SNAT_REV` refused an insert for want of room: the search stops.
+    full: bool,
 }
 
 impl PortSearch {
@@ -81,19 +83,21 @@ impl LoopBody for PortSearch {
         let port = self.candidate(i);
         self.tries = i + 1;
         let reply = reply_key(&self.key, self.node_ip, port);
-        // Looked up first: an insert into the LRU map takes a free node
-        // (evicting another flow's if there is none) before it fails.
+        // Looked up first: a lookup is cheaper than a refused insert.
         if maps::snat_orig(&reply).is_some() {
             return false;
         }
-        if SNAT_REV
-            .insert(reply, self.key, BPF_NOEXIST as u64)
-            .is_err()
-        {
-            return false; // taken meanwhile by another CPU
+        match Inserted::of(SNAT_REV.insert(reply, self.key, BPF_NOEXIST as u64)) {
+            Inserted::New => {
+                self.port = port;
+                true
+            }
+            Inserted::Exists => false, // taken meanwhile by another CPU
+            Inserted::Full => {
+                self.full = true;
+                true
+            }
         }
-        self.port = port;
-        true
     }
 }
 
@@ -135,8 +139,12 @@ pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry,
         windows: range.get() > NAT_MAX_TRIES,
         tries: 0,
         port: 0,
+        full: false,
     };
     skb::bounded_loop(probes.min(NAT_MAX_TRIES), &mut search);
+    if search.full {
+        return Err(DropReason::CtFull);
+    }
     if search.port == 0 {
         stats.nat_probes += search.tries as u64;
         return Err(DropReason::NatNoPort);
@@ -153,16 +161,33 @@ pub fn allocate(cfg: &Config, key: &CtKey, stats: &mut Stats) -> Result<CtEntry,
         flags: CT_F_SNAT,
         ..CtEntry::default()
     };
-    if CT.insert(*key, entry, BPF_NOEXIST as u64).is_ok() {
+    insert_flow(key, entry, &reply, tries, stats)
+}
+
+/// Inserts the new flow's `CT` entry once its reverse is reserved; rolls
+/// the reverse back if another CPU created the flow first (its entry
+/// wins) or the table is full.
+#[inline(always)]
+fn insert_flow(
+    key: &CtKey,
+    entry: CtEntry,
+    reply: &CtKey,
+    tries: u32,
+    stats: &mut Stats,
+) -> Result<CtEntry, DropReason> {
+    let inserted = Inserted::of(CT.insert(*key, entry, BPF_NOEXIST as u64));
+    if inserted == Inserted::New {
         stats.count_alloc(tries);
         return Ok(entry);
     }
     let _ = SNAT_REV.remove(reply);
-    if let Some(winner) = maps::ct(key) {
-        stats.ct_race += 1;
-        return Ok(winner);
+    match (inserted, maps::ct(key)) {
+        (Inserted::Exists, Some(winner)) => {
+            stats.ct_race += 1;
+            Ok(winner)
+        }
+        _ => Err(DropReason::CtFull),
     }
-    Err(DropReason::CtInsertFailed)
 }
 
 /// Maps a new flow of a protocol without ports to the node IP alone: its
@@ -176,10 +201,13 @@ pub fn allocate_address_only(
     stats: &mut Stats,
 ) -> Result<CtEntry, DropReason> {
     let reply = reply_key(key, cfg.node_ip, 0);
-    if maps::snat_orig(&reply).is_some()
-        || SNAT_REV.insert(reply, *key, BPF_NOEXIST as u64).is_err()
-    {
+    if maps::snat_orig(&reply).is_some() {
         return Err(DropReason::NatNoPort);
+    }
+    match Inserted::of(SNAT_REV.insert(reply, *key, BPF_NOEXIST as u64)) {
+        Inserted::New => {}
+        Inserted::Exists => return Err(DropReason::NatNoPort),
+        Inserted::Full => return Err(DropReason::CtFull),
     }
     let t = now();
     let entry = CtEntry {
@@ -191,18 +219,7 @@ pub fn allocate_address_only(
         flags: CT_F_SNAT,
         ..CtEntry::default()
     };
-    if CT.insert(*key, entry, BPF_NOEXIST as u64).is_ok() {
-        stats.count_alloc(1);
-        return Ok(entry);
-    }
-    let _ = SNAT_REV.remove(reply);
-    match maps::ct(key) {
-        Some(winner) => {
-            stats.ct_race += 1;
-            Ok(winner)
-        }
-        None => Err(DropReason::CtInsertFailed),
-    }
+    insert_flow(key, entry, &reply, 1, stats)
 }
 
 /// The reply tuple of `orig` once its source is `nat_ip:nat_port`.

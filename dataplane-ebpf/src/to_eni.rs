@@ -12,7 +12,7 @@ use dataplane_common::{
 use crate::{
     conntrack, deliver,
     headers::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    maps::{self, SNAT_REV},
+    maps::{self, Inserted, SNAT_REV},
     nat::{self, ErrorDirection},
     parse::{self, Fragment, Parsed},
     policy::{snat_needed, strict_branch},
@@ -74,7 +74,9 @@ fn new_flow(ctx: &mut TcContext, pkt: &Parsed, cfg: &Config, stats: &mut Stats) 
     };
     if !snat_needed(cfg, &pod, pkt.dst) {
         if !redirected_by_us(ctx) {
-            note_via_stack(pkt, stats);
+            if let Err(reason) = note_via_stack(pkt, stats) {
+                return Verdict::Drop(reason);
+            }
         }
         return steer_source(ctx, &pod);
     }
@@ -119,17 +121,18 @@ fn translate(
 /// hands Service traffic to the stack; kube-proxy DNATed it to a backend
 /// elsewhere in the VPC): tracked "via stack", so that `from_eni` gives
 /// the backend's replies to the stack to be un-DNATed instead of putting
-/// them straight into the pod.
+/// them straight into the pod. A full table refuses the flow.
 #[inline(always)]
-fn note_via_stack(pkt: &Parsed, stats: &mut Stats) {
+fn note_via_stack(pkt: &Parsed, stats: &mut Stats) -> Result<(), DropReason> {
     if !conntrack::opens_flow(pkt) {
-        return;
+        return Ok(());
     }
     if let Ok(key) = conntrack::flow_key(pkt) {
-        if conntrack::start(&key, CT_F_VIA_STACK, pkt) {
+        if conntrack::start(&key, CT_F_VIA_STACK, pkt)? {
             stats.via_stack_new += 1;
         }
     }
+    Ok(())
 }
 
 /// SNATed packets must leave the ENI that owns the node IP.
@@ -228,11 +231,13 @@ fn record_host_flow(pkt: &Parsed, cfg: &Config, stats: &mut Stats) {
     let orig = CtKey::new(pkt.src, pkt.dst, pkt.src_port, pkt.dst_port, pkt.proto);
     let reply = nat::reply_key(&orig, cfg.node_ip, pkt.src_port);
     match maps::snat_orig(&reply) {
-        None => {
-            if SNAT_REV.insert(reply, orig, BPF_NOEXIST as u64).is_ok() {
-                stats.host_flow += 1;
-            }
-        }
+        None => match Inserted::of(SNAT_REV.insert(reply, orig, BPF_NOEXIST as u64)) {
+            Inserted::New => stats.host_flow += 1,
+            Inserted::Exists => {}
+            // The node's own traffic is never refused; unrecorded, its port
+            // may be handed to a pod's flow (then `host_port_conflict`).
+            Inserted::Full => stats.host_flow_untracked += 1,
+        },
         Some(existing) => {
             if existing.src_ip != cfg.node_ip {
                 stats.host_port_conflict += 1;

@@ -41,8 +41,8 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         return Verdict::Pass;
     };
     // Keyed from the pod's side, as `from_pod` will look its replies up.
-    // Looked up first: an insert into the LRU map would evict to make room
-    // even when the flow is already there.
+    // Looked up first: most packets here belong to a tracked flow, and a
+    // lookup is cheaper than a refused insert.
     let pod_side = key.reversed();
     if let Some(ct) = conntrack::lookup(&pod_side) {
         // Flows the pod opened were counted where they entered the node.
@@ -50,10 +50,13 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         {
             conntrack::seen_to_pod(ct, pkt);
         }
-    } else if opens_flow(pkt)
-        && conntrack::start(&pod_side, CT_F_VIA_STACK | CT_F_OPENED_BY_PEER, pkt)
-    {
-        stats.via_stack_new += 1;
+    } else if opens_flow(pkt) {
+        match conntrack::start(&pod_side, CT_F_VIA_STACK | CT_F_OPENED_BY_PEER, pkt) {
+            Ok(true) => stats.via_stack_new += 1,
+            Ok(false) => {}
+            // Untracked, the pod's answer would bypass the stack's un-DNAT.
+            Err(reason) => return Verdict::Drop(reason),
+        }
     }
     Verdict::Pass
 }

@@ -9,8 +9,9 @@ use std::{collections::HashSet, net::SocketAddr, time::Duration};
 
 use dataplane_common::{
     conntrack::{
-        CT_F_SNAT, CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED, CT_STATE_FIN_WAIT, CT_STATE_LAST_ACK,
-        CT_STATE_NEW, CT_STATE_SYN_RECV, CT_STATE_TIME_WAIT, CT_STATE_UDP_STREAM,
+        CT_F_SNAT, CT_STATE_CLOSE, CT_STATE_CLOSE_WAIT, CT_STATE_ESTABLISHED, CT_STATE_FIN_WAIT,
+        CT_STATE_LAST_ACK, CT_STATE_NEW, CT_STATE_SYN_RECV, CT_STATE_TIME_WAIT,
+        CT_STATE_UDP_STREAM,
     },
     CtEntry, CtKey, Ipv4,
 };
@@ -78,11 +79,40 @@ impl Timeouts {
     }
 }
 
+/// Netfilter's early drop: with `CT` at least this full (per cent of its
+/// capacity) a pass also removes flows that never became assured, so that
+/// new flows find room instead of being refused (`drop_ct_full`).
+pub const EARLY_DROP_PERCENT: u64 = 95;
+
+/// An unassured flow is early-dropped only once idle this long: one being
+/// set up right now is left to finish its handshake.
+pub const EARLY_DROP_IDLE: Duration = Duration::from_secs(1);
+
+/// Whether netfilter would count the flow as not assured, the kind its
+/// early drop removes when the table is full: TCP before its handshake
+/// completed or after an RST, UDP that is not a stream, ICMP.
+pub fn unassured(key: &CtKey, ct: &CtEntry) -> bool {
+    match (key.proto, ct.state) {
+        (6, CT_STATE_NEW | CT_STATE_SYN_RECV | CT_STATE_CLOSE) => true,
+        (6, _) => false,
+        (17, CT_STATE_UDP_STREAM) => false,
+        (17, _) | (1, _) => true,
+        _ => false,
+    }
+}
+
 /// What one pass found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GcReport {
     pub ct_scanned: usize,
     pub expired: usize,
+    /// Unassured flows removed early because the table was nearly full.
+    pub early_dropped: usize,
+    /// `CT` was at least [`EARLY_DROP_PERCENT`] full.
+    pub pressure: bool,
+    /// Flows that looked expired but had a packet by the time they were
+    /// re-read: kept.
+    pub revived: usize,
     /// SNAT flows whose reverse entry the LRU evicted: re-inserted.
     pub rev_repaired: usize,
     /// Reverse entries whose flow the LRU evicted (seen twice): removed.
@@ -130,18 +160,35 @@ impl Collector {
         let mut report = GcReport::default();
         let flows = maps.ct_entries()?;
         report.ct_scanned = flows.len();
+        let capacity = u64::from(maps.ct_capacity()?).max(1);
+        report.pressure = flows.len() as u64 * 100 >= capacity * EARLY_DROP_PERCENT;
         let mut live = HashSet::with_capacity(flows.len());
         for (key, ct) in &flows {
-            let age = Duration::from_nanos(now_ns.saturating_sub(ct.last_seen_ns));
             let reply = key.snat_reply(ct.nat_ip, ct.nat_port);
-            if age > self.timeouts.for_entry(key, ct) {
+            if let Some(why) = self.removable(key, ct, now_ns, report.pressure) {
+                // Re-read first: the snapshot may be a pass old, and a packet
+                // since then keeps the flow.
+                let Some(now_ct) = maps.flow(key)? else {
+                    continue; // gone meanwhile
+                };
+                if self
+                    .removable(key, &now_ct, now_ns, report.pressure)
+                    .is_none()
+                {
+                    report.revived += 1;
+                    live.insert(*key);
+                    continue;
+                }
                 // The reverse first: a reply arriving in between finds nothing
                 // and goes to the stack rather than to a half-removed flow.
                 if ct.flags & CT_F_SNAT != 0 {
                     maps.remove_rev(&reply)?;
                 }
                 maps.remove_ct(key)?;
-                report.expired += 1;
+                match why {
+                    Removal::Expired => report.expired += 1,
+                    Removal::EarlyDrop => report.early_dropped += 1,
+                }
                 continue;
             }
             live.insert(*key);
@@ -173,6 +220,24 @@ impl Collector {
         report.rev_entries = maps.rev_entries()?.len();
         Ok(report)
     }
+
+    /// Why a flow as read would be removed at `now_ns`, if it would.
+    fn removable(&self, key: &CtKey, ct: &CtEntry, now_ns: u64, pressure: bool) -> Option<Removal> {
+        let age = Duration::from_nanos(now_ns.saturating_sub(ct.last_seen_ns));
+        if age > self.timeouts.for_entry(key, ct) {
+            Some(Removal::Expired)
+        } else if pressure && age >= EARLY_DROP_IDLE && unassured(key, ct) {
+            Some(Removal::EarlyDrop)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Removal {
+    Expired,
+    EarlyDrop,
 }
 
 /// The next interval: shorter when a pass removed much (the table churns),
@@ -183,7 +248,13 @@ pub fn next_interval(
     min: Duration,
     max: Duration,
 ) -> Duration {
-    let removed = report.expired + report.rev_orphans_removed + report.host_flows_removed;
+    if report.pressure {
+        return min; // a nearly full table: make room as fast as it fills
+    }
+    let removed = report.expired
+        + report.early_dropped
+        + report.rev_orphans_removed
+        + report.host_flows_removed;
     let next = if report.ct_scanned > 0 && removed * 4 >= report.ct_scanned {
         current / 2
     } else if removed * 20 <= report.ct_scanned.max(1) {
@@ -300,6 +371,50 @@ mod tests {
         assert_eq!(secs(17, CT_STATE_UDP_STREAM), 120);
         assert_eq!(secs(1, CT_STATE_ESTABLISHED), 30);
         assert_eq!(secs(47, CT_STATE_NEW), 600);
+    }
+
+    #[test]
+    fn early_drop_takes_only_what_netfilter_calls_unassured() {
+        let k = |p| CtKey::new([0; 4], [0; 4], 1, 2, p);
+        let at = |p, state| {
+            unassured(
+                &k(p),
+                &CtEntry {
+                    state,
+                    ..Default::default()
+                },
+            )
+        };
+        for s in [CT_STATE_NEW, CT_STATE_SYN_RECV, CT_STATE_CLOSE] {
+            assert!(at(6, s), "tcp {s}");
+        }
+        for s in [
+            CT_STATE_ESTABLISHED,
+            CT_STATE_FIN_WAIT,
+            CT_STATE_CLOSE_WAIT,
+            CT_STATE_LAST_ACK,
+            CT_STATE_TIME_WAIT,
+        ] {
+            assert!(!at(6, s), "tcp {s}");
+        }
+        assert!(at(17, CT_STATE_NEW) && at(17, CT_STATE_ESTABLISHED));
+        assert!(!at(17, CT_STATE_UDP_STREAM));
+        assert!(at(1, CT_STATE_ESTABLISHED));
+        assert!(
+            !at(47, CT_STATE_NEW),
+            "other protocols are left to their timeout"
+        );
+    }
+
+    #[test]
+    fn a_table_under_pressure_is_collected_at_the_shortest_interval() {
+        let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let full = GcReport {
+            ct_scanned: 100,
+            pressure: true,
+            ..Default::default()
+        };
+        assert_eq!(next_interval(Duration::from_secs(30), &full, min, max), min);
     }
 
     #[test]

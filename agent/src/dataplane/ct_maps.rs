@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, IterableMap, MapData};
 use dataplane_common::{maps as names, CtEntry, CtKey};
 
 use super::{
@@ -52,6 +52,20 @@ impl CtMaps {
 
     pub fn rev_entries(&self) -> Result<Vec<(CtKey, CtKey)>> {
         all(names::SNAT_REV, self.rev.iter())
+    }
+
+    /// `CT[key]` as it is now (GC re-reads a flow before removing it).
+    pub fn flow(&self, key: &CtKey) -> Result<Option<CtEntry>> {
+        found(names::CT, self.ct.get(key, 0))
+    }
+
+    /// How many flows `CT` holds at most (its size when it was created).
+    pub fn ct_capacity(&self) -> Result<u32> {
+        self.ct
+            .map()
+            .info()
+            .map(|i| i.max_entries())
+            .map_err(map_err(names::CT))
     }
 
     /// Whether `SNAT_REV` has `reply`.

@@ -222,11 +222,21 @@ pub fn pinned_capacity(bpf_root: &Path, name: &str) -> Option<u32> {
         .map(|i| i.max_entries())
 }
 
+/// Whether pinned map `name` is an LRU hash: `CT` and `SNAT_REV` pinned by
+/// a version before full tables refused new flows (a pinned map keeps its
+/// type until the maps are created again).
+pub fn pinned_is_lru(bpf_root: &Path, name: &str) -> bool {
+    aya::maps::MapInfo::from_pin(bpf_root.join(name))
+        .ok()
+        .and_then(|i| i.map_type().ok())
+        == Some(aya::maps::MapType::LruHash)
+}
+
 /// The default size of `CT` and `SNAT_REV` for a node with `cpus` CPUs:
 /// kube-proxy's rule for netfilter's table (32,768 per CPU), with the
-/// compiled-in 262,144 as the floor rather than kube-proxy's 131,072 (an
-/// LRU map evicts when full, so it gets more room than a table that
-/// refuses).
+/// compiled-in 262,144 as the floor rather than kube-proxy's 131,072
+/// (netfilter reclaims room continuously, the agent's GC every few
+/// seconds, so the table gets more headroom).
 pub fn conntrack_entries_for(cpus: usize) -> u32 {
     let per_cpu = u32::try_from(cpus)
         .unwrap_or(u32::MAX)

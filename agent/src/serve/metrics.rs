@@ -46,6 +46,7 @@ pub struct Metrics {
     nat_alloc_failures: Gauge,
     nat_allocations: Family<Labels, Gauge>,
     ct_expired: Counter,
+    ct_early_drops: Counter,
     ct_lru_evictions: Counter,
     ct_host_flows_removed: Counter,
     ct_gc_interval: Gauge,
@@ -76,6 +77,7 @@ impl Metrics {
             nat_alloc_failures: Gauge::default(),
             nat_allocations: Family::default(),
             ct_expired: Counter::default(),
+            ct_early_drops: Counter::default(),
             ct_lru_evictions: Counter::default(),
             ct_host_flows_removed: Counter::default(),
             ct_gc_interval: Gauge::default(),
@@ -135,8 +137,13 @@ impl Metrics {
             m.ct_expired.clone(),
         );
         registry.register(
+            "conntrack_early_drops",
+            "Unassured flows GC removed before their timeout because CT was nearly full (netfilter's early drop)",
+            m.ct_early_drops.clone(),
+        );
+        registry.register(
             "conntrack_lru_evictions",
-            "Flows the LRU maps evicted before their timeout, as GC found them (map pressure)",
+            "Flows GC found with one half missing (tables an earlier version pinned as LRU maps evict)",
             m.ct_lru_evictions.clone(),
         );
         registry.register(
@@ -182,6 +189,7 @@ impl Metrics {
     /// What a conntrack GC pass found.
     pub fn observe_gc(&self, r: &GcReport, interval: Duration) {
         self.ct_expired.inc_by(r.expired as u64);
+        self.ct_early_drops.inc_by(r.early_dropped as u64);
         self.ct_lru_evictions.inc_by(r.lru_evictions() as u64);
         self.ct_host_flows_removed
             .inc_by(r.host_flows_removed as u64);

@@ -51,6 +51,7 @@ impl Suite {
                 "golden_port_search",
                 "golden_snat_protocols",
                 "golden_spoof",
+                "golden_ct_full",
             ],
             // The agent, SNAT through the agent, steering (and its
             // differential against aws-node's plumbing), restart and
