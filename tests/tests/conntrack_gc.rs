@@ -271,3 +271,114 @@ fn a_pooled_tuple_reused_after_time_wait_survives_an_idle_gc() {
         .expect("the pod gets the answer");
     assert_eq!(&back, b"pong");
 }
+
+/// `n` pods' UDP flows to INET from source ports `first..`, last seen at
+/// `last_seen`, each with its reverse entry.
+fn udp_flows(maps: &mut CtMaps, first: u16, n: u16, last_seen: u64) -> Vec<(CtKey, CtKey)> {
+    (0..n)
+        .map(|i| snat_flow(maps, first + i, 17, 0, last_seen, first + i))
+        .collect()
+}
+
+/// A pass removes at most its budget and asks for the next pass at once;
+/// the following passes remove the rest, never a live flow.
+#[test]
+fn a_pass_removes_at_most_its_budget_and_the_next_takes_the_rest() {
+    let bpffs = BpffsMount::new().expect("bpffs");
+    let _dp = Dataplane::load_pinned(&object::bytes(), bpffs.path()).expect("load");
+    let mut maps = CtMaps::open(bpffs.path()).expect("pinned CT maps");
+    let now = 1_000 * SEC;
+    let expired = udp_flows(&mut maps, 20_000, 250, now - 31 * SEC);
+    let live = udp_flows(&mut maps, 30_000, 10, now);
+    let mut gc = Collector::new(Timeouts::default());
+    gc.budget = 100;
+    let (min, max) = (Duration::from_secs(1), Duration::from_secs(60));
+    let mut removed = Vec::new();
+    for pass in 0..3 {
+        let r = gc
+            .collect(&mut maps, now, NODE, &HashSet::new())
+            .expect("gc");
+        removed.push(r.expired);
+        let next = trunkline_agent::conntrack_gc::next_interval(max, &r, min, max);
+        assert_eq!(
+            (r.budget_exhausted, next == min),
+            (pass < 2, pass < 2),
+            "pass {pass}: {r:?}"
+        );
+    }
+    assert_eq!(removed, [100, 100, 50]);
+    for (key, reply) in expired {
+        assert!(ct_entry(&maps, &key).is_none() && snat_rev(&maps, &reply).is_none());
+    }
+    for (key, reply) in live {
+        assert!(ct_entry(&maps, &key).is_some() && snat_rev(&maps, &reply).is_some());
+    }
+}
+
+/// Flows deleted and refreshed by someone else while a pass walks the
+/// table (the data path, a second agent handle): the pass ends without an
+/// error, and the passes after it leave no expired flow and no reverse
+/// entry of a removed one. (An element-by-element walk restarts when its key
+/// vanishes; the batched walk resumes from its bucket.)
+#[test]
+fn a_pass_ends_while_flows_vanish_under_it() {
+    let bpffs = BpffsMount::new().expect("bpffs");
+    let _dp = Dataplane::load_pinned(&object::bytes(), bpffs.path()).expect("load");
+    let mut maps = CtMaps::open(bpffs.path()).expect("pinned CT maps");
+    let now = 1_000 * SEC;
+    let expired = udp_flows(&mut maps, 10_000, 20_000, now - 31 * SEC);
+    let live = udp_flows(&mut maps, 40_000, 20_000, now);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let vanishing: Vec<CtKey> = live.iter().step_by(2).map(|(k, _)| *k).collect();
+    let vanishing_replies: Vec<CtKey> = live.iter().step_by(2).map(|(_, r)| *r).collect();
+    let other = {
+        let path = bpffs.path().to_path_buf();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let other = CtMaps::open(&path).expect("a second handle");
+            // Bounded: one delete per key, in slices, until stopped or done.
+            for (keys, replies) in vanishing.chunks(64).zip(vanishing_replies.chunks(64)) {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                other.remove_rev_batch(replies).expect("delete reverses");
+                other.remove_ct_batch(keys).expect("delete flows");
+            }
+        })
+    };
+    let mut gc = Collector::new(Timeouts::default());
+    let first = gc
+        .collect(&mut maps, now, NODE, &HashSet::new())
+        .expect("gc under deletes");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    other.join().expect("the deleting thread");
+    assert!(first.ct_scanned <= 40_000, "no flow seen twice: {first:?}");
+    // An orphan is removed on its second sighting: two more passes.
+    for _ in 0..2 {
+        gc.collect(&mut maps, now, NODE, &HashSet::new())
+            .expect("later pass");
+    }
+    for (key, reply) in &expired {
+        assert!(ct_entry(&maps, key).is_none() && snat_rev(&maps, reply).is_none());
+    }
+    let mut kept = 0;
+    for (key, reply) in &live {
+        match ct_entry(&maps, key) {
+            Some(_) => {
+                kept += 1;
+                assert!(
+                    snat_rev(&maps, reply).is_some(),
+                    "a live flow keeps its reverse"
+                );
+            }
+            None => assert!(
+                snat_rev(&maps, reply).is_none(),
+                "no reverse without its flow"
+            ),
+        }
+    }
+    assert!(
+        kept >= 10_000,
+        "the flows nobody deleted are all kept: {kept}"
+    );
+}

@@ -170,15 +170,22 @@ pub fn demo() -> Result<()> {
     )
 }
 
-pub fn bench(quick: bool) -> Result<()> {
+pub fn bench(quick: bool, conntrack: bool) -> Result<()> {
     packages::ensure()?;
     let obj = ebpf::build(true)?;
     // The debug profile: what is measured runs in the kernel (the programs,
     // the stack, iperf3's sockets); the drivers' own loops are syscall-bound,
     // and a release build would compile every dependency a second time.
+    // The agent's code is measured too (conntrack GC walks 1M flows in
+    // userspace), so it and map-batch are optimised as in the release
+    // build it ships in.
     checked(cargo().args([
         "build",
         "--quiet",
+        "--config",
+        "profile.dev.package.trunkline-agent.opt-level=3",
+        "--config",
+        "profile.dev.package.map-batch.opt-level=3",
         "-p",
         "trunkline-tests",
         "--bin",
@@ -186,6 +193,9 @@ pub fn bench(quick: bool) -> Result<()> {
         "--bin",
         "trunkline-bench",
     ]))?;
+    if conntrack {
+        return bench_conntrack(quick, &obj);
+    }
     // The verifier's cost on the host and on the LTS kernels EKS runs.
     let cells = vm::verifier_costs(&[
         vm::Target::Host,
@@ -200,6 +210,18 @@ pub fn bench(quick: bool) -> Result<()> {
     bench
         .env(OBJECT_ENV, &obj)
         .env("TRUNKLINE_VERIFIER_COSTS", &verifier);
+    if quick {
+        bench.arg("--quick");
+    }
+    checked(&mut bench)
+}
+
+/// `cargo xtask bench --conntrack`: only the conntrack costs (GC at 1M
+/// flows, port search attempts), as JSON on stdout.
+fn bench_conntrack(quick: bool, obj: &std::path::Path) -> Result<()> {
+    let bins = paths::target_dir().join("debug");
+    let mut bench = Command::new(bins.join("trunkline-bench"));
+    bench.env(OBJECT_ENV, obj).arg("--conntrack");
     if quick {
         bench.arg("--quick");
     }

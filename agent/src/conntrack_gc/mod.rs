@@ -1,11 +1,16 @@
 //! Conntrack garbage collection: the agent expires flows the way netfilter
 //! would (timeouts per protocol and state), always removing a flow's two
-//! entries together (`CT` and its `SNAT_REV`), repairs a reverse entry the
-//! LRU evicted, removes reverse entries whose flow the LRU evicted, and
-//! forgets host connections once their socket is gone. LRU eviction is
-//! the last resort; what GC finds of it is counted.
+//! entries together (`CT` and its `SNAT_REV`), early-drops unassured flows
+//! when the table is nearly full, repairs a missing reverse entry, removes
+//! reverse entries whose flow is gone, and forgets host connections once
+//! their socket is gone. Reads and deletes are batched and a pass removes
+//! at most [`REMOVAL_BUDGET`] entries.
 
-use std::{collections::HashSet, net::SocketAddr, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    time::Duration,
+};
 
 use dataplane_common::{
     conntrack::{
@@ -110,12 +115,17 @@ pub struct GcReport {
     pub early_dropped: usize,
     /// `CT` was at least [`EARLY_DROP_PERCENT`] full.
     pub pressure: bool,
-    /// Flows that looked expired but had a packet by the time they were
+    /// Flows that looked removable but had a packet by the time they were
     /// re-read: kept.
     pub revived: usize,
-    /// SNAT flows whose reverse entry the LRU evicted: re-inserted.
+    /// The pass stopped removing at its budget ([`Collector::budget`]);
+    /// the rest waits for the next pass, which comes at the shortest
+    /// interval.
+    pub budget_exhausted: bool,
+    /// SNAT flows whose reverse entry was missing (an LRU table of an
+    /// earlier version evicted it): re-inserted.
     pub rev_repaired: usize,
-    /// Reverse entries whose flow the LRU evicted (seen twice): removed.
+    /// Reverse entries whose flow was missing (seen twice): removed.
     pub rev_orphans_removed: usize,
     /// Identity entries of host connections whose socket is gone: removed.
     pub host_flows_removed: usize,
@@ -124,25 +134,46 @@ pub struct GcReport {
 }
 
 impl GcReport {
-    /// LRU evictions GC noticed (either half of a flow missing).
+    /// Evictions GC noticed (either half of a flow missing).
     pub fn lru_evictions(&self) -> usize {
         self.rev_repaired + self.rev_orphans_removed
     }
+
+    fn removed(&self) -> usize {
+        self.expired + self.early_dropped + self.rev_orphans_removed + self.host_flows_removed
+    }
 }
 
+/// Removals per pass by default: a pass over a table whose flows all
+/// expired at once stays short (about 0.1 s of deletes) and the rest
+/// follows a second later.
+pub const REMOVAL_BUDGET: usize = 131_072;
+
+/// Candidates re-read and then deleted together: the window between a
+/// flow's re-read and its delete stays a few milliseconds.
+const REMOVAL_BATCH: usize = 1024;
+
 /// Runs GC passes and keeps what must be seen twice before acting on it.
-#[derive(Default)]
 pub struct Collector {
     pub timeouts: Timeouts,
+    /// At most this many removals per pass.
+    pub budget: usize,
     /// Reverse entries without a flow at the last pass: a flow being created
     /// inserts its reverse first, so one sighting is not enough.
     suspect_orphans: HashSet<CtKey>,
+}
+
+impl Default for Collector {
+    fn default() -> Self {
+        Self::new(Timeouts::default())
+    }
 }
 
 impl Collector {
     pub fn new(timeouts: Timeouts) -> Self {
         Self {
             timeouts,
+            budget: REMOVAL_BUDGET,
             suspect_orphans: HashSet::new(),
         }
     }
@@ -150,6 +181,12 @@ impl Collector {
     /// One pass at `now_ns` (CLOCK_MONOTONIC_COARSE, the data path's clock).
     /// `host_sockets` are the node's live connections as `CT` keys
     /// (node IP first), from [`host_sockets`].
+    ///
+    /// One batched read of `SNAT_REV`, one batched walk of `CT` that
+    /// removes expired flows as it goes (each re-read just before its
+    /// delete), then what needs the whole table: early drop, repairs,
+    /// orphans. Memory is one map of the reverse entries; `CT` is never
+    /// held whole.
     pub fn collect(
         &mut self,
         maps: &mut CtMaps,
@@ -158,66 +195,90 @@ impl Collector {
         host_sockets: &HashSet<CtKey>,
     ) -> Result<GcReport, DataplaneError> {
         let mut report = GcReport::default();
-        let flows = maps.ct_entries()?;
-        report.ct_scanned = flows.len();
         let capacity = u64::from(maps.ct_capacity()?).max(1);
-        report.pressure = flows.len() as u64 * 100 >= capacity * EARLY_DROP_PERCENT;
-        let mut live = HashSet::with_capacity(flows.len());
-        for (key, ct) in &flows {
-            let reply = key.snat_reply(ct.nat_ip, ct.nat_port);
-            if let Some(why) = self.removable(key, ct, now_ns, report.pressure) {
-                // Re-read first: the snapshot may be a pass old, and a packet
-                // since then keeps the flow.
-                let Some(now_ct) = maps.flow(key)? else {
-                    continue; // gone meanwhile
-                };
-                if self
-                    .removable(key, &now_ct, now_ns, report.pressure)
-                    .is_none()
-                {
-                    report.revived += 1;
-                    live.insert(*key);
-                    continue;
+        // SNAT_REV before CT: a flow created in between is missing from this
+        // copy, looks unrepaired, and its repair finds the port taken.
+        let rev_read = maps.rev_entries()?;
+        let rev_count = rev_read.len();
+        let mut revs: HashMap<CtKey, CtKey> = rev_read.into_iter().collect();
+        let mut pass = Pass {
+            now_ns,
+            budget: self.budget,
+            ..Pass::default()
+        };
+        let mut repairs = Vec::new();
+        let mut early = Vec::new();
+        {
+            let mut walk = maps.ct_walk()?;
+            while let Some((keys, flows)) = walk.next_chunk()? {
+                for (key, ct) in keys.iter().zip(flows) {
+                    report.ct_scanned += 1;
+                    let reply = key.snat_reply(ct.nat_ip, ct.nat_port);
+                    let snat = ct.flags & CT_F_SNAT != 0;
+                    // The flow's own reverse entry: not an orphan.
+                    let has_rev = snat && revs.get(&reply) == Some(key);
+                    if has_rev {
+                        revs.remove(&reply);
+                    }
+                    match self.removable(key, ct, now_ns, true) {
+                        Some(Removal::Expired) => pass.queue(*key, &mut report),
+                        why => {
+                            if why.is_some() && early.len() < self.budget {
+                                early.push(*key); // if the table turns out full
+                            }
+                            if snat && !has_rev {
+                                repairs.push((reply, *key));
+                            }
+                        }
+                    }
                 }
-                // The reverse first: a reply arriving in between finds nothing
-                // and goes to the stack rather than to a half-removed flow.
-                if ct.flags & CT_F_SNAT != 0 {
-                    maps.remove_rev(&reply)?;
+                if pass.queued.len() >= REMOVAL_BATCH {
+                    pass.flush(self, maps, false, &mut report)?;
                 }
-                maps.remove_ct(key)?;
-                match why {
-                    Removal::Expired => report.expired += 1,
-                    Removal::EarlyDrop => report.early_dropped += 1,
-                }
-                continue;
             }
-            live.insert(*key);
-            if ct.flags & CT_F_SNAT != 0
-                && !maps.has_rev(&reply)?
-                && maps.insert_rev_if_free(reply, *key)
-            {
+        }
+        pass.flush(self, maps, false, &mut report)?;
+        report.pressure = report.ct_scanned as u64 * 100 >= capacity * EARLY_DROP_PERCENT;
+        if report.pressure {
+            for chunk in early.chunks(REMOVAL_BATCH) {
+                for key in chunk {
+                    pass.queue(*key, &mut report);
+                }
+                pass.flush(self, maps, true, &mut report)?;
+            }
+        }
+        for (reply, orig) in repairs {
+            // Not for a flow this pass removed (early drop).
+            if !pass.removed.contains(&orig) && maps.insert_rev_if_free(reply, orig) {
                 report.rev_repaired += 1;
             }
         }
+        // What no flow claimed: node connections' identity entries, and
+        // reverse entries whose flow is gone.
         let mut suspects = HashSet::new();
-        for (reply, orig) in maps.rev_entries()? {
+        let mut stale = Vec::new();
+        for (reply, orig) in revs {
+            if stale.len() >= pass.budget {
+                report.budget_exhausted = true;
+                break;
+            }
             if orig.src_ip == node_ip && orig.src_port == reply.dst_port {
                 if !host_sockets.contains(&orig) {
-                    maps.remove_rev(&reply)?;
+                    stale.push(reply);
                     report.host_flows_removed += 1;
                 }
-            } else if !live.contains(&orig) {
-                if self.suspect_orphans.contains(&reply) {
-                    maps.remove_rev(&reply)?;
-                    report.rev_orphans_removed += 1;
-                } else {
-                    suspects.insert(reply);
-                }
+            } else if self.suspect_orphans.contains(&reply) {
+                stale.push(reply);
+                report.rev_orphans_removed += 1;
+            } else {
+                suspects.insert(reply);
             }
         }
+        let stale_removed = maps.remove_rev_batch(&stale)?;
         self.suspect_orphans = suspects;
-        report.ct_entries = maps.ct_entries()?.len();
-        report.rev_entries = maps.rev_entries()?.len();
+        report.ct_entries = report.ct_scanned.saturating_sub(pass.ct_removed);
+        report.rev_entries =
+            (rev_count + report.rev_repaired).saturating_sub(pass.rev_removed + stale_removed);
         Ok(report)
     }
 
@@ -240,6 +301,70 @@ enum Removal {
     EarlyDrop,
 }
 
+/// The removals of one pass: flows queued as candidates, re-read and
+/// deleted a batch at a time, within the budget.
+#[derive(Default)]
+struct Pass {
+    now_ns: u64,
+    /// Removals left.
+    budget: usize,
+    queued: Vec<CtKey>,
+    /// Early-dropped flows (not repaired afterwards).
+    removed: HashSet<CtKey>,
+    ct_removed: usize,
+    rev_removed: usize,
+}
+
+impl Pass {
+    fn queue(&mut self, key: CtKey, report: &mut GcReport) {
+        if self.queued.len() < self.budget {
+            self.queued.push(key);
+        } else {
+            report.budget_exhausted = true;
+        }
+    }
+
+    /// Re-reads the queued flows, then deletes those still removable: the
+    /// copy may be a pass old, and a packet since then keeps the flow.
+    /// Reverse entries go first, so that a reply arriving in between finds
+    /// nothing and goes to the stack rather than to a half-removed flow.
+    fn flush(
+        &mut self,
+        gc: &Collector,
+        maps: &CtMaps,
+        pressure: bool,
+        report: &mut GcReport,
+    ) -> Result<(), DataplaneError> {
+        let mut flows = Vec::with_capacity(self.queued.len());
+        let mut replies = Vec::new();
+        for key in self.queued.drain(..) {
+            let Some(ct) = maps.flow(&key)? else {
+                continue; // gone meanwhile
+            };
+            match gc.removable(&key, &ct, self.now_ns, pressure) {
+                None => report.revived += 1,
+                Some(why) => {
+                    match why {
+                        Removal::Expired => report.expired += 1,
+                        Removal::EarlyDrop => {
+                            report.early_dropped += 1;
+                            self.removed.insert(key);
+                        }
+                    }
+                    if ct.flags & CT_F_SNAT != 0 {
+                        replies.push(key.snat_reply(ct.nat_ip, ct.nat_port));
+                    }
+                    flows.push(key);
+                }
+            }
+        }
+        self.budget = self.budget.saturating_sub(flows.len());
+        self.rev_removed += maps.remove_rev_batch(&replies)?;
+        self.ct_removed += maps.remove_ct_batch(&flows)?;
+        Ok(())
+    }
+}
+
 /// The next interval: shorter when a pass removed much (the table churns),
 /// longer when it removed little; between `min` and `max`.
 pub fn next_interval(
@@ -248,13 +373,10 @@ pub fn next_interval(
     min: Duration,
     max: Duration,
 ) -> Duration {
-    if report.pressure {
-        return min; // a nearly full table: make room as fast as it fills
+    if report.pressure || report.budget_exhausted {
+        return min; // make room as fast as the table fills
     }
-    let removed = report.expired
-        + report.early_dropped
-        + report.rev_orphans_removed
-        + report.host_flows_removed;
+    let removed = report.removed();
     let next = if report.ct_scanned > 0 && removed * 4 >= report.ct_scanned {
         current / 2
     } else if removed * 20 <= report.ct_scanned.max(1) {

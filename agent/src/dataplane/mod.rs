@@ -20,7 +20,7 @@ use dataplane_common::{maps as names, Hook};
 
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::{ensure_bpffs_dir, is_bpffs};
-pub use ct_maps::{CtMaps, CtView};
+pub use ct_maps::{CtMaps, CtView, CtWalk, WALK_CHUNK};
 pub use links::{links_dir, list_link_pins, remove_link_pin, LinkPin, LINKS_DIR};
 pub use map_pin::{MapOwner, MapSource};
 pub use maps::{read_stats, PinnedStats, StatsByHook};
@@ -57,6 +57,12 @@ pub enum DataplaneError {
         name: &'static str,
         #[source]
         source: aya::maps::MapError,
+    },
+    #[error("map {name}: {source}")]
+    Batch {
+        name: &'static str,
+        #[source]
+        source: map_batch::BatchError,
     },
     #[error("attaching {program} to {iface}: {reason}")]
     Attach {

@@ -50,6 +50,8 @@ pub struct Metrics {
     ct_lru_evictions: Counter,
     ct_host_flows_removed: Counter,
     ct_gc_interval: Gauge,
+    ct_gc_seconds: Histogram,
+    ct_gc_budget_exhausted: Counter,
     pod_eni_decisions: Family<Labels, Counter>,
     pod_eni_decide_seconds: Histogram,
     branches_revoked: Counter,
@@ -81,6 +83,11 @@ impl Metrics {
             ct_lru_evictions: Counter::default(),
             ct_host_flows_removed: Counter::default(),
             ct_gc_interval: Gauge::default(),
+            // 1 ms .. ~16 s: a pass over 1M flows takes about a second.
+            ct_gc_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+            ),
+            ct_gc_budget_exhausted: Counter::default(),
             pod_eni_decisions: Family::default(),
             pod_eni_decide_seconds: rpc_histogram(),
             branches_revoked: Counter::default(),
@@ -157,6 +164,16 @@ impl Metrics {
             m.ct_gc_interval.clone(),
         );
         registry.register(
+            "conntrack_gc_pass_seconds",
+            "How long a conntrack GC pass took (batched walk of CT, re-reads, deletes)",
+            m.ct_gc_seconds.clone(),
+        );
+        registry.register(
+            "conntrack_gc_budget_exhausted",
+            "GC passes that stopped at their removal budget and left the rest to the next pass",
+            m.ct_gc_budget_exhausted.clone(),
+        );
+        registry.register(
             "pod_eni_decisions",
             "AddPod branch decisions in Kubernetes mode, by outcome",
             m.pod_eni_decisions.clone(),
@@ -187,7 +204,11 @@ impl Metrics {
     }
 
     /// What a conntrack GC pass found.
-    pub fn observe_gc(&self, r: &GcReport, interval: Duration) {
+    pub fn observe_gc(&self, r: &GcReport, took: Duration, interval: Duration) {
+        self.ct_gc_seconds.observe(took.as_secs_f64());
+        if r.budget_exhausted {
+            self.ct_gc_budget_exhausted.inc();
+        }
         self.ct_expired.inc_by(r.expired as u64);
         self.ct_early_drops.inc_by(r.early_dropped as u64);
         self.ct_lru_evictions.inc_by(r.lru_evictions() as u64);

@@ -214,11 +214,13 @@ fn spawn_conntrack_gc(
             while !stop.load(Ordering::Relaxed) {
                 let started = Instant::now();
                 let sockets = conntrack_gc::host_sockets();
-                match collector.collect(&mut maps, conntrack_gc::now_coarse_ns(), node_ip, &sockets) {
+                match collector.collect(&mut maps, conntrack_gc::now_coarse_ns(), node_ip, &sockets)
+                {
                     Ok(report) => {
+                        let took = started.elapsed();
                         interval = conntrack_gc::next_interval(interval, &report, min, max);
-                        metrics.observe_gc(&report, interval);
-                        tracing::debug!(?report, took = ?started.elapsed(), next = ?interval, "conntrack GC");
+                        metrics.observe_gc(&report, took, interval);
+                        tracing::debug!(?report, ?took, next = ?interval, "conntrack GC");
                     }
                     Err(e) => tracing::warn!(error = %e, "conntrack GC pass failed"),
                 }

@@ -22,7 +22,10 @@ use anyhow::{bail, Context, Result};
 use dataplane_common::SnatMode;
 use serde_json::{json, Value};
 use testbed::{
-    drivers::traffic::Background,
+    drivers::{
+        bench_conntrack::{self, GcCost, SearchCost},
+        traffic::Background,
+    },
     kernel::object,
     topology::snat_node::{self, Plumbing, SnatNode, SnatOptions, INET_IP},
 };
@@ -268,8 +271,61 @@ fn uname() -> String {
         .unwrap_or_default()
 }
 
+/// GC at 1M flows (100k with `--quick`) and the port search's attempts.
+fn conntrack_costs(quick: bool) -> Result<(GcCost, Vec<SearchCost>)> {
+    let flows = if quick { 100_000 } else { 1_000_000 };
+    eprintln!("bench: conntrack GC at {flows} flows ...");
+    let gc = bench_conntrack::gc_cost(flows)?;
+    Ok((
+        gc,
+        bench_conntrack::port_search(if quick { 200 } else { 1_000 }),
+    ))
+}
+
+fn conntrack_md(gc: &GcCost, search: &[SearchCost]) -> String {
+    let mut md = format!(
+        "\n## Conntrack\n\nGC over {} flows in tables of {} (half of them expired), batched reads and deletes, at most {} removals per pass:\n\n\
+         | first pass ms | removed | passes to clean | clean ms | idle pass ms | batched read ms | element-by-element read ms |\n|---|---|---|---|---|---|---|\n\
+         | {:.0} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} |\n",
+        gc.flows, gc.table_capacity, gc.budget, gc.first_pass_ms, gc.first_pass_removed, gc.passes_to_clean,
+        gc.clean_ms, gc.idle_pass_ms, gc.batched_read_ms, gc.per_element_read_ms
+    );
+    md.push_str("\nSNAT port search: new flows to one destination whose ports (32768-65535) are taken to the given share (each new flow removed once mapped, so all see that share); attempts per new mapping:\n\n| mode | taken | 1 | 2-4 | 5-16 | 17+ | 129+ | mean | no port |\n|---|---|---|---|---|---|---|---|---|\n");
+    for c in search {
+        let a = &c.attempts;
+        md.push_str(&format!(
+            "| {} | {} % | {} | {} | {} | {} | {} | {:.1} | {} |\n",
+            c.mode,
+            c.occupancy_percent,
+            a.try_1,
+            a.try_2_4,
+            a.try_5_16,
+            a.try_17_plus,
+            a.try_129_plus,
+            a.mean,
+            c.no_port
+        ));
+    }
+    md
+}
+
+/// `--conntrack`: only the conntrack measurements, printed as JSON (they
+/// need no traffic and take about a minute).
+fn conntrack_only(quick: bool) -> Result<()> {
+    let (gc, search) = conntrack_costs(quick)?;
+    eprint!("{}", conntrack_md(&gc, &search));
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&json!({"conntrack": {"gc": gc, "port_search": search}}))?
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
+    if std::env::args().any(|a| a == "--conntrack") {
+        return conntrack_only(quick);
+    }
     let secs = if quick { 2 } else { 5 };
     let object = object::bytes();
     let mut rows = Vec::new();
@@ -431,7 +487,10 @@ Verifier cost per program and kernel (processed instructions and peak states fro
             }
         }
     }
+    let (gc, search) = conntrack_costs(quick)?;
+    md.push_str(&conntrack_md(&gc, &search));
     let json = json!({
+        "conntrack": {"gc": gc, "port_search": search},
         "verifier": verifier,
         "connection_failures": failures,
         "restart_lost": sent - restart_got,

@@ -2,6 +2,7 @@
 //! aws-node's plumbing as the reference, and the benchmarks' measurements.
 
 pub mod agent_proc;
+pub mod bench_conntrack;
 pub mod bench_control;
 pub mod binaries;
 pub mod charts;

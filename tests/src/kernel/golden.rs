@@ -248,17 +248,14 @@ impl Golden {
     }
 }
 
-/// `CT[key]`, found by scanning: the agent's `CtMaps` looks nothing up by
-/// key (the GC walks the whole map), and the tests' maps are small.
+/// `CT[key]`.
 pub fn ct_entry(maps: &CtMaps, key: &CtKey) -> Option<CtEntry> {
-    let all = maps.ct_entries().expect("reading CT");
-    all.into_iter().find(|(k, _)| k == key).map(|(_, e)| e)
+    maps.flow(key).expect("reading CT")
 }
 
-/// `SNAT_REV[reply]`, found by scanning (see [`ct_entry`]).
+/// `SNAT_REV[reply]`.
 pub fn snat_rev(maps: &CtMaps, reply: &CtKey) -> Option<CtKey> {
-    let all = maps.rev_entries().expect("reading SNAT_REV");
-    all.into_iter().find(|(k, _)| k == reply).map(|(_, o)| o)
+    maps.reverse(reply).expect("reading SNAT_REV")
 }
 
 /// A node's maps for SNAT golden tests and cost measurement: node IP

@@ -6,4 +6,5 @@ pub mod facts;
 pub mod golden;
 pub mod object;
 pub mod packets;
+pub mod port_search;
 pub mod skbuff;
