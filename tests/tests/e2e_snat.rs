@@ -8,7 +8,11 @@
 use std::{
     collections::HashSet,
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
@@ -16,7 +20,11 @@ use dataplane_common::{Hook, SnatMode};
 use testbed::{
     drivers::traffic::{self, Background},
     kernel::object,
-    topology::snat_node::{Plumbing, SnatNode, SnatOptions, INET_IP, ROUTER_IP},
+    topology::snat_node::{Plumbing, SnatNode, SnatOptions, INET_IP, NODE_IP, ROUTER_IP},
+};
+use trunkline_agent::{
+    conntrack_gc::{now_coarse_ns, Collector, Timeouts},
+    dataplane::{CtMaps, MapOwner},
 };
 
 struct Scenario {
@@ -175,6 +183,114 @@ fn hundred_port_range(n: &SnatNode) -> Result<String> {
     ))
 }
 
+/// UDP's timeout in the churn scenario, on both sides: netfilter's 30 s
+/// (`nf_conntrack_udp_timeout`, the GC's `udp_replied`) scaled down so
+/// that 3,000 exchanges take seconds.
+const CHURN_UDP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A DNS client's pattern: 3,000 times a new socket, one query to the same
+/// resolver, one answer, close, paced at 250 a second, through 512 NAT
+/// ports. A replied flow that never became a stream frees its port after
+/// UDP's timeout, so about 300 ports are ever in use; had one-shot flows
+/// been held as streams (120 s), the 513th exchange would find none.
+fn one_shot_udp_churn(n: &SnatNode) -> Result<String> {
+    const EXCHANGES: u32 = 3_000;
+    let pace = Duration::from_millis(4);
+    let server = n.inet.run_in(|| UdpSocket::bind((INET_IP, 53)))?;
+    server.set_read_timeout(Some(Duration::from_millis(50)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let ports = Arc::new(Mutex::new(HashSet::new()));
+    let resolver = {
+        let (stop, ports) = (stop.clone(), ports.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((len, peer)) = server.recv_from(&mut buf) {
+                    let _ = server.send_to(&buf[..len], peer);
+                    if let Ok(mut p) = ports.lock() {
+                        p.insert(peer.port());
+                    }
+                }
+            }
+        })
+    };
+    let gc = match &n.dataplane {
+        // Trunkline: the agent's GC with UDP's timeout scaled, every 100 ms.
+        Some(_) => {
+            let mut maps = CtMaps::open(n.bpffs.path())?;
+            let stop = stop.clone();
+            Some(std::thread::spawn(move || {
+                let mut gc = Collector::new(Timeouts {
+                    udp_unreplied: CHURN_UDP_TIMEOUT,
+                    udp_replied: CHURN_UDP_TIMEOUT,
+                    ..Timeouts::default()
+                });
+                while !stop.load(Ordering::Relaxed) {
+                    gc.collect(
+                        &mut maps,
+                        now_coarse_ns(),
+                        NODE_IP.octets(),
+                        &HashSet::new(),
+                    )
+                    .expect("a GC pass");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }))
+        }
+        // Legacy: netfilter's own timeout, the same.
+        None => {
+            n.node.sysctl(
+                "net.netfilter.nf_conntrack_udp_timeout",
+                &CHURN_UDP_TIMEOUT.as_secs().to_string(),
+            )?;
+            None
+        }
+    };
+    let dst = SocketAddr::from((INET_IP, 53));
+    let answered = n.pod.run_in(|| {
+        let start = Instant::now();
+        let mut answered = 0;
+        for i in 0..EXCHANGES {
+            let exchange = || -> std::io::Result<bool> {
+                let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+                s.set_read_timeout(Some(Duration::from_millis(200)))?;
+                s.send_to(&i.to_be_bytes(), dst)?;
+                let mut buf = [0u8; 4];
+                Ok(matches!(s.recv_from(&mut buf), Ok((4, _))) && buf == i.to_be_bytes())
+            };
+            if exchange().unwrap_or(false) {
+                answered += 1;
+            }
+            if let Some(wait) = (start + pace * (i + 1)).checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        answered
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = resolver.join();
+    if let Some(gc) = gc {
+        gc.join()
+            .map_err(|_| anyhow::anyhow!("the GC thread panicked"))?;
+    }
+    let ports = ports.lock().map_err(|_| anyhow::anyhow!("port set"))?;
+    let in_range = ports.iter().all(|p| (40_000..=40_511).contains(p));
+    Ok(format!(
+        "{answered}/{EXCHANGES} answered, NAT ports in range: {in_range}"
+    ))
+}
+
+fn counted_churn(n: &SnatNode) {
+    let s = n.dataplane().stats().expect("stats");
+    let to_eni = s.hook(Hook::ToEni);
+    assert_eq!(to_eni.drop_nat_no_port, 0, "{to_eni:?}");
+    // Fewer mappings than exchanges: a pod port the kernel handed out again
+    // within a second meets its own flow, still tracked.
+    assert!(to_eni.nat_new > 2_500, "{to_eni:?}");
+    let from_eni = s.hook(Hook::FromEni);
+    assert!(from_eni.rev_snat >= 3_000, "every answer: {from_eni:?}");
+}
+
 fn no_counters(_: &SnatNode) {}
 
 fn counted_snat(n: &SnatNode) {
@@ -318,6 +434,17 @@ fn scenarios() -> Vec<Scenario> {
             run: hundred_port_range,
             expect: "100/100 answered (ports in range: true), 101st dropped, then 100/100 again",
             counters: counted_exhaustion,
+        },
+        Scenario {
+            name: "3000 one-shot UDP exchanges, 512 ports",
+            opts: SnatOptions {
+                port_min: 40000,
+                port_max: 40511,
+                ..d
+            },
+            run: one_shot_udp_churn,
+            expect: "3000/3000 answered, NAT ports in range: true",
+            counters: counted_churn,
         },
     ]
 }

@@ -52,6 +52,9 @@ impl Suite {
                 "golden_snat_protocols",
                 "golden_spoof",
                 "golden_ct_full",
+                // GC through the batched map calls (BPF_MAP_*_BATCH) on
+                // each kernel's hash maps.
+                "conntrack_gc",
             ],
             // The agent, SNAT through the agent, steering (and its
             // differential against aws-node's plumbing), restart and
