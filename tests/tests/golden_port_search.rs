@@ -51,8 +51,10 @@ fn every_free_port_of_a_small_range_is_found() {
 
 /// A range larger than the probe budget (the default 32768–65535): the
 /// re-randomised windows still find the free ports scattered among taken
-/// ones. At 99 % the chance that one flow misses every free port in 1,024
-/// probes is about 0.99^1024 ≈ 3·10⁻⁵.
+/// ones. At 99 % the chance that one search misses every free port in
+/// 1,024 probes is about 0.99^1024 ≈ 3·10⁻⁵ (a CI run once met it): the
+/// flow's retransmitted SYN searches again, and two searches that both
+/// give up (≈ 10⁻⁹) fail the test.
 #[test]
 fn a_large_range_finds_free_ports_at_high_occupancy() {
     let range = (32_768, 65_535);
@@ -63,9 +65,25 @@ fn a_large_range_finds_free_ports_at_high_occupancy() {
             let taken = occupy(&mut g, range, size * percent / 100);
             take_own_ports(&mut g, mode, 1_000, 20);
             g.reset_stats();
-            let (got, dropped) = open_flows(&g, 1_000, 20);
+            let mut got = Vec::new();
+            let mut retried = 0;
+            for sport in 1_000..1_020 {
+                // A search gives up after 1,024 probes: at 99 % about one
+                // flow in 30,000 (0.99^1024); its SYN's retransmission
+                // searches again from elsewhere, as netfilter's would.
+                let (mut port, dropped) = open_flows(&g, sport, 1);
+                if dropped == 1 {
+                    retried += 1;
+                    port = open_flows(&g, sport, 1).0;
+                }
+                got.extend(port);
+            }
             println!("{mode:?} {percent}%: {}", Attempts::of(&g));
-            assert_eq!((got.len(), dropped), (20, 0), "{mode:?} at {percent}%");
+            assert_eq!(got.len(), 20, "{mode:?} at {percent}%");
+            assert!(
+                retried <= 1,
+                "{mode:?} at {percent}%: {retried} searches gave up"
+            );
             assert_fresh(range, &taken, &got);
         }
     }
