@@ -13,7 +13,6 @@
 
 use std::{
     io,
-    marker::PhantomData,
     mem::size_of,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
 };
@@ -64,18 +63,19 @@ pub enum BatchError {
     NoEnd { cmd: &'static str, calls: usize },
 }
 
-/// The map behind `map`, checked to be a hash map whose key and value
-/// sizes are `K`'s and `V`'s; its `max_entries`.
-fn checked<K: Pod, V: Pod>(map: &MapData) -> Result<u32, BatchError> {
+/// `map`, checked to be a hash map whose key size is `K`'s and, when
+/// `value` is given, whose value size is that; its `max_entries`.
+fn checked<K: Pod>(map: &MapData, value: Option<usize>) -> Result<u32, BatchError> {
     let info = map.info()?;
     match info.map_type()? {
         MapType::Hash | MapType::LruHash => {}
         other => return Err(BatchError::MapType(other)),
     }
-    for (what, map_size, rust) in [
-        ("key", info.key_size(), size_of::<K>()),
-        ("value", info.value_size(), size_of::<V>()),
-    ] {
+    let sizes = [
+        Some(("key", info.key_size(), size_of::<K>())),
+        value.map(|v| ("value", info.value_size(), v)),
+    ];
+    for (what, map_size, rust) in sizes.into_iter().flatten() {
         if map_size as usize != rust {
             return Err(BatchError::Size {
                 what,
@@ -125,14 +125,13 @@ pub struct Reader<'m, K, V> {
     max_calls: usize,
     keys: Vec<K>,
     values: Vec<V>,
-    _map: PhantomData<&'m MapData>,
 }
 
 impl<'m, K: Pod, V: Pod> Reader<'m, K, V> {
     /// A walk of `map` that reads up to `chunk` entries per syscall (the
     /// buffers grow when one bucket holds more).
     pub fn new(map: &'m MapData, chunk: usize) -> Result<Self, BatchError> {
-        let max_entries = checked::<K, V>(map)?;
+        let max_entries = checked::<K>(map, Some(size_of::<V>()))?;
         let chunk = chunk.max(1);
         Ok(Self {
             fd: map.fd().as_fd(),
@@ -142,7 +141,6 @@ impl<'m, K: Pod, V: Pod> Reader<'m, K, V> {
             max_calls: max_entries as usize + 64,
             keys: Vec::with_capacity(chunk),
             values: Vec::with_capacity(chunk),
-            _map: PhantomData,
         })
     }
 
@@ -220,18 +218,7 @@ impl<'m, K: Pod, V: Pod> Reader<'m, K, V> {
 /// that is absent (deleted meanwhile) is skipped. How many were deleted.
 pub fn delete<K: Pod>(map: &MapData, keys: &[K]) -> Result<usize, BatchError> {
     const CMD: &str = "BPF_MAP_DELETE_BATCH";
-    let info = map.info()?;
-    if info.key_size() as usize != size_of::<K>() {
-        return Err(BatchError::Size {
-            what: "key",
-            map: info.key_size(),
-            rust: size_of::<K>(),
-        });
-    }
-    match info.map_type()? {
-        MapType::Hash | MapType::LruHash => {}
-        other => return Err(BatchError::MapType(other)),
-    }
+    checked::<K>(map, None)?;
     let fd = map.fd().as_fd();
     let mut rest = keys;
     let mut deleted = 0;
