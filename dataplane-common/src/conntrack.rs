@@ -115,46 +115,13 @@ pub use crate::flow_state::{
     CT_STATE_UDP_STREAM,
 };
 
-/// `FRAGS` key: identifies the fragments of one datagram (RFC 791), in the
-/// direction they travel. Only the first fragment carries the ports; later
-/// ones find them here.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FragKey {
-    pub src_ip: Ipv4,
-    pub dst_ip: Ipv4,
-    /// IPv4 identification, host order.
-    pub id: u16,
-    pub proto: u8,
-    pub _pad: u8,
-}
-assert_no_padding!(FragKey {
-    src_ip: Ipv4,
-    dst_ip: Ipv4,
-    id: u16,
-    proto: u8,
-    _pad: u8,
-});
-
-/// `FRAGS` value: the ports of the datagram's first fragment, host order.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FragPorts {
-    pub src_port: u16,
-    pub dst_port: u16,
-}
-assert_no_padding!(FragPorts {
-    src_port: u16,
-    dst_port: u16,
-});
-
 /// TCP flag bits as they appear in the header's 14th byte.
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
-user_pod!(CtKey, CtEntry, FragKey, FragPorts);
+user_pod!(CtKey, CtEntry);
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod conntrack;
 pub mod csum;
 pub mod flow_state;
+pub mod fragments;
 #[cfg(feature = "host")]
 pub mod mac;
 pub mod maps;
@@ -22,7 +23,8 @@ pub mod testvpc;
 pub mod verdict;
 
 pub use config::{Config, SnatMode};
-pub use conntrack::{CtEntry, CtKey, FragKey, FragPorts};
+pub use conntrack::{CtEntry, CtKey};
+pub use fragments::{FragEntry, FragKey, HeldFragment, HeldKey};
 #[cfg(feature = "host")]
 pub use mac::{MacAddr, MacParseError};
 pub use node::{EniEntry, EniRole, PodEntry, VlanKey};

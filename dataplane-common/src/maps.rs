@@ -9,11 +9,13 @@ pub const CONFIG: &str = "CONFIG";
 pub const CT: &str = "CT";
 pub const SNAT_REV: &str = "SNAT_REV";
 pub const STATS: &str = "STATS";
-pub const FRAGS: &str = "FRAGS";
+pub const FRAG_PORTS: &str = "FRAG_PORTS";
+pub const FRAG_HELD: &str = "FRAG_HELD";
+pub const FRAG_SCRATCH: &str = "FRAG_SCRATCH";
 pub const VLANS: &str = "VLANS";
 
 /// Every map the object declares, in the order the agent pins them.
-pub const ALL: [&str; 10] = [
+pub const ALL: [&str; 12] = [
     PODS,
     ENIS,
     NO_SNAT,
@@ -22,9 +24,17 @@ pub const ALL: [&str; 10] = [
     CT,
     SNAT_REV,
     STATS,
-    FRAGS,
+    FRAG_PORTS,
+    FRAG_HELD,
+    FRAG_SCRATCH,
     VLANS,
 ];
+
+/// Maps earlier versions pinned that this one no longer uses: removed at
+/// start, once this version's maps are loaded. `FRAGS` held a datagram's
+/// ports without its progress (now `FRAG_PORTS`, a new layout under a new
+/// name, since a pinned map keeps the layout it was created with).
+pub const RETIRED: [&str; 1] = ["FRAGS"];
 
 pub const PODS_MAX: usize = 1024;
 pub const ENIS_MAX: usize = 64;
@@ -32,7 +42,10 @@ pub const NO_SNAT_MAX: usize = 4096;
 pub const SERVICE_CIDRS_MAX: usize = 256;
 pub const CT_MAX: usize = 262_144;
 pub const SNAT_REV_MAX: usize = 262_144;
-pub const FRAGS_MAX: usize = 8192;
+pub const FRAG_PORTS_MAX: usize = 8192;
+/// Held frames are 16 KiB each (`fragments::HeldFragment`): 128 of them
+/// take 2 MiB, preallocated.
+pub const FRAG_HELD_MAX: usize = 128;
 pub const VLANS_MAX: usize = 1024;
 
 /// `NO_SNAT` values: why a destination is never SNATed.

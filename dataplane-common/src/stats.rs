@@ -205,6 +205,19 @@ define_stats! {
     /// New flows opened from outside the VPC CIDRs straight to a pod, whose
     /// replies are therefore not SNATed (`from_eni`).
     inbound_new,
+    /// Verdict TC_ACT_SHOT for a packet that is not lost: a later fragment
+    /// held for its first, or a first fragment re-injected with the
+    /// fragments held for it (`from_eni`).
+    consumed,
+    /// Later fragments held because their first fragment had not come yet.
+    frag_held,
+    /// Later fragments that could not be held (all of their datagram's
+    /// slots taken, or a frame too large): handled as before, unknown.
+    frag_unheld,
+    /// Held fragments re-injected once their first fragment came.
+    frag_reinjected,
+    /// `FRAG_PORTS` entries removed because their datagram had passed whole.
+    frag_done,
     drop_malformed_l3,
     drop_malformed_l4,
     drop_nat_no_port,

@@ -1,51 +1,32 @@
-//! Conntrack stage: flow keys, the `CT` entry of a flow, and fragment
-//! tracking (later fragments carry no ports; the first fragment's are
-//! remembered in `FRAGS`).
+//! Conntrack stage: flow keys and the `CT` entry of a flow.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
 use dataplane_common::{
     conntrack::{CT_F_OPENED_BY_PEER, CT_STATE_NEW, TCP_ACK, TCP_SYN},
-    flow_state, CtEntry, CtKey, DropReason, FragKey, FragPorts,
+    flow_state, CtEntry, CtKey, DropReason,
 };
 
 use crate::{
     headers::{ICMP_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
-    maps::{self, Inserted, CT, FRAGS},
+    maps::{self, Inserted, CT},
     parse::{Fragment, Parsed},
 };
 
-/// The packet's flow key in the direction it travels, with the ports of
-/// its datagram's first fragment when it is a later fragment.
+/// The packet's flow key in the direction it travels; a later fragment's
+/// carries its first fragment's ports (`frags::track` found them), and
+/// without them it has none.
 #[inline(always)]
 pub fn flow_key(pkt: &Parsed) -> Result<CtKey, DropReason> {
-    let (src_port, dst_port) = match pkt.fragment {
-        Fragment::None => (pkt.src_port, pkt.dst_port),
-        Fragment::First => {
-            let ports = FragPorts {
-                src_port: pkt.src_port,
-                dst_port: pkt.dst_port,
-            };
-            // Best effort: a full FRAGS only costs the later fragments.
-            let _ = FRAGS.insert(frag_key(pkt), ports, 0);
-            (pkt.src_port, pkt.dst_port)
-        }
-        Fragment::Later => {
-            let ports = maps::frag_ports(&frag_key(pkt)).ok_or(DropReason::FragUnknown)?;
-            (ports.src_port, ports.dst_port)
-        }
-    };
-    Ok(CtKey::new(pkt.src, pkt.dst, src_port, dst_port, pkt.proto))
-}
-
-#[inline(always)]
-fn frag_key(pkt: &Parsed) -> FragKey {
-    FragKey {
-        src_ip: pkt.src,
-        dst_ip: pkt.dst,
-        id: pkt.ip_id,
-        proto: pkt.proto,
-        _pad: 0,
+    if !pkt.ports_known {
+        return Err(DropReason::FragUnknown);
     }
+    Ok(CtKey::new(
+        pkt.src,
+        pkt.dst,
+        pkt.src_port,
+        pkt.dst_port,
+        pkt.proto,
+    ))
 }
 
 pub use crate::skb::now;

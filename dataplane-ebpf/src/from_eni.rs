@@ -10,11 +10,11 @@ use dataplane_common::{
 };
 
 use crate::{
-    conntrack, deliver,
+    conntrack, deliver, frags,
     headers::ETH_HLEN,
     maps,
     nat::{self, ErrorDirection},
-    parse::{self, Parsed},
+    parse::{self, Fragment, Parsed},
     policy::snat_needed,
     skb,
     verdict::Verdict,
@@ -28,6 +28,19 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     if pkt.vlan_id != 0 {
         return from_trunk(ctx, cfg, pkt, stats);
     }
+    match pkt.fragment {
+        Fragment::Later if !pkt.ports_known && for_this_node(cfg, pkt) => {
+            if frags::hold(ctx, pkt, stats) {
+                return Verdict::Consumed;
+            }
+        }
+        Fragment::First => {
+            if frags::release_held(ctx, pkt, stats) {
+                return Verdict::Consumed;
+            }
+        }
+        _ => {}
+    }
     if pkt.dst != cfg.node_ip {
         // Traffic for a local pod (from the VPC); a strict branch pod's only
         // arrives tagged on the trunk.
@@ -40,7 +53,7 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         return icmp_error_to_node(ctx, pkt, stats);
     }
     let Ok(reply) = conntrack::flow_key(pkt) else {
-        // A later fragment of a datagram we did not see start: not ours.
+        // A later fragment that could not be held: the stack's.
         return Verdict::Pass;
     };
     let Some(orig) = maps::snat_orig(&reply) else {
@@ -67,6 +80,14 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     }
     stats.rev_snat += 1;
     hop_into_pod(ctx, cfg, &pod, pkt.l3_off)
+}
+
+/// Whether a fragment is for the node IP or one of its (untagged) pods,
+/// the destinations `run` translates or delivers: only their fragments are
+/// held.
+#[inline(always)]
+fn for_this_node(cfg: &Config, pkt: &Parsed) -> bool {
+    pkt.dst == cfg.node_ip || matches!(maps::pod(&pkt.dst), Some(pod) if pod.vlan_id == 0)
 }
 
 /// Traffic from the VPC for a pod on this node goes straight in, unless it

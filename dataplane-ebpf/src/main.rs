@@ -1,7 +1,7 @@
 //! trunkline's kernel side: four TC programs driven by maps the agent fills.
 //!
 //! Every program has the same shape (`run` below): one shared `parse` of
-//! the packet, then the decision of its hook (`from_pod`, `to_eni`,
+//! the packet and `frags` (a later fragment's ports), then the decision of its hook (`from_pod`, `to_eni`,
 //! `from_eni`, `to_pod`, one file each), which calls the shared stages
 //! (`conntrack`, `nat`, `policy`, `deliver`), then one shared `verdict`
 //! that counts, records and returns the TC action. The maps and their
@@ -28,6 +28,8 @@ mod skb;
 mod conntrack;
 #[deny(unsafe_code)]
 mod deliver;
+#[deny(unsafe_code)]
+mod frags;
 #[deny(unsafe_code)]
 mod from_eni;
 #[deny(unsafe_code)]
@@ -83,8 +85,9 @@ fn run(ctx: &mut TcContext, hook: Hook) -> i32 {
         return verdict::TC_ACT_OK;
     };
     let verdict = match parse::parse(ctx) {
-        Ok(pkt) => {
+        Ok(mut pkt) => {
             stats::count_parsed(stats, &pkt);
+            frags::track(&mut pkt, hook, stats);
             match hook {
                 Hook::ToEni => to_eni::run(ctx, &pkt, stats),
                 Hook::FromEni => from_eni::run(ctx, &pkt, stats),

@@ -7,10 +7,11 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     maps::{
-        CT_MAX, ENIS_MAX, FRAGS_MAX, NO_SNAT_MAX, PODS_MAX, SERVICE_CIDRS_MAX, SNAT_REV_MAX,
-        VLANS_MAX,
+        CT_MAX, ENIS_MAX, FRAG_HELD_MAX, FRAG_PORTS_MAX, NO_SNAT_MAX, PODS_MAX, SERVICE_CIDRS_MAX,
+        SNAT_REV_MAX, VLANS_MAX,
     },
-    Config, CtEntry, CtKey, EniEntry, FragKey, FragPorts, Hook, Ipv4, PodEntry, Stats, VlanKey,
+    Config, CtEntry, CtKey, EniEntry, FragEntry, FragKey, HeldFragment, HeldKey, Hook, Ipv4,
+    PodEntry, Stats, VlanKey,
 };
 
 #[btf_map]
@@ -42,10 +43,22 @@ pub static SNAT_REV: HashMap<CtKey, CtKey, SNAT_REV_MAX> = HashMap::new();
 #[btf_map]
 pub static STATS: PerCpuArray<Stats, { Hook::COUNT }> = PerCpuArray::new();
 
-// LRU: a datagram's entry is only needed until its last fragment passed;
-// evicting an old one costs at most that datagram.
+// LRU: an entry goes when its datagram has passed whole, or when the
+// agent's GC finds it older than the reassembly timeout; evicting one
+// still in use costs at most that datagram.
 #[btf_map]
-pub static FRAGS: LruHashMap<FragKey, FragPorts, FRAGS_MAX> = LruHashMap::new();
+pub static FRAG_PORTS: LruHashMap<FragKey, FragEntry, FRAG_PORTS_MAX> = LruHashMap::new();
+
+// LRU: under a flood of fragments whose first never comes, the oldest
+// held one makes room (the GC also removes them after the timeout).
+#[btf_map]
+pub static FRAG_HELD: LruHashMap<HeldKey, HeldFragment, FRAG_HELD_MAX> = LruHashMap::new();
+
+// Where a frame is copied before it is inserted into `FRAG_HELD`: a map
+// update copies its value from memory of the value's size, and 16 KiB is
+// far beyond the 512-byte stack.
+#[btf_map]
+pub static FRAG_SCRATCH: PerCpuArray<HeldFragment, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static VLANS: HashMap<VlanKey, Ipv4, VLANS_MAX> = HashMap::new();
@@ -115,11 +128,27 @@ pub fn snat_orig(reply: &CtKey) -> Option<CtKey> {
     SNAT_REV.get_ptr(reply).map(|p| unsafe { *p })
 }
 
-/// The ports of a fragmented datagram's first fragment.
+/// A fragmented datagram's entry at one hook, updated in place (only the
+/// CPUs that see its fragments write it; a lost update leaves the entry
+/// to the GC).
 #[inline(always)]
-pub fn frag_ports(key: &FragKey) -> Option<FragPorts> {
-    // SAFETY: see above.
-    FRAGS.get_ptr(key).map(|p| unsafe { *p })
+pub fn frag_entry(key: &FragKey) -> Option<&'static mut FragEntry> {
+    // SAFETY: see above; the reference is not kept past this run.
+    FRAG_PORTS.get_ptr_mut(key).map(|p| unsafe { &mut *p })
+}
+
+/// A held fragment, read in place (16 KiB is no value to copy).
+#[inline(always)]
+pub fn held(key: &HeldKey) -> Option<&'static HeldFragment> {
+    // SAFETY: see above; the reference is not kept past this run.
+    FRAG_HELD.get_ptr(key).map(|p| unsafe { &*p })
+}
+
+/// This CPU's scratch frame (see `FRAG_SCRATCH`).
+#[inline(always)]
+pub fn frag_scratch() -> Option<&'static mut HeldFragment> {
+    // SAFETY: a per-CPU slot, as for `stats`.
+    FRAG_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// A copy of flow `key`'s conntrack entry.

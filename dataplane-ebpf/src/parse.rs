@@ -53,6 +53,13 @@ pub struct Parsed {
     pub proto: u8,
     pub ip_id: u16,
     pub fragment: Fragment,
+    /// The fragment's offset in its datagram, in bytes (0 unless `Later`).
+    pub frag_offset: u16,
+    /// IP_MF: more fragments of this datagram follow.
+    pub more_fragments: bool,
+    /// Whether `src_port`/`dst_port` are the flow's: always, except for a
+    /// later fragment until `frags::track` found its first fragment's.
+    pub ports_known: bool,
     /// TCP/UDP source port; echo request identifier; 0 otherwise.
     pub src_port: u16,
     /// TCP/UDP destination port; echo reply identifier; 0 otherwise.
@@ -69,6 +76,13 @@ impl Parsed {
     #[inline(always)]
     pub fn has_ip_options(&self) -> bool {
         self.l4_off - self.l3_off > IPV4_MIN_HLEN
+    }
+
+    /// Bytes after the IP header: this fragment's share of the datagram.
+    #[inline(always)]
+    pub fn ip_payload_len(&self) -> u16 {
+        self.ip_len
+            .saturating_sub((self.l4_off - self.l3_off) as u16)
     }
 }
 
@@ -206,6 +220,9 @@ pub fn parse(ctx: &mut TcContext) -> Result<Parsed, ParseError> {
         proto: ip.protocol,
         ip_id: u16::from_be(ip.id),
         fragment,
+        frag_offset: (frag_off & IP_OFFSET_MASK) << 3,
+        more_fragments: frag_off & IP_MF != 0,
+        ports_known: fragment != Fragment::Later,
         src_port: 0,
         dst_port: 0,
         icmp_type: 0,

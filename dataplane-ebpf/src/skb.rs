@@ -16,13 +16,14 @@ use core::{
 use aya_ebpf::{
     bindings::bpf_redir_neigh,
     helpers::{
-        bpf_check_mtu, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop, bpf_redirect,
-        bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_vlan_pop,
+        bpf_check_mtu, bpf_clone_redirect, bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_loop,
+        bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_tail,
+        bpf_skb_change_type, bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_skb_vlan_pop,
         bpf_skb_vlan_push,
     },
     programs::TcContext,
 };
-use dataplane_common::Ipv4;
+use dataplane_common::{fragments::HELD_FRAME_BYTES, Ipv4};
 
 const AF_INET: u32 = 2;
 const ETH_P_8021Q_BE: u16 = 0x8100u16.to_be();
@@ -208,4 +209,97 @@ pub fn fits_mtu(ctx: &TcContext, ifindex: u32) -> bool {
     // 1 and 2 (frag needed, a segment too big) say it does not fit; an
     // error (no such device) says nothing, and the redirect decides.
     rc <= 0
+}
+
+/// The shortest frame a buffer copy accepts: an Ethernet header.
+const MIN_FRAME: u64 = 14;
+/// Frame lengths a buffer copy accepts are `MIN_FRAME + (x & LEN_MASK)`.
+const LEN_MASK: u64 = 0x3fff;
+const _: () = assert!(MIN_FRAME + LEN_MASK < HELD_FRAME_BYTES as u64);
+
+/// `len` bounded for the verifier within `[MIN_FRAME, HELD_FRAME_BYTES)`:
+/// computed as `((len - 14) & mask) + 14` in the register the helper call
+/// then takes, so that both bounds hold on it however LLVM copies it (see
+/// `parse::verifier_bounded` for why a comparison alone does not do; a
+/// helper's size must be bounded below too, since it must not be zero).
+/// `None` for lengths the buffer cannot hold or shorter than an Ethernet
+/// header, for which the arithmetic would not be a no-op.
+#[inline(always)]
+fn frame_len(len: u32) -> Option<u32> {
+    let len = len as u64;
+    if !(MIN_FRAME..=MIN_FRAME + LEN_MASK).contains(&len) {
+        return None;
+    }
+    let mut v = len;
+    // SAFETY: three ALU instructions on a register; no memory, no stack,
+    // no control flow.
+    unsafe {
+        core::arch::asm!(
+            "{v} -= {min}",
+            "{v} &= {mask}",
+            "{v} += {min}",
+            v = inout(reg) v,
+            min = const MIN_FRAME,
+            mask = const LEN_MASK,
+            options(pure, nomem, nostack),
+        )
+    };
+    Some(v as u32)
+}
+
+/// Copies the whole frame, from its Ethernet header, into `buf`; its
+/// length, or `None` if it does not fit.
+#[inline(always)]
+pub fn copy_frame(ctx: &TcContext, buf: &mut [u8; HELD_FRAME_BYTES]) -> Option<u32> {
+    let len = frame_len(ctx.len())?;
+    // SAFETY: `buf` holds HELD_FRAME_BYTES > len bytes; the helper reads
+    // the skb (paged or not) and fails if it is shorter than `len`.
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            0,
+            buf.as_mut_ptr() as *mut c_void,
+            len,
+        )
+    };
+    (rc == 0).then_some(len)
+}
+
+/// Makes the packet the first `len` bytes of `frame` (a frame held
+/// earlier), its length and checksum state adjusted. `false` if the
+/// kernel refused; the packet is then in no defined state and must not be
+/// delivered.
+#[inline(always)]
+pub fn replace_frame(ctx: &mut TcContext, frame: &[u8; HELD_FRAME_BYTES], len: u32) -> bool {
+    const BPF_F_RECOMPUTE_CSUM: u64 = 1;
+    let Some(len) = frame_len(len) else {
+        return false;
+    };
+    // SAFETY: helper on this program's skb; it moves packet data, which is
+    // why the context is borrowed mutably.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, len, 0) } != 0 {
+        return false;
+    }
+    // SAFETY: `frame` holds more than `len` bytes; the skb is now `len`
+    // long. RECOMPUTE_CSUM keeps a CHECKSUM_COMPLETE sum right.
+    let rc = unsafe {
+        bpf_skb_store_bytes(
+            ctx.skb.skb,
+            0,
+            frame.as_ptr() as *const c_void,
+            len,
+            BPF_F_RECOMPUTE_CSUM,
+        )
+    };
+    rc == 0
+}
+
+/// `bpf_clone_redirect(ifindex, BPF_F_INGRESS)`: a copy of the packet as it
+/// is now is received again on `ifindex` (through the backlog, so after
+/// this program has returned), and runs that device's ingress programs.
+#[inline(always)]
+pub fn reinject(ctx: &mut TcContext, ifindex: u32) -> bool {
+    const BPF_F_INGRESS: u64 = 1;
+    // SAFETY: helper on this program's skb with plain arguments.
+    unsafe { bpf_clone_redirect(ctx.skb.skb, ifindex, BPF_F_INGRESS) == 0 }
 }

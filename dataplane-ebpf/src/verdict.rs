@@ -23,6 +23,9 @@ pub enum Verdict {
     Redirect { ifindex: u32, how: u32 },
     /// Drop it and count why.
     Drop(DropReason),
+    /// TC_ACT_SHOT for a packet that is not lost: held, or re-injected as
+    /// a copy (`frags`).
+    Consumed,
 }
 
 impl Verdict {
@@ -54,6 +57,10 @@ pub fn apply(ctx: &mut TcContext, stats: &mut Stats, verdict: Verdict) -> i32 {
         Verdict::Drop(reason) => {
             stats.count_drop(reason);
             record(ctx, VERDICT_DROP, 0, reason as u32);
+            TC_ACT_SHOT
+        }
+        Verdict::Consumed => {
+            stats.consumed += 1;
             TC_ACT_SHOT
         }
     }

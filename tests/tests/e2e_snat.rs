@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashSet,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -17,9 +17,14 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use dataplane_common::{Hook, SnatMode};
+use etherparse::IpNumber;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use testbed::{
     drivers::traffic::{self, Background},
-    kernel::object,
+    kernel::{
+        object,
+        packets::{self, Flow, L3_OFF},
+    },
     topology::snat_node::{Plumbing, SnatNode, SnatOptions, INET_IP, NODE_IP, ROUTER_IP},
 };
 use trunkline_agent::{
@@ -115,6 +120,67 @@ fn ttl_limited_ping(n: &SnatNode) -> Result<String> {
             None => "no error reached the pod".into(),
         },
     )
+}
+
+/// A 3,000-byte answer cut into three fragments that reach the node last
+/// first (reordered on the wire): the internet host learns the pod's NAT
+/// address from its query and sends the fragments itself, in reverse, from
+/// a raw socket. Netfilter reassembles before it translates; trunkline
+/// holds the early fragments until the first comes.
+fn reordered_fragmented_answer(n: &SnatNode) -> Result<String> {
+    const PORT: u16 = 7100;
+    let server = n.inet.run_in(|| UdpSocket::bind((INET_IP, PORT)))?;
+    server.set_read_timeout(Some(traffic::timeout()))?;
+    let raw = n
+        .inet
+        .run_in(|| Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(255))))
+        .context("raw socket (IPPROTO_RAW) in the internet host")?;
+    let client = n
+        .pod
+        .run_in(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+    client.set_read_timeout(Some(traffic::timeout()))?;
+    client.send_to(b"send me 3000 bytes", (INET_IP, PORT))?;
+    let mut buf = [0u8; 4096];
+    let (_, peer) = server.recv_from(&mut buf).context("the query")?;
+    let SocketAddr::V4(peer) = peer else {
+        bail!("an IPv4 peer");
+    };
+    let answer: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+    let whole = packets::udp(
+        Flow::new(INET_IP.octets(), peer.ip().octets(), PORT, peer.port()),
+        &answer,
+    );
+    let l4 = &whole[L3_OFF + 20..];
+    let fragments: Vec<Vec<u8>> = l4
+        .chunks(1480)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let more = (i + 1) * 1480 < l4.len();
+            let frame = packets::ipv4_fragment(
+                INET_IP.octets(),
+                peer.ip().octets(),
+                IpNumber::UDP,
+                0x5eed,
+                (i * 1480 / 8) as u16,
+                more,
+                chunk,
+            );
+            frame[L3_OFF..].to_vec()
+        })
+        .collect();
+    let to = SockAddr::from(SocketAddrV4::new(*peer.ip(), 0));
+    for f in fragments.iter().rev() {
+        raw.send_to(f, &to).context("sending a fragment")?;
+    }
+    let (got, from) = client.recv_from(&mut buf).context("the answer")?;
+    if buf[..got] != answer[..] {
+        bail!("answer of {got} bytes, not the 3000 sent");
+    }
+    Ok(format!(
+        "{} fragments last first: {got} bytes intact from {}",
+        fragments.len(),
+        from.ip()
+    ))
 }
 
 fn raise_fd_limit(n: u64) -> Result<()> {
@@ -280,6 +346,17 @@ fn one_shot_udp_churn(n: &SnatNode) -> Result<String> {
     ))
 }
 
+fn counted_reordered_fragments(n: &SnatNode) {
+    let s = n.dataplane().stats().expect("stats");
+    let from_eni = s.hook(Hook::FromEni);
+    assert_eq!(
+        (from_eni.frag_held, from_eni.frag_reinjected),
+        (2, 2),
+        "the two early fragments waited for the first: {from_eni:?}"
+    );
+    assert_eq!(from_eni.drop, 0, "{from_eni:?}");
+}
+
 fn counted_churn(n: &SnatNode) {
     let s = n.dataplane().stats().expect("stats");
     let to_eni = s.hook(Hook::ToEni);
@@ -409,6 +486,13 @@ fn scenarios() -> Vec<Scenario> {
             run: tcp_from_a_jumbo_pod,
             expect: "1 MiB each way, inet saw 192.168.16.10, VPC saw 192.168.31.170",
             counters: counted_mtu_to_stack,
+        },
+        Scenario {
+            name: "fragmented UDP answer, reordered",
+            opts: d,
+            run: reordered_fragmented_answer,
+            expect: "3 fragments last first: 3000 bytes intact from 203.0.113.10",
+            counters: counted_reordered_fragments,
         },
         Scenario {
             name: "TTL-limited ping",

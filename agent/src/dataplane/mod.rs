@@ -4,6 +4,7 @@
 mod attach;
 mod bpffs;
 mod ct_maps;
+mod frag_maps;
 pub mod kernel;
 mod links;
 mod map_pin;
@@ -21,6 +22,7 @@ use dataplane_common::{maps as names, Hook};
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::{ensure_bpffs_dir, is_bpffs};
 pub use ct_maps::{CtMaps, CtView, CtWalk, WALK_CHUNK};
+pub use frag_maps::{FragExpiry, FragMaps};
 pub use links::{links_dir, list_link_pins, remove_link_pin, LinkPin, LINKS_DIR};
 pub use map_pin::{MapOwner, MapSource};
 pub use maps::{read_stats, PinnedStats, StatsByHook};
@@ -112,7 +114,9 @@ impl Dataplane {
             loader.map_max_entries(name, *size);
         }
         let ebpf = loader.load(object)?;
-        Self::finish_load(ebpf, Some(bpf_root.to_path_buf()))
+        let dp = Self::finish_load(ebpf, Some(bpf_root.to_path_buf()))?;
+        remove_retired_pins(bpf_root)?;
+        Ok(dp)
     }
 
     /// Loads `object` with private, unpinned maps (golden-packet tests, benchmarks).
@@ -219,6 +223,25 @@ impl Dataplane {
     pub(crate) fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
     }
+}
+
+/// Unpins the maps an earlier version pinned and this one does not use
+/// (`names::RETIRED`), once this version's programs are loaded: the
+/// programs of the earlier version still attached keep their own
+/// references until they are replaced.
+fn remove_retired_pins(bpf_root: &Path) -> Result<()> {
+    for name in names::RETIRED {
+        let pin = bpf_root.join(name);
+        match std::fs::remove_file(&pin) {
+            Ok(()) => tracing::info!(
+                map = name,
+                "removed the pin of a map this version no longer uses"
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(DataplaneError::Io { path: pin, source }),
+        }
+    }
+    Ok(())
 }
 
 /// `max_entries` of the map pinned as `<bpf_root>/<name>`, if it is there.

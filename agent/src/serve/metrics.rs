@@ -14,7 +14,7 @@ use prometheus_client::{
 use crate::{
     agent::Shared,
     conntrack_gc::GcReport,
-    dataplane::{read_stats, EnisMap, PodsMap},
+    dataplane::{read_stats, EnisMap, FragExpiry, PodsMap},
 };
 
 type Labels = Vec<(String, String)>;
@@ -52,6 +52,7 @@ pub struct Metrics {
     ct_gc_interval: Gauge,
     ct_gc_seconds: Histogram,
     ct_gc_budget_exhausted: Counter,
+    fragments_expired: Family<Labels, Counter>,
     pod_eni_decisions: Family<Labels, Counter>,
     pod_eni_decide_seconds: Histogram,
     branches_revoked: Counter,
@@ -88,6 +89,7 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
             ),
             ct_gc_budget_exhausted: Counter::default(),
+            fragments_expired: Family::default(),
             pod_eni_decisions: Family::default(),
             pod_eni_decide_seconds: rpc_histogram(),
             branches_revoked: Counter::default(),
@@ -174,6 +176,11 @@ impl Metrics {
             m.ct_gc_budget_exhausted.clone(),
         );
         registry.register(
+            "fragments_expired",
+            "Fragment entries GC removed after the 30 s reassembly timeout: datagrams that lost a fragment (map=FRAG_PORTS), and fragments whose first never came (map=FRAG_HELD)",
+            m.fragments_expired.clone(),
+        );
+        registry.register(
             "pod_eni_decisions",
             "AddPod branch decisions in Kubernetes mode, by outcome",
             m.pod_eni_decisions.clone(),
@@ -219,6 +226,21 @@ impl Metrics {
             self.map_entries
                 .get_or_create(&labels(&[("map", name)]))
                 .set(n as i64);
+        }
+    }
+
+    pub fn observe_frag_gc(&self, r: &FragExpiry) {
+        for (name, entries, expired) in [
+            (names::FRAG_PORTS, r.datagrams, r.datagrams_expired),
+            (names::FRAG_HELD, r.held, r.held_expired),
+        ] {
+            let l = labels(&[("map", name)]);
+            self.fragments_expired
+                .get_or_create(&l)
+                .inc_by(expired as u64);
+            self.map_entries
+                .get_or_create(&l)
+                .set(entries.saturating_sub(expired) as i64);
         }
     }
 
@@ -271,6 +293,8 @@ impl Metrics {
         for (name, cap) in [
             (names::NO_SNAT, names::NO_SNAT_MAX),
             (names::SERVICE_CIDRS, names::SERVICE_CIDRS_MAX),
+            (names::FRAG_PORTS, names::FRAG_PORTS_MAX),
+            (names::FRAG_HELD, names::FRAG_HELD_MAX),
             (
                 names::CT,
                 crate::dataplane::pinned_capacity(bpf_root, names::CT)

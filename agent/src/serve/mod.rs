@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use dataplane_common::fragments::FRAG_TIMEOUT_NS;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
 use trunkline_rpc::v1::agent_server::AgentServer;
@@ -29,7 +30,7 @@ use crate::{
     agent::{Agent, Shared},
     config::RunConfig,
     conntrack_gc::{self, Collector, Timeouts},
-    dataplane::{CtMaps, MapOwner},
+    dataplane::{CtMaps, FragMaps, MapOwner},
     node::file::NodeSpec,
 };
 
@@ -150,7 +151,8 @@ async fn serve(config: RunConfig, node: NodeSpec, on_start: OnStart) -> Result<(
     let agent = Shared::new(agent);
     let metrics = Arc::new(Metrics::new());
     let stop = Arc::new(AtomicBool::new(false));
-    let gc = spawn_conntrack_gc(ct, node_ip, metrics.clone(), stop.clone())?;
+    let frags = FragMaps::open(&config.bpf_root).context("opening FRAG_PORTS and FRAG_HELD")?;
+    let gc = spawn_conntrack_gc(ct, frags, node_ip, metrics.clone(), stop.clone())?;
 
     let metrics_l = TcpListener::bind(&config.metrics_addr)
         .await
@@ -198,9 +200,11 @@ async fn serve(config: RunConfig, node: NodeSpec, on_start: OnStart) -> Result<(
 
 /// Conntrack GC on its own thread (a pass over a full table takes long
 /// enough that it must not stall the RPC server), at an interval that
-/// adapts to churn, until `stop`.
+/// adapts to churn, until `stop`; each pass also expires what lost
+/// fragments left in the fragment maps.
 fn spawn_conntrack_gc(
     mut maps: CtMaps,
+    frags: FragMaps,
     node_ip: dataplane_common::Ipv4,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
@@ -223,6 +227,13 @@ fn spawn_conntrack_gc(
                         tracing::debug!(?report, ?took, next = ?interval, "conntrack GC");
                     }
                     Err(e) => tracing::warn!(error = %e, "conntrack GC pass failed"),
+                }
+                match frags.expire(
+                    conntrack_gc::now_coarse_ns(),
+                    Duration::from_nanos(FRAG_TIMEOUT_NS),
+                ) {
+                    Ok(expiry) => metrics.observe_frag_gc(&expiry),
+                    Err(e) => tracing::warn!(error = %e, "fragment GC failed"),
                 }
                 let until = Instant::now() + interval;
                 while Instant::now() < until && !stop.load(Ordering::Relaxed) {

@@ -12,7 +12,7 @@ use std::{collections::BTreeSet, net::Ipv4Addr, sync::Mutex};
 
 use aya::programs::{TestRun, TestRunOptions};
 use dataplane_common::{CtEntry, CtKey, Hook, Stats, VerdictRecord};
-use trunkline_agent::dataplane::{CtMaps, Dataplane, MapOwner, NodeMaps, PodMaps};
+use trunkline_agent::dataplane::{CtMaps, Dataplane, FragMaps, MapOwner, NodeMaps, PodMaps};
 
 use crate::{kernel::skbuff::SkBuff, topology::netns::Netns};
 
@@ -64,6 +64,7 @@ pub struct Golden {
     pub pod_maps: PodMaps,
     pub node_maps: NodeMaps,
     pub ct_maps: CtMaps,
+    pub frag_maps: FragMaps,
     /// Where the programs run; deleted (with its devices) on drop.
     net: Netns,
     /// Ifindexes of the stand-in host veths made in `net` so far.
@@ -84,6 +85,7 @@ impl Golden {
             pod_maps: PodMaps::take_from(&mut dataplane).expect("PODS, VLANS"),
             node_maps: NodeMaps::take_from(&mut dataplane).expect("the node maps"),
             ct_maps: CtMaps::take_from(&mut dataplane).expect("CT, SNAT_REV"),
+            frag_maps: FragMaps::take_from(&mut dataplane).expect("FRAG_PORTS, FRAG_HELD"),
             dataplane,
             net: Netns::new("golden").expect("the golden namespace"),
             veths: Mutex::new(BTreeSet::new()),

@@ -45,6 +45,7 @@ impl Suite {
             Suite::Golden => &[
                 "golden_parser",
                 "golden_snat",
+                "golden_fragments",
                 "golden_steer",
                 "golden_paths",
                 "golden_ct_states",
