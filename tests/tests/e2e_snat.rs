@@ -254,6 +254,159 @@ fn hundred_port_range(n: &SnatNode) -> Result<String> {
 /// that 3,000 exchanges take seconds.
 const CHURN_UDP_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Conntrack timeouts scaled down so a scenario sees them expire in
+/// seconds, the same on both sides: for trunkline the agent's GC with
+/// `timeouts`, every 100 ms, on a thread; for legacy netfilter's own
+/// per-namespace sysctls in the node.
+struct ScaledGc {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ScaledGc {
+    fn start(n: &SnatNode, timeouts: Timeouts, netfilter: &[(&str, Duration)]) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = match &n.dataplane {
+            Some(_) => {
+                let mut maps = CtMaps::open(n.bpffs.path())?;
+                let stop = stop.clone();
+                Some(std::thread::spawn(move || {
+                    let mut gc = Collector::new(timeouts);
+                    while !stop.load(Ordering::Relaxed) {
+                        gc.collect(
+                            &mut maps,
+                            now_coarse_ns(),
+                            NODE_IP.octets(),
+                            &HashSet::new(),
+                        )
+                        .expect("a GC pass");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }))
+            }
+            None => {
+                for (key, t) in netfilter {
+                    n.node.sysctl(key, &t.as_secs().to_string())?;
+                }
+                None
+            }
+        };
+        Ok(Self { stop, thread })
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .map_err(|_| anyhow::anyhow!("the GC thread panicked")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for ScaledGc {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// TIME_WAIT scaled to 2 s (netfilter's is 120 s).
+const POOL_TIME_WAIT: Duration = Duration::from_secs(2);
+
+/// A connection pool's pattern: a connection from a fixed source port is
+/// closed by the server (TIME_WAIT on its side), the pool reconnects from
+/// the same port, then the connection idles past TIME_WAIT's timeout and
+/// is used again. The reopened flow must be an established one: a flow
+/// left "closing" would be cut by conntrack during the idle time, and the
+/// next segment would leave from another port, to be reset by the server.
+fn pooled_tuple_after_time_wait(n: &SnatNode) -> Result<String> {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+    };
+    const POD_PORT: u16 = 41000;
+    let server_at = SocketAddr::from((INET_IP, 5700));
+    let listener = n.inet.run_in(|| TcpListener::bind(server_at))?;
+    let gc = ScaledGc::start(
+        n,
+        Timeouts {
+            tcp_time_wait: POOL_TIME_WAIT,
+            tcp_close: POOL_TIME_WAIT,
+            ..Timeouts::default()
+        },
+        &[
+            (
+                "net.netfilter.nf_conntrack_tcp_timeout_time_wait",
+                POOL_TIME_WAIT,
+            ),
+            (
+                "net.netfilter.nf_conntrack_tcp_timeout_close",
+                POOL_TIME_WAIT,
+            ),
+        ],
+    )?;
+    let connect = || -> Result<TcpStream> {
+        let s = n.pod.run_in(|| -> std::io::Result<TcpStream> {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, POD_PORT)).into())?;
+            s.connect_timeout(&server_at.into(), traffic::timeout())?;
+            s.set_read_timeout(Some(traffic::timeout()))?;
+            Ok(s.into())
+        })?;
+        Ok(s)
+    };
+    let accept = || -> Result<TcpStream> {
+        let (s, _) = listener.accept().context("accept")?;
+        s.set_read_timeout(Some(traffic::timeout()))?;
+        Ok(s)
+    };
+    // One message each way: the server echoes it.
+    let exchange = |client: &mut TcpStream, server: &mut TcpStream, what: &[u8]| -> Result<()> {
+        client.write_all(what).context("pod sends")?;
+        let mut got = vec![0; what.len()];
+        server.read_exact(&mut got).context("server reads")?;
+        server.write_all(&got).context("server answers")?;
+        let mut back = vec![0; what.len()];
+        client
+            .read_exact(&mut back)
+            .context("pod reads the answer")?;
+        if back != what {
+            bail!("answer corrupted");
+        }
+        Ok(())
+    };
+
+    let mut first = connect().context("first connection")?;
+    let mut served = accept()?;
+    exchange(&mut first, &mut served, b"first")?;
+    drop(served); // the server closes first: TIME_WAIT is on its side
+    let mut eof = [0u8; 1];
+    if first.read(&mut eof).context("the server's FIN")? != 0 {
+        bail!("data instead of the server's FIN");
+    }
+    drop(first);
+    // Let the close settle in conntrack (both FINs and the last ACK).
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut second = connect().context("reconnect from the same port")?;
+    let mut served = accept()?;
+    exchange(&mut second, &mut served, b"second")?;
+    let idle = POOL_TIME_WAIT + Duration::from_secs(1);
+    std::thread::sleep(idle);
+    exchange(&mut second, &mut served, b"after the idle").context("after the idle")?;
+    gc.stop()?;
+    Ok(format!(
+        "reused tuple after TIME_WAIT, idle {} s past its {} s timeout: still answered",
+        idle.as_secs(),
+        POOL_TIME_WAIT.as_secs()
+    ))
+}
+
 /// A DNS client's pattern: 3,000 times a new socket, one query to the same
 /// resolver, one answer, close, paced at 250 a second, through 512 NAT
 /// ports. A replied flow that never became a stream frees its port after
@@ -280,38 +433,15 @@ fn one_shot_udp_churn(n: &SnatNode) -> Result<String> {
             }
         })
     };
-    let gc = match &n.dataplane {
-        // Trunkline: the agent's GC with UDP's timeout scaled, every 100 ms.
-        Some(_) => {
-            let mut maps = CtMaps::open(n.bpffs.path())?;
-            let stop = stop.clone();
-            Some(std::thread::spawn(move || {
-                let mut gc = Collector::new(Timeouts {
-                    udp_unreplied: CHURN_UDP_TIMEOUT,
-                    udp_replied: CHURN_UDP_TIMEOUT,
-                    ..Timeouts::default()
-                });
-                while !stop.load(Ordering::Relaxed) {
-                    gc.collect(
-                        &mut maps,
-                        now_coarse_ns(),
-                        NODE_IP.octets(),
-                        &HashSet::new(),
-                    )
-                    .expect("a GC pass");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }))
-        }
-        // Legacy: netfilter's own timeout, the same.
-        None => {
-            n.node.sysctl(
-                "net.netfilter.nf_conntrack_udp_timeout",
-                &CHURN_UDP_TIMEOUT.as_secs().to_string(),
-            )?;
-            None
-        }
-    };
+    let gc = ScaledGc::start(
+        n,
+        Timeouts {
+            udp_unreplied: CHURN_UDP_TIMEOUT,
+            udp_replied: CHURN_UDP_TIMEOUT,
+            ..Timeouts::default()
+        },
+        &[("net.netfilter.nf_conntrack_udp_timeout", CHURN_UDP_TIMEOUT)],
+    )?;
     let dst = SocketAddr::from((INET_IP, 53));
     let answered = n.pod.run_in(|| {
         let start = Instant::now();
@@ -335,10 +465,7 @@ fn one_shot_udp_churn(n: &SnatNode) -> Result<String> {
     });
     stop.store(true, Ordering::Relaxed);
     let _ = resolver.join();
-    if let Some(gc) = gc {
-        gc.join()
-            .map_err(|_| anyhow::anyhow!("the GC thread panicked"))?;
-    }
+    gc.stop()?;
     let ports = ports.lock().map_err(|_| anyhow::anyhow!("port set"))?;
     let in_range = ports.iter().all(|p| (40_000..=40_511).contains(p));
     Ok(format!(
@@ -518,6 +645,13 @@ fn scenarios() -> Vec<Scenario> {
             run: hundred_port_range,
             expect: "100/100 answered (ports in range: true), 101st dropped, then 100/100 again",
             counters: counted_exhaustion,
+        },
+        Scenario {
+            name: "pooled TCP tuple reused after TIME_WAIT, then idle",
+            opts: d,
+            run: pooled_tuple_after_time_wait,
+            expect: "reused tuple after TIME_WAIT, idle 3 s past its 2 s timeout: still answered",
+            counters: counted_snat,
         },
         Scenario {
             name: "3000 one-shot UDP exchanges, 512 ports",

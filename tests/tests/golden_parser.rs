@@ -110,11 +110,21 @@ fn first_and_later_fragments() {
     assert_passed_unchanged(&out, &first);
     assert_counters(&s, &[("pass", 1), ("fragment_first", 1), ("udp", 1)]);
 
-    // Later fragment: offset 2 (16 bytes), no L4 header, even if its bytes are few.
+    // Later fragment: offset 2 (16 bytes), no L4 header, even if its bytes
+    // are few. It is the last (no MF) and the 16 + 2 bytes are all there:
+    // the datagram is done and its entry goes.
     let later = packets::ipv4_fragment(POD, INET, IpNumber::UDP, 0x1234, 2, false, &[9, 9]);
     let (out, s) = run(&mut g, Hook::FromPod, &later);
     assert_passed_unchanged(&out, &later);
-    assert_counters(&s, &[("pass", 1), ("fragment_later", 1), ("udp", 1)]);
+    assert_counters(
+        &s,
+        &[
+            ("pass", 1),
+            ("fragment_later", 1),
+            ("udp", 1),
+            ("frag_done", 1),
+        ],
+    );
 }
 
 #[test]

@@ -135,3 +135,40 @@ fn the_nodes_echo_id_is_kept_from_pod_mappings() {
     let reply = packets::icmp_echo_reply(INET, NODE, id, 1);
     assert_eq!(g.run(Hook::FromEni, &reply).action, TC_ACT_REDIRECT);
 }
+
+/// The record of the node's echo id outlives GC passes for ICMP's timeout
+/// (30 s) after a pass first saw it, as netfilter's entry for the node's
+/// ping does, and goes after; the next echo request records it again.
+/// (Raw ping sockets carry no id in /proc, so GC cannot ask the node.)
+#[test]
+fn the_nodes_echo_id_is_kept_through_gc_for_icmps_timeout() {
+    use std::collections::HashSet;
+    use trunkline_agent::conntrack_gc::{now_coarse_ns, Collector, Timeouts};
+
+    let mut g = node(SnatMode::Sequential, (32768, 65535));
+    let host = packets::icmp_echo(NODE, INET, 778, 1);
+    assert_passed_unchanged(&g.run(Hook::ToEni, &host), &host);
+    // An echo request keys its id as the source port, the reply as the
+    // destination port.
+    let reply_key = CtKey::new(INET, NODE, 0, 778, 1);
+    let recorded = |g: &Golden| g.snat_rev(&reply_key);
+    assert_eq!(
+        recorded(&g),
+        Some(CtKey::new(NODE, INET, 778, 0, 1)),
+        "the node's echo id as an identity entry"
+    );
+    let mut gc = Collector::new(Timeouts::default());
+    let now = now_coarse_ns();
+    let sec = 1_000_000_000u64;
+    let none = HashSet::new();
+    for (at, kept) in [(0, true), (29, true), (31, false)] {
+        let r = gc
+            .collect(&mut g.ct_maps, now + at * sec, NODE, &none)
+            .expect("gc");
+        assert_eq!(recorded(&g).is_some(), kept, "after {at} s: {r:?}");
+    }
+    g.reset_stats();
+    assert_passed_unchanged(&g.run(Hook::ToEni, &host), &host);
+    assert_eq!(g.stats(Hook::ToEni).host_flow, 1, "recorded again");
+    assert!(recorded(&g).is_some());
+}

@@ -23,6 +23,8 @@ use dataplane_common::{
 
 use crate::dataplane::{CtMaps, DataplaneError};
 
+const IPPROTO_ICMP: u8 = 1;
+
 /// Flow timeouts by protocol and state: netfilter's defaults
 /// (`net.netfilter.nf_conntrack_*_timeout*` on 6.x kernels). The table is
 /// in `docs/conntrack.md`.
@@ -161,6 +163,11 @@ pub struct Collector {
     /// Reverse entries without a flow at the last pass: a flow being created
     /// inserts its reverse first, so one sighting is not enough.
     suspect_orphans: HashSet<CtKey>,
+    /// The node's echo ids (identity entries, reply key) and when a pass
+    /// first saw each. Ping sockets are not all in /proc (raw ones carry no
+    /// id there), so an id is kept for ICMP's timeout after it was first
+    /// seen; the data path records it again with the next echo request.
+    host_echoes: HashMap<CtKey, u64>,
 }
 
 impl Default for Collector {
@@ -175,6 +182,7 @@ impl Collector {
             timeouts,
             budget: REMOVAL_BUDGET,
             suspect_orphans: HashSet::new(),
+            host_echoes: HashMap::new(),
         }
     }
 
@@ -256,13 +264,24 @@ impl Collector {
         // What no flow claimed: node connections' identity entries, and
         // reverse entries whose flow is gone.
         let mut suspects = HashSet::new();
+        let mut echoes = HashMap::new();
         let mut stale = Vec::new();
         for (reply, orig) in revs {
             if stale.len() >= pass.budget {
                 report.budget_exhausted = true;
                 break;
             }
-            if orig.src_ip == node_ip && orig.src_port == reply.dst_port {
+            let host = orig.src_ip == node_ip && orig.src_port == reply.dst_port;
+            if host && orig.proto == IPPROTO_ICMP {
+                let first_seen = self.host_echoes.get(&reply).copied().unwrap_or(now_ns);
+                let age = Duration::from_nanos(now_ns.saturating_sub(first_seen));
+                if age > self.timeouts.icmp {
+                    stale.push(reply);
+                    report.host_flows_removed += 1;
+                } else {
+                    echoes.insert(reply, first_seen);
+                }
+            } else if host {
                 if !host_sockets.contains(&orig) {
                     stale.push(reply);
                     report.host_flows_removed += 1;
@@ -276,6 +295,7 @@ impl Collector {
         }
         let stale_removed = maps.remove_rev_batch(&stale)?;
         self.suspect_orphans = suspects;
+        self.host_echoes = echoes;
         report.ct_entries = report.ct_scanned.saturating_sub(pass.ct_removed);
         report.rev_entries =
             (rev_count + report.rev_repaired).saturating_sub(pass.rev_removed + stale_removed);
