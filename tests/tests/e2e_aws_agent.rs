@@ -122,6 +122,10 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
     })?;
 
     let mut sim = SimNode::build()?;
+    // eth1 as EC2 attaches an ENI: down, at the kernel's default MTU, no
+    // address; the agent brings it up once IMDS lists its ENI.
+    sim.node.ip(&["link", "set", "eth1", "down"])?;
+    sim.node.ip(&["link", "set", "eth1", "mtu", "1500"])?;
     // eth0 becomes the instance's primary ENI: its MAC and address.
     sim.node
         .ip(&["link", "set", "eth0", "address", &primary.mac])?;
@@ -232,6 +236,36 @@ fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {
         Ok(found.then_some(()))
     })
     .with_context(|| sim.agent_log())?;
+    // The agent brought the ENI up as aws-node does: up, at TRUNKLINE_MTU
+    // (9001, as AWS_VPC_ENI_MTU), with the ENI's primary IP (a /32: no
+    // subnet route out of a secondary ENI).
+    let link = sim
+        .node
+        .exec_ok("ip", &["-j", "addr", "show", "dev", "eth1"])?;
+    let link: serde_json::Value = serde_json::from_str(&link).context("ip -j addr")?;
+    let link = &link[0];
+    let flags: Vec<&str> = link["flags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str())
+        .collect();
+    assert!(flags.contains(&"UP"), "eth1 up: {link}");
+    assert_eq!(link["mtu"].as_u64(), Some(9001), "eth1 MTU: {link}");
+    let addrs: Vec<(String, u64)> = link["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["family"] == "inet")
+        .filter_map(|a| Some((a["local"].as_str()?.to_string(), a["prefixlen"].as_u64()?)))
+        .collect();
+    assert_eq!(
+        addrs,
+        vec![(second.primary_ip.to_string(), 32)],
+        "eth1 carries its ENI's primary IP: {link}"
+    );
+    let routes = sim.node.exec_ok("ip", &["route", "show", "dev", "eth1"])?;
+    assert!(routes.trim().is_empty(), "no route out of eth1: {routes}");
     // The operators' copy is written once the maps hold the change (a
     // failed apply writes nothing), so it can trail the ENIS entry.
     let copy = sim.state_dir().join("aws-node.toml");

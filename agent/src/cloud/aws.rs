@@ -267,6 +267,38 @@ pub struct Discovered {
     pub spec: NodeSpec,
     /// Where the informational copy of the spec is written.
     pub node_file: PathBuf,
+    /// The MTU secondary ENIs are brought up with (`TRUNKLINE_MTU`, as
+    /// aws-node's `AWS_VPC_ENI_MTU` sets both ENIs and pods).
+    pub eni_mtu: u32,
+}
+
+/// Brings up every secondary ENI IMDS lists whose interface is in the
+/// namespace (see `node::eni_link`). A failure is logged and leaves that
+/// ENI as it was; the next IMDS pass tries again.
+pub async fn bring_up_secondary_enis(info: &NodeInfo, ifaces: &HashMap<String, String>, mtu: u32) {
+    for e in info.enis.iter().filter(|e| e.mac != info.primary_mac) {
+        let (Some(link), Some(ip)) = (ifaces.get(&e.mac), e.local_ipv4s.first()) else {
+            continue;
+        };
+        match crate::node::eni_link::configure(link, mtu, *ip).await {
+            Ok(c) if c.any() => tracing::info!(
+                eni = %e.interface_id,
+                link = %link,
+                mtu,
+                address = %ip,
+                set_up = c.up,
+                mtu_was = c.mtu.map(|m| m.0),
+                address_added = c.address,
+                "secondary ENI configured"
+            ),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(
+                eni = %e.interface_id,
+                error = %err,
+                "could not configure the secondary ENI; retrying with the next IMDS pass"
+            ),
+        }
+    }
 }
 
 /// Discovers the node from IMDS: the run configuration (with aws-node's
@@ -287,11 +319,14 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
         .block_on(Imds::from_env().discover())
         .context("discovering the node from IMDS")?;
     tracing::info!(instance = %info.instance_id, instance_type = %info.instance_type, region = %info.region, enis = info.enis.len(), vpc_cidrs = ?info.vpc_cidrs, "discovered the node from IMDS");
-    let spec = node_spec(&info, &interfaces_by_mac(), &services, true)?;
+    let ifaces = interfaces_by_mac();
+    rt.block_on(bring_up_secondary_enis(&info, &ifaces, config.mtu));
+    let spec = node_spec(&info, &ifaces, &services, true)?;
     let node_file = config.state_dir.join(NODE_FILE);
     write_node_file(&node_file, &spec, &info.instance_id);
     // The aws-node variable wins over the flag's default.
     config.ip_cooldown = pool_env.ip_cooldown;
+    let eni_mtu = config.mtu;
     Ok((
         config,
         Discovered {
@@ -300,6 +335,7 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
             pool_env,
             spec,
             node_file,
+            eni_mtu,
         },
     ))
 }
@@ -387,6 +423,7 @@ async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
             }
         };
         let ifaces = interfaces_by_mac();
+        bring_up_secondary_enis(&info, &ifaces, d.eni_mtu).await;
         let spec = match node_spec(&info, &ifaces, &d.services, false) {
             Ok(s) => s,
             Err(e) => {

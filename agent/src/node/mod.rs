@@ -3,6 +3,7 @@
 //! interfaces of the agent's network namespace, and the addresses local to
 //! it as they come and go.
 
+pub mod eni_link;
 pub mod file;
 pub mod local_addrs;
 pub mod netif;

@@ -64,6 +64,9 @@ impl Suite {
                 "e2e_mini_node",
                 "e2e_agent",
                 "e2e_agent_snat",
+                // SNAT, conntrack timeouts, MTU and fragments against
+                // aws-node's SNAT chain (netfilter of the kernel under test).
+                "e2e_snat",
                 "e2e_steer",
                 "e2e_steer_differential",
                 "e2e_restart",
