@@ -289,6 +289,7 @@ fn main() -> anyhow::Result<()> {
             let config = a.config();
             if aws {
                 let (config, found) = trunkline_agent::cloud::aws::prepare(config)?;
+                trunkline_agent::cloud::aws::bring_up(&found)?;
                 let node = found.spec.clone();
                 trunkline_agent::serve::run_with(
                     config,
@@ -313,6 +314,9 @@ fn main() -> anyhow::Result<()> {
             let (config, node) = if aws {
                 // The node from IMDS.
                 let (config, found) = trunkline_agent::cloud::aws::prepare(run.config())?;
+                if !dry_run {
+                    trunkline_agent::cloud::aws::bring_up(&found)?;
+                }
                 (config, found.spec)
             } else {
                 let config = run.config();
@@ -320,11 +324,16 @@ fn main() -> anyhow::Result<()> {
                 (config, node)
             };
             if dry_run {
+                let policy_api = trunkline_agent::migrate::network_policy::check_api_blocking(
+                    config.kube.access(),
+                    node.node.primary_ip,
+                );
                 let plan = trunkline_agent::migrate::plan(
                     &node,
                     |ip| trunkline_agent::migrate::pool_of(&node, ip),
                     &aws_node_checkpoint,
                     &network_policy_pins,
+                    &policy_api,
                 )?;
                 println!("migration plan (dry run, nothing changed):\n{plan}");
                 if !plan.blockers.is_empty() {

@@ -14,4 +14,7 @@ pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
     ("", "events", &["create"]),
     // The cluster's service CIDRs at start in AWS mode (Kubernetes 1.33+).
     ("networking.k8s.io", "servicecidrs", &["list"]),
+    // Migration from aws-node: the PolicyEndpoints that select this node's
+    // pods (trunkline does not enforce NetworkPolicy yet, so any blocks).
+    ("networking.k8s.aws", "policyendpoints", &["list"]),
 ];

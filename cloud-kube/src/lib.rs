@@ -11,6 +11,7 @@ pub mod annotation;
 pub mod branches;
 pub mod events;
 pub mod pod_watch;
+pub mod policy_endpoints;
 pub mod service_cidrs;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};

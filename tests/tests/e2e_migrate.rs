@@ -246,3 +246,66 @@ fn a_node_where_aws_network_policy_agent_enforces_policies_is_not_migrated() -> 
     traffic::udp_echo(&a.ns, &node.sim.inet, INET_IP, 9200, 2)?;
     Ok(())
 }
+
+/// A NetworkPolicy selects one of the node's pods (its PolicyEndpoint in
+/// the API names the pod and this node's IP) before the node agent has
+/// pinned anything: both the dry run and the migration refuse, naming the
+/// pod and the PolicyEndpoint, and the node is left as it was. A policy
+/// that selects pods of other nodes only does not block.
+#[test]
+fn a_node_whose_pods_a_policy_endpoint_selects_is_not_migrated() -> Result<()> {
+    use serde_json::json;
+    use testbed::fakes::kube_api::FakeApi;
+
+    let node = LegacyNode::build()?;
+    let api = FakeApi::start_in(&node.sim.node)?;
+    let kubeconfig = api.write_kubeconfig(node.sim.dir.path())?;
+    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+    let a = &node.pods[0];
+    let elsewhere = (
+        "default",
+        "db-policy-7k2pq",
+        json!({"podSelectorEndpoints": [
+            {"hostIP": "192.168.40.7", "podIP": "192.168.40.9", "name": "db-0", "namespace": "default"}
+        ]}),
+    );
+    api.set_policy_endpoints(Some(std::slice::from_ref(&elsewhere)));
+    let clear = node.migrate(&["--dry-run", "--kubeconfig", &kubeconfig])?;
+    assert!(
+        clear.status.success(),
+        "a policy for other nodes' pods does not block:\n{}",
+        output(&clear)
+    );
+
+    let here = (
+        "default",
+        "web-policy-x9f3c",
+        json!({"podSelectorEndpoints": [
+            {"hostIP": NODE_IP.to_string(), "podIP": a.ip.to_string(), "name": a.name, "namespace": "default"}
+        ]}),
+    );
+    api.set_policy_endpoints(Some(&[elsewhere, here]));
+    let before = node.legacy_state()?;
+    let dry = node.migrate(&["--dry-run", "--kubeconfig", &kubeconfig])?;
+    let plan = output(&dry);
+    assert!(!dry.status.success(), "the dry run must report it:\n{plan}");
+    let named = format!("default/{} by default/web-policy-x9f3c", a.name);
+    assert!(
+        plan.contains("BLOCKER: NetworkPolicy selects 1 pod(s) of this node")
+            && plan.contains(&named),
+        "{plan}"
+    );
+    let out = node.migrate(&["--kubeconfig", &kubeconfig])?;
+    let said = output(&out);
+    assert!(!out.status.success(), "migrate must refuse:\n{said}");
+    assert!(
+        said.contains("migration blocked, nothing changed") && said.contains(&named),
+        "{said}"
+    );
+    assert_eq!(
+        node.legacy_state()?,
+        before,
+        "the refused migration changed the node"
+    );
+    Ok(())
+}

@@ -319,9 +319,7 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
         .block_on(Imds::from_env().discover())
         .context("discovering the node from IMDS")?;
     tracing::info!(instance = %info.instance_id, instance_type = %info.instance_type, region = %info.region, enis = info.enis.len(), vpc_cidrs = ?info.vpc_cidrs, "discovered the node from IMDS");
-    let ifaces = interfaces_by_mac();
-    rt.block_on(bring_up_secondary_enis(&info, &ifaces, config.mtu));
-    let spec = node_spec(&info, &ifaces, &services, true)?;
+    let spec = node_spec(&info, &interfaces_by_mac(), &services, true)?;
     let node_file = config.state_dir.join(NODE_FILE);
     write_node_file(&node_file, &spec, &info.instance_id);
     // The aws-node variable wins over the flag's default.
@@ -338,6 +336,21 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
             eni_mtu,
         },
     ))
+}
+
+/// Brings up the secondary ENIs `d` found (see [`bring_up_secondary_enis`]):
+/// for `run` and a real `migrate`, not for a dry run, which changes nothing.
+pub fn bring_up(d: &Discovered) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting a runtime for netlink")?;
+    rt.block_on(bring_up_secondary_enis(
+        &d.info,
+        &interfaces_by_mac(),
+        d.eni_mtu,
+    ));
+    Ok(())
 }
 
 /// The interface name of a pool's ENI, if the agent knows it as an ENI

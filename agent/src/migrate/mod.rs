@@ -150,6 +150,7 @@ pub fn plan(
     eni_of: impl Fn(Ipv4Addr) -> Option<String>,
     checkpoint: &Path,
     policy_pins: &Path,
+    policy_api: &network_policy::ApiCheck,
 ) -> Result<Plan> {
     let (legacy, warnings) = aws_node_checkpoint::load(checkpoint)?;
     let mut plan = Plan {
@@ -187,6 +188,11 @@ pub fn plan(
     if !enforced.is_empty() {
         plan.blockers
             .push(network_policy::blocker(policy_pins, &enforced));
+    }
+    match network_policy::api_finding(policy_api) {
+        Some(Err(blocker)) => plan.blockers.push(blocker),
+        Some(Ok(warning)) => plan.warnings.push(warning),
+        None => {}
     }
     for l in legacy_plumbing::links() {
         if is_branch_veth(&l) {
@@ -335,9 +341,16 @@ pub fn migrate(
     ct: &mut CtMaps,
     checkpoint: &Path,
     policy_pins: &Path,
+    policy_api: &network_policy::ApiCheck,
 ) -> Result<Report> {
     let node = agent.node_spec().clone();
-    let plan = plan(&node, |ip| agent.eni_of(ip), checkpoint, policy_pins)?;
+    let plan = plan(
+        &node,
+        |ip| agent.eni_of(ip),
+        checkpoint,
+        policy_pins,
+        policy_api,
+    )?;
     tracing::info!(plan = %plan, "migrating from aws-node");
     let report = execute(agent, ct, &plan)?;
     let mut done = checkpoint.as_os_str().to_owned();
@@ -357,9 +370,10 @@ pub fn run_once(
     policy_pins: &Path,
 ) -> Result<Report> {
     let bpf_root = config.bpf_root.clone();
+    let policy_api = network_policy::check_api_blocking(config.kube.access(), node.node.primary_ip);
     let (mut agent, _) = Agent::start(config, node)?;
     let mut ct = CtMaps::open(&bpf_root).context("opening CT and SNAT_REV")?;
-    migrate(&mut agent, &mut ct, checkpoint, policy_pins)
+    migrate(&mut agent, &mut ct, checkpoint, policy_pins, &policy_api)
 }
 
 /// The ENI whose `pod_ips` in the node file hold `ip` (the dry run has no

@@ -135,11 +135,15 @@ async fn serve(config: RunConfig, node: NodeSpec, on_start: OnStart) -> Result<(
         if checkpoint.exists() {
             // A blocked or failed migration leaves the legacy pods on the
             // legacy plumbing; the agent still serves new pods.
+            let policy_api =
+                crate::migrate::network_policy::check_api(config.kube.access(), agent.node_ip())
+                    .await;
             if let Err(e) = crate::migrate::migrate(
                 &mut agent,
                 &mut ct,
                 checkpoint,
                 std::path::Path::new(crate::migrate::network_policy::DEFAULT_PINS),
+                &policy_api,
             ) {
                 tracing::error!(error = format!("{e:#}"), "migration from aws-node failed");
             }

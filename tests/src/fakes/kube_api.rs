@@ -14,7 +14,9 @@
 //! - `POST /api/v1/namespaces/NS/events` → recorded, 201;
 //! - `GET /apis/networking.k8s.io/v1/servicecidrs` → a ServiceCIDRList once
 //!   [`FakeApi::set_service_cidrs`] says the API is served, else a 404 as
-//!   from a cluster before 1.33.
+//!   from a cluster before 1.33;
+//! - `GET /apis/networking.k8s.aws/v1alpha1/policyendpoints` → a list once
+//!   [`FakeApi::set_policy_endpoints`] installs the CRD, else a 404.
 //!
 //! The listener is bound on 127.0.0.1 inside a test network namespace (the
 //! agent runs there). [`FakeApi::stop`] closes the listener and every
@@ -68,6 +70,9 @@ struct State {
     /// `spec.cidrs` of each ServiceCIDR object by name; `None`: the API is
     /// not served (a cluster before 1.33), so its path is a 404.
     service_cidrs: Option<BTreeMap<String, Vec<String>>>,
+    /// PolicyEndpoint objects (`networking.k8s.aws/v1alpha1`); `None`: the
+    /// CRD is not installed, so its path is a 404.
+    policy_endpoints: Option<Vec<Value>>,
 }
 
 struct Server {
@@ -275,6 +280,20 @@ impl FakeApi {
         lock(&self.state).service_cidrs = objects.map(|o| {
             o.iter()
                 .map(|(n, c)| (n.to_string(), c.iter().map(|s| s.to_string()).collect()))
+                .collect()
+        });
+    }
+
+    /// Serves PolicyEndpoints, as a cluster with aws-network-policy-agent's
+    /// controller does: each `(namespace, name, spec)`; `None` stops
+    /// serving the resource.
+    pub fn set_policy_endpoints(&self, objects: Option<&[(&str, &str, Value)]>) {
+        lock(&self.state).policy_endpoints = objects.map(|o| {
+            o.iter()
+                .map(|(ns, name, spec)| {
+                    json!({"apiVersion": "networking.k8s.aws/v1alpha1", "kind": "PolicyEndpoint",
+                           "metadata": {"namespace": ns, "name": name}, "spec": spec})
+                })
                 .collect()
         });
     }
@@ -488,6 +507,17 @@ async fn handle(
             full(
                 StatusCode::OK,
                 json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDRList",
+                       "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+            )
+        }
+        ("GET", ["apis", "networking.k8s.aws", "v1alpha1", "policyendpoints"])
+            if lock(&state).policy_endpoints.is_some() =>
+        {
+            let s = lock(&state);
+            let items: Vec<Value> = s.policy_endpoints.iter().flatten().cloned().collect();
+            full(
+                StatusCode::OK,
+                json!({"apiVersion": "networking.k8s.aws/v1alpha1", "kind": "PolicyEndpointList",
                        "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
             )
         }
