@@ -6,7 +6,9 @@
 //! - legacy: aws-node's iptables SNAT chain (`AWS-SNAT-CHAIN-0`);
 //! - trunkline: the eBPF data path.
 //!
-//! Ratios matter, not absolute figures: the machine is shared.
+//! Ratios matter, not absolute figures: the machine is shared. The three
+//! nodes are measured in interleaved rounds and reported as median and
+//! range, a claim only where ranges do not overlap (issue #14 item 2).
 
 use std::{
     io::{Read, Write},
@@ -108,12 +110,12 @@ static CONN_FAILURES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// Short TCP connections (connect, 64-byte request, 64-byte response,
 /// close) from the pod for `secs`: connections per second and latency
 /// percentiles of the whole exchange, in µs.
-fn conn_rate(n: &SnatNode, secs: u64) -> Result<(f64, f64, f64)> {
+fn conn_rate(n: &SnatNode, secs: u64, port: u16) -> Result<(f64, f64, f64)> {
     // Thousands of short connections a second: the pod needs the whole
     // port space (closed connections hold theirs in TIME_WAIT).
     n.pod.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
     let secs = secs.min(3);
-    let listener = n.inet.run_in(|| TcpListener::bind((INET_IP, 7100)))?;
+    let listener = n.inet.run_in(|| TcpListener::bind((INET_IP, port)))?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop_srv = stop.clone();
     listener.set_nonblocking(true)?;
@@ -132,7 +134,7 @@ fn conn_rate(n: &SnatNode, secs: u64) -> Result<(f64, f64, f64)> {
             }
         }
     });
-    let dst = SocketAddr::from((INET_IP, 7100));
+    let dst = SocketAddr::from((INET_IP, port));
     // A connection that fails (no answer within 1 s) is counted, not fatal.
     let (mut lat, failed) = n.pod.run_in(move || {
         let mut lat = Vec::new();
@@ -194,7 +196,7 @@ fn cidr_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f
             },
         )?;
         testbed::drivers::legacy::add_exclusions(&legacy.node, &dir, &cidrs)?;
-        let l = conn_rate(&legacy, secs)?.0;
+        let l = conn_rate(&legacy, secs, 7100)?.0;
         drop(legacy);
         let tl = SnatNode::new(
             object,
@@ -206,7 +208,7 @@ fn cidr_sweep(object: &[u8], secs: u64, sizes: &[usize]) -> Result<Vec<(usize, f
         )?;
         let excluded = unused_hosts(n, 10).into_iter().map(ipnet::Ipv4Net::from);
         NodeMaps::open(tl.bpffs.path())?.sync_no_snat(&snat_node::no_snat(excluded))?;
-        let t = conn_rate(&tl, secs)?.0;
+        let t = conn_rate(&tl, secs, 7100)?.0;
         out.push((n, l, t));
         eprintln!("bench: {n} exclusion CIDRs: legacy {l:.0} conn/s, trunkline {t:.0} conn/s");
     }
@@ -340,30 +342,182 @@ fn conntrack_only(quick: bool) -> Result<()> {
     Ok(())
 }
 
+/// One round's headline figures of one setup.
+#[derive(Clone, Copy, Debug, Default)]
+struct Figures {
+    tcp1: f64,
+    tcp4: f64,
+    udp: f64,
+    cps: f64,
+    p50: f64,
+    p99: f64,
+}
+
+/// A headline metric: JSON key, column label, its value, and whether more
+/// is better (throughput) or less (latency).
+struct Metric {
+    key: &'static str,
+    label: &'static str,
+    of: fn(&Figures) -> f64,
+    higher_is_better: bool,
+}
+
+const METRICS: [Metric; 6] = [
+    Metric {
+        key: "tcp1_gbps",
+        label: "TCP 1 stream Gbit/s",
+        of: |f| f.tcp1,
+        higher_is_better: true,
+    },
+    Metric {
+        key: "tcp4_gbps",
+        label: "TCP 4 streams Gbit/s",
+        of: |f| f.tcp4,
+        higher_is_better: true,
+    },
+    Metric {
+        key: "udp64_kpps",
+        label: "UDP 64 B kpps",
+        of: |f| f.udp,
+        higher_is_better: true,
+    },
+    Metric {
+        key: "conn_per_s",
+        label: "TCP conn/s",
+        of: |f| f.cps,
+        higher_is_better: true,
+    },
+    Metric {
+        key: "conn_p50_us",
+        label: "conn p50 µs",
+        of: |f| f.p50,
+        higher_is_better: false,
+    },
+    Metric {
+        key: "conn_p99_us",
+        label: "conn p99 µs",
+        of: |f| f.p99,
+        higher_is_better: false,
+    },
+];
+
+/// Median and range of repeated measurements.
+#[derive(Clone, Copy, Debug)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Spread {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            return Spread {
+                median: 0.0,
+                min: 0.0,
+                max: 0.0,
+            };
+        }
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Spread {
+            median,
+            min: v[0],
+            max: v[v.len() - 1],
+        }
+    }
+
+    fn json(&self) -> Value {
+        json!({"median": self.median, "min": self.min, "max": self.max})
+    }
+}
+
+/// What the ranges of `a` (trunkline) and `b` (a reference) allow to say:
+/// better or worse only where they do not overlap.
+fn claim(a: &Spread, b: &Spread, higher_is_better: bool) -> &'static str {
+    let (above, below) = (a.min > b.max, a.max < b.min);
+    match (above, below, higher_is_better) {
+        (true, _, true) | (_, true, false) => "better",
+        (true, _, false) | (_, true, true) => "worse",
+        _ => "ranges overlap: no claim",
+    }
+}
+
+/// One round of every headline measurement on `n`; `round` picks the
+/// connection-rate server port, so that rounds never meet the previous
+/// rounds' TIME_WAIT entries in either NAT's table.
+fn measure(n: &SnatNode, secs: u64, round: u16) -> Result<Figures> {
+    let tcp1 = tcp_gbps(n, 1, secs)?;
+    let tcp4 = tcp_gbps(n, 4, secs)?;
+    let udp = udp_kpps(n, secs)?;
+    let (cps, p50, p99) = conn_rate(n, secs, 7100 + round)?;
+    Ok(Figures {
+        tcp1,
+        tcp4,
+        udp,
+        cps,
+        p50,
+        p99,
+    })
+}
+
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--conntrack") {
         return conntrack_only(quick);
     }
     let secs = if quick { 2 } else { 5 };
+    let rounds: u16 = if quick { 3 } else { 5 };
     let object = object::bytes();
-    let mut rows = Vec::new();
+    // All three nodes stay up for the whole run and are measured in turn,
+    // round after round (A B C A B C ...): a slow minute of the shared
+    // machine then touches every setup, not one.
+    let mut nodes = Vec::new();
     for s in setups() {
-        eprintln!("bench: {} ...", s.name);
-        let n = SnatNode::new(&object, s.opts)?;
-        let tcp1 = tcp_gbps(&n, 1, secs)?;
-        let tcp4 = tcp_gbps(&n, 4, secs)?;
-        let udp = udp_kpps(&n, secs)?;
-        let (cps, p50, p99) = conn_rate(&n, secs)?;
-        rows.push((s.name, tcp1, tcp4, udp, cps, p50, p99));
+        nodes.push((s.name, SnatNode::new(&object, s.opts)?));
     }
-    let by = |name: &str| rows.iter().find(|r| r.0 == name).copied();
-    let (Some(base), Some(legacy), Some(tl)) = (by("baseline"), by("legacy"), by("trunkline"))
-    else {
-        bail!("missing a setup");
+    let mut figures: Vec<Vec<Figures>> = vec![Vec::new(); nodes.len()];
+    for round in 0..rounds {
+        for (i, (name, n)) in nodes.iter().enumerate() {
+            eprintln!("bench: round {}/{rounds}: {name} ...", round + 1);
+            figures[i].push(measure(n, secs, round)?);
+        }
+    }
+    drop(nodes);
+    let names: Vec<&str> = setups().iter().map(|s| s.name).collect();
+    let of = |name: &str| -> Result<&Vec<Figures>> {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| &figures[i])
+            .with_context(|| format!("missing setup {name}"))
+    };
+    let (base, legacy, tl) = (of("baseline")?, of("legacy")?, of("trunkline")?);
+    let spread = |f: &[Figures], m: &Metric| Spread::of(&f.iter().map(m.of).collect::<Vec<_>>());
+    // Ratios paired by round: both setups of a pair ran minutes apart at most.
+    let ratio = |a: &[Figures], b: &[Figures], m: &Metric| {
+        let r: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| {
+                let (x, y) = ((m.of)(x), (m.of)(y));
+                if y > 0.0 {
+                    x / y
+                } else {
+                    f64::NAN
+                }
+            })
+            .collect();
+        Spread::of(&r)
     };
     let mut md = format!(
-        "# trunkline benchmark\n\nkernel {}, {} CPUs, {} s per measurement{}\n\n",
+        "# trunkline benchmark\n\nkernel {}, {} CPUs, {} s per measurement, {rounds} interleaved rounds{}; every figure is the median (min–max) of the rounds\n\n",
         uname(),
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -371,19 +525,65 @@ fn main() -> Result<()> {
         secs,
         if quick { " (--quick)" } else { "" }
     );
-    md.push_str("| setup | TCP 1 stream Gbit/s | TCP 4 streams Gbit/s | UDP 64 B kpps | TCP conn/s | conn p50 µs | conn p99 µs |\n|---|---|---|---|---|---|---|\n");
-    for r in &rows {
-        md.push_str(&format!(
-            "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {:.0} | {:.0} |\n",
-            r.0, r.1, r.2, r.3, r.4, r.5, r.6
-        ));
+    md.push_str("| setup |");
+    for m in &METRICS {
+        md.push_str(&format!(" {} |", m.label));
     }
-    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-    md.push_str(&format!(
-        "\n| trunkline vs | TCP 1 | TCP 4 | UDP pps | conn/s | p99 latency |\n|---|---|---|---|---|---|\n| legacy | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |\n| baseline | {:.2}× | {:.2}× | {:.2}× | {:.2}× | {:.2}× |\n",
-        ratio(tl.1, legacy.1), ratio(tl.2, legacy.2), ratio(tl.3, legacy.3), ratio(tl.4, legacy.4), ratio(tl.6, legacy.6),
-        ratio(tl.1, base.1), ratio(tl.2, base.2), ratio(tl.3, base.3), ratio(tl.4, base.4), ratio(tl.6, base.6),
-    ));
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(METRICS.len()));
+    md.push('\n');
+    let fmt = |x: f64| {
+        if x >= 100.0 {
+            format!("{x:.0}")
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    for (name, f) in [("baseline", base), ("legacy", legacy), ("trunkline", tl)] {
+        md.push_str(&format!("| {name} |"));
+        for m in &METRICS {
+            let s = spread(f, m);
+            md.push_str(&format!(
+                " {} ({}–{}) |",
+                fmt(s.median),
+                fmt(s.min),
+                fmt(s.max)
+            ));
+        }
+        md.push('\n');
+    }
+    md.push_str("\nRatios, trunkline over the reference, paired by round: median (min–max); a claim only where the two setups' ranges do not overlap.\n\n| metric | vs legacy | claim | vs baseline | claim |\n|---|---|---|---|---|\n");
+    let mut ratios = serde_json::Map::new();
+    for m in &METRICS {
+        let (rl, rb) = (ratio(tl, legacy, m), ratio(tl, base, m));
+        let (cl, cb) = (
+            claim(&spread(tl, m), &spread(legacy, m), m.higher_is_better),
+            claim(&spread(tl, m), &spread(base, m), m.higher_is_better),
+        );
+        md.push_str(&format!(
+            "| {} | {:.2}× ({:.2}–{:.2}) | {cl} | {:.2}× ({:.2}–{:.2}) | {cb} |\n",
+            m.label, rl.median, rl.min, rl.max, rb.median, rb.min, rb.max
+        ));
+        ratios.insert(
+            m.key.into(),
+            json!({"vs_legacy": rl.json(), "vs_legacy_claim": cl, "vs_baseline": rb.json(), "vs_baseline_claim": cb}),
+        );
+    }
+    let setups_json: Vec<Value> = [("baseline", base), ("legacy", legacy), ("trunkline", tl)]
+        .iter()
+        .map(|(name, f)| {
+            let mut o = serde_json::Map::new();
+            o.insert("name".into(), json!(name));
+            for m in &METRICS {
+                o.insert(m.key.into(), spread(f, m).json());
+                o.insert(
+                    format!("{}_rounds", m.key),
+                    json!(f.iter().map(m.of).collect::<Vec<_>>()),
+                );
+            }
+            Value::Object(o)
+        })
+        .collect();
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&dir)?;
     let stamp = std::process::Command::new("date")
@@ -522,8 +722,10 @@ Verifier cost per program and kernel (processed instructions and peak states fro
         "pod_sweep": pods.iter().map(|(n, l, t)| json!({"pods": n, "legacy_kpps": l, "trunkline_kpps": t})).collect::<Vec<_>>(),
         "kernel": uname(),
         "seconds": secs,
+        "rounds": rounds,
         "quick": quick,
-        "setups": rows.iter().map(|r| json!({"name": r.0, "tcp1_gbps": r.1, "tcp4_gbps": r.2, "udp64_kpps": r.3, "conn_per_s": r.4, "conn_p50_us": r.5, "conn_p99_us": r.6})).collect::<Vec<_>>(),
+        "setups": setups_json,
+        "ratios_trunkline_over": ratios,
     });
 
     std::fs::write(dir.join(format!("{stamp}.md")), &md)?;
