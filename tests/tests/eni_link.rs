@@ -1,9 +1,8 @@
 //! A secondary ENI brought up by the agent (AWS mode), on a real link (one
-//! end of a veth pair) in a
-//! namespace of its own: down at MTU 1500 without an address as EC2
-//! attaches it, then up at the requested MTU with its primary IP as a /32;
-//! a second call changes nothing; bad input is refused with the link's
-//! name and leaves it as it was.
+//! end of a veth pair) in a namespace of its own: down at MTU 1500 without
+//! an address as EC2 attaches it, then up at the requested MTU with its
+//! primary IP as a /32; a second call changes nothing; bad input is refused
+//! with the link's name and leaves it as it was.
 
 use std::net::Ipv4Addr;
 
