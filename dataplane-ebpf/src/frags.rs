@@ -81,8 +81,8 @@ pub fn hold(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> bool {
     let frag = key(pkt, Hook::FromEni);
     for slot in 0..HELD_SLOTS {
         let k = HeldKey { frag, slot };
-        // Looked up first: an LRU insert takes (and may evict) a node
-        // before it finds the key taken.
+        // Looked up first: cheaper than an insert refused because the
+        // slot is taken.
         if maps::held(&k).is_some() {
             continue;
         }

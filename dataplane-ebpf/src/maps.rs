@@ -49,10 +49,12 @@ pub static STATS: PerCpuArray<Stats, { Hook::COUNT }> = PerCpuArray::new();
 #[btf_map]
 pub static FRAG_PORTS: LruHashMap<FragKey, FragEntry, FRAG_PORTS_MAX> = LruHashMap::new();
 
-// LRU: under a flood of fragments whose first never comes, the oldest
-// held one makes room (the GC also removes them after the timeout).
+// A plain hash, not LRU: the kernel's LRU maps take free nodes per CPU in
+// batches and evict long before they are full, and with 128 entries that
+// lost held fragments at low occupancy (seen on 6.1). Full, a hold is
+// refused (`frag_unheld`); the GC removes what waited past the timeout.
 #[btf_map]
-pub static FRAG_HELD: LruHashMap<HeldKey, HeldFragment, FRAG_HELD_MAX> = LruHashMap::new();
+pub static FRAG_HELD: HashMap<HeldKey, HeldFragment, FRAG_HELD_MAX> = HashMap::new();
 
 // Where a frame is copied before it is inserted into `FRAG_HELD`: a map
 // update copies its value from memory of the value's size, and 16 KiB is
