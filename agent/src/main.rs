@@ -288,8 +288,8 @@ fn main() -> anyhow::Result<()> {
             let aws = a.node_file.is_none();
             let config = a.config();
             if aws {
-                let (config, found) = trunkline_agent::cloud::aws::prepare(config)?;
-                trunkline_agent::cloud::aws::bring_up(&found)?;
+                let (config, mut found) = trunkline_agent::cloud::aws::prepare(config)?;
+                trunkline_agent::cloud::aws::bring_up(&mut found)?;
                 let node = found.spec.clone();
                 trunkline_agent::serve::run_with(
                     config,
@@ -313,9 +313,9 @@ fn main() -> anyhow::Result<()> {
             let aws = run.node_file.is_none();
             let (config, node) = if aws {
                 // The node from IMDS.
-                let (config, found) = trunkline_agent::cloud::aws::prepare(run.config())?;
+                let (config, mut found) = trunkline_agent::cloud::aws::prepare(run.config())?;
                 if !dry_run {
-                    trunkline_agent::cloud::aws::bring_up(&found)?;
+                    trunkline_agent::cloud::aws::bring_up(&mut found)?;
                 }
                 (config, found.spec)
             } else {

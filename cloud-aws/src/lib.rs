@@ -12,5 +12,7 @@ pub mod warm_pool;
 pub use ec2::{Ec2, Ec2Error, Eni, SdkEc2};
 pub use env::PoolEnv;
 pub use imds::{Imds, NodeInfo};
-pub use reconciler::{Kick, NodeConfig, PassReport, PoolEni, PoolSink, Reconciler};
+pub use reconciler::{
+    trunk_of, Kick, NodeConfig, PassReport, PoolEni, PoolSink, Reconciler, TrunkEni,
+};
 pub use warm_pool::{Limits, Plan};

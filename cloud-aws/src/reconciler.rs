@@ -46,6 +46,17 @@ pub struct PoolEni {
     pub ips: Vec<Ipv4Addr>,
 }
 
+/// The instance's trunk ENI (`InterfaceType` `trunk`), which the VPC
+/// resource controller attaches for security groups for pods: branch ENIs
+/// ride on it as VLANs. Not a pool ENI; the agent steers branch pods
+/// through it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkEni {
+    pub eni_id: String,
+    /// Lower-case MAC: how the agent finds the trunk's interface.
+    pub mac: String,
+}
+
 /// IPAM as the reconciler sees it (the agent implements it on its `Ipam`).
 pub trait PoolSink: Send + Sync {
     /// Pool IPs assigned to pods or cooling down.
@@ -55,6 +66,19 @@ pub trait PoolSink: Send + Sync {
     /// Takes the free ones of `ips` out of the pools and returns them; busy
     /// ones stay (the caller must then not give them back to EC2).
     fn withdraw(&self, ips: &[Ipv4Addr]) -> Vec<Ipv4Addr>;
+    /// The trunk ENI among the instance's ENIs, or `None`, on every pass
+    /// (a sink that has no use for it keeps the default).
+    fn set_trunk(&self, _trunk: Option<&TrunkEni>) {}
+}
+
+/// The instance's trunk ENI among `enis` (EC2 attaches at most one).
+pub fn trunk_of(enis: &[Eni]) -> Option<TrunkEni> {
+    enis.iter()
+        .find(|e| e.interface_type == "trunk")
+        .map(|e| TrunkEni {
+            eni_id: e.id.clone(),
+            mac: e.mac.to_ascii_lowercase(),
+        })
 }
 
 /// The node facts the reconciler needs (from IMDS).
@@ -199,6 +223,7 @@ impl Reconciler {
             })
             .collect();
         self.sink.set_pools(&pools);
+        self.sink.set_trunk(trunk_of(enis).as_ref());
     }
 
     /// One pass: sync IPAM with EC2, plan, apply, sync again.

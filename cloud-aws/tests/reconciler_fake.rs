@@ -11,7 +11,7 @@ use std::{
 use trunkline_aws::{
     ec2::{Attachment, Eni, EniStatus, TAG_INSTANCE_ID, TAG_NO_MANAGE},
     fake::FakeEc2,
-    NodeConfig, PoolEni, PoolEnv, PoolSink, Reconciler,
+    NodeConfig, PoolEni, PoolEnv, PoolSink, Reconciler, TrunkEni,
 };
 
 const INSTANCE: &str = "i-0fake";
@@ -25,6 +25,8 @@ const LIMITS: trunkline_aws::Limits = trunkline_aws::Limits {
 struct MemSink {
     pools: Mutex<HashMap<Ipv4Addr, String>>,
     busy: Mutex<HashSet<Ipv4Addr>>,
+    /// What the last pass said of the trunk (outer `None`: never told).
+    trunk: Mutex<Option<Option<TrunkEni>>>,
 }
 
 impl MemSink {
@@ -73,6 +75,9 @@ impl PoolSink for MemSink {
             .filter(|ip| !busy.contains(ip) && p.remove(ip).is_some())
             .copied()
             .collect()
+    }
+    fn set_trunk(&self, trunk: Option<&TrunkEni>) {
+        *self.trunk.lock().unwrap() = Some(trunk.cloned());
     }
 }
 
@@ -342,4 +347,40 @@ async fn whole_eni_mode_fills_enis_and_sets_tags() {
     assert!(created
         .tags
         .contains_key(trunkline_aws::ec2::TAG_CREATED_AT));
+}
+
+/// The VPC resource controller's trunk ENI (security groups for pods) is
+/// reported to the agent on every pass, by MAC, and never used as a pool:
+/// its IPs are not pod IPs and it gets no assign/unassign.
+#[tokio::test]
+async fn the_trunk_eni_is_reported_and_never_pooled() {
+    let (ec2, sink, mut r) = setup(warm_ip(2));
+    settle(&mut r).await;
+    assert_eq!(
+        *sink.trunk.lock().unwrap(),
+        Some(None),
+        "no trunk attached: the pass says so"
+    );
+    let mut trunk = foreign("eni-trunk", Some(2), &[]);
+    trunk.interface_type = "trunk".into();
+    trunk.mac = "02:FF:00:00:00:02".into();
+    ec2.insert(trunk.clone());
+    settle(&mut r).await;
+    assert_eq!(
+        *sink.trunk.lock().unwrap(),
+        Some(Some(TrunkEni {
+            eni_id: "eni-trunk".into(),
+            mac: "02:ff:00:00:00:02".into(),
+        })),
+        "the trunk, its MAC in lower case as interfaces are matched"
+    );
+    assert_eq!(ec2.lock().enis.get("eni-trunk"), Some(&trunk), "untouched");
+    assert!(
+        !sink
+            .pools
+            .lock()
+            .unwrap()
+            .contains_key(&"10.1.15.2".parse().unwrap()),
+        "a trunk's IPs are not pod IPs"
+    );
 }

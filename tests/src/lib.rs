@@ -39,3 +39,22 @@ pub fn scaled(d: std::time::Duration) -> std::time::Duration {
         .unwrap_or(1);
     d * scale
 }
+
+/// Calls `f` every 200 ms until it gives a value, for at most `limit`:
+/// the value, or an error naming `what`.
+pub fn wait<T>(
+    limit: std::time::Duration,
+    what: &str,
+    mut f: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -15,89 +15,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
-use aws_sdk_ec2::{config::Credentials, types::Filter};
+use anyhow::{Context, Result};
 use testbed::{
     drivers::traffic,
     fakes::{
         imds_fixture::{FixtureEni, ImdsFixture},
         kube_api::FakeApi,
-        moto::Moto,
+        moto::{client, instance_enis, InstanceEni as Ni, Moto},
     },
     topology::{
         ns_forward::NsForward,
         sim_node::SimNode,
         vpc_fabric::{CniPod, Fabric},
     },
+    wait,
 };
 
 const INSTANCE_TYPE: &str = "m5.xlarge";
-
-fn client(endpoint: &str) -> aws_sdk_ec2::Client {
-    let conf = aws_sdk_ec2::Config::builder()
-        .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
-        .region(aws_sdk_ec2::config::Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "tests"))
-        .build();
-    aws_sdk_ec2::Client::from_conf(conf)
-}
-
-struct Ni {
-    id: String,
-    mac: String,
-    primary_ip: Ipv4Addr,
-    device: i32,
-    secondary: Vec<Ipv4Addr>,
-}
-
-async fn instance_enis(c: &aws_sdk_ec2::Client, instance: &str) -> Result<Vec<Ni>> {
-    let r = c
-        .describe_network_interfaces()
-        .filters(
-            Filter::builder()
-                .name("attachment.instance-id")
-                .values(instance)
-                .build(),
-        )
-        .send()
-        .await?;
-    let mut out = Vec::new();
-    for ni in r.network_interfaces() {
-        let mut primary_ip = None;
-        let mut secondary = Vec::new();
-        for a in ni.private_ip_addresses() {
-            let ip: Ipv4Addr = a.private_ip_address().context("ip")?.parse()?;
-            if a.primary() == Some(true) {
-                primary_ip = Some(ip);
-            } else {
-                secondary.push(ip);
-            }
-        }
-        out.push(Ni {
-            id: ni.network_interface_id().context("id")?.into(),
-            mac: ni.mac_address().context("mac")?.to_ascii_lowercase(),
-            primary_ip: primary_ip.context("primary ip")?,
-            device: ni.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
-            secondary,
-        });
-    }
-    out.sort_by_key(|n| n.device);
-    Ok(out)
-}
-
-fn wait<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 #[test]
 fn agent_in_aws_mode_gives_pods_ec2_ips_and_adopts_new_enis() -> Result<()> {

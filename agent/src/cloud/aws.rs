@@ -14,7 +14,9 @@
 //!   VPC CIDRs flow into NO_SNAT (`Agent::apply_node`, which leaves
 //!   established flows alone);
 //! - a free-count watcher kicks the pool as soon as pods take IPs (on the
-//!   agent's published changes).
+//!   agent's published changes);
+//! - the trunk ENI (security groups for pods) enters the spec once EC2
+//!   names it and its gateway answers ARP (`aws_trunk`).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -33,7 +35,10 @@ use trunkline_aws::{
 
 use crate::{
     agent::Shared,
-    cloud::aws_pool::IpamSink,
+    cloud::{
+        aws_pool::IpamSink,
+        aws_trunk::{NodeSink, ReadyTrunk, Resolver, TrunkSlot},
+    },
     config::RunConfig,
     node::file::{EniSection, MacAddr, NodeSection, NodeSpec, Role},
 };
@@ -160,9 +165,27 @@ fn pod_ips(e: &trunkline_aws::imds::ImdsEni) -> Vec<Ipv4Addr> {
     ips
 }
 
+/// What is known of the trunk ENI when the spec is built (see
+/// `aws_trunk`): EC2's trunk, and whether its gateway is resolved.
+#[derive(Clone, Copy, Debug)]
+pub struct TrunkView<'a> {
+    /// The trunk EC2 reports (`None`: none, or EC2 has not said yet).
+    pub eni: Option<&'a trunkline_aws::TrunkEni>,
+    pub ready: Option<&'a ReadyTrunk>,
+}
+
+impl TrunkView<'_> {
+    pub const NONE: TrunkView<'static> = TrunkView {
+        eni: None,
+        ready: None,
+    };
+}
+
 /// The node's desired state from IMDS, checked as a node file is. ENIs
 /// whose interface is not (yet) in the namespace are left out; the
-/// primary's must be there. `pools`: include the ENIs' secondary IPs as pod
+/// primary's must be there. The trunk ENI (`trunk`) has role `trunk` and
+/// its gateway MAC once resolved, and is left out until then rather than
+/// taken for a secondary ENI. `pools`: include the ENIs' secondary IPs as pod
 /// IPs (start) or not (re-reads, where IPAM's pools come from the warm
 /// pool).
 pub fn node_spec(
@@ -170,6 +193,7 @@ pub fn node_spec(
     ifaces: &HashMap<String, String>,
     services: &[Ipv4Net],
     pools: bool,
+    trunk: TrunkView<'_>,
 ) -> Result<NodeSpec> {
     let primary = info.primary_eni().with_context(|| {
         format!(
@@ -206,11 +230,26 @@ pub fn node_spec(
                 e.mac
             )
         })?;
-        let ips = if pools { pod_ips(e) } else { vec![] };
+        let is_trunk = trunk.eni.is_some_and(|t| t.mac == e.mac) && e.mac != info.primary_mac;
+        let gateway_mac = match trunk.ready.filter(|r| r.mac == e.mac) {
+            Some(r) if is_trunk => Some(r.gateway_mac),
+            _ if is_trunk => {
+                tracing::info!(eni = %e.interface_id, "trunk ENI left out until its gateway MAC is resolved");
+                continue;
+            }
+            _ => None,
+        };
+        let ips = if pools && !is_trunk {
+            pod_ips(e)
+        } else {
+            vec![]
+        };
         enis.push(EniSection {
             interface: unspanned(iface.clone()),
             role: if e.mac == info.primary_mac {
                 Role::Primary
+            } else if is_trunk {
+                Role::Trunk
             } else {
                 Role::Secondary
             },
@@ -221,7 +260,7 @@ pub fn node_spec(
                 .into_iter()
                 .map(|ip| toml::Spanned::new(0..0, ip))
                 .collect(),
-            gateway_mac: None,
+            gateway_mac,
         });
     }
     let node = NodeSpec {
@@ -270,6 +309,10 @@ pub struct Discovered {
     /// The MTU secondary ENIs are brought up with (`TRUNKLINE_MTU`, as
     /// aws-node's `AWS_VPC_ENI_MTU` sets both ENIs and pods).
     pub eni_mtu: u32,
+    /// The trunk ENI EC2 reported at start, if any.
+    pub trunk: Option<trunkline_aws::TrunkEni>,
+    /// Its gateway, once [`bring_up`] resolved it.
+    pub ready_trunk: Option<ReadyTrunk>,
 }
 
 /// Brings up every secondary ENI IMDS lists whose interface is in the
@@ -319,7 +362,17 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
         .block_on(Imds::from_env().discover())
         .context("discovering the node from IMDS")?;
     tracing::info!(instance = %info.instance_id, instance_type = %info.instance_type, region = %info.region, enis = info.enis.len(), vpc_cidrs = ?info.vpc_cidrs, "discovered the node from IMDS");
-    let spec = node_spec(&info, &interfaces_by_mac(), &services, true)?;
+    let trunk = rt.block_on(crate::cloud::aws_trunk::at_start(&info));
+    let spec = node_spec(
+        &info,
+        &interfaces_by_mac(),
+        &services,
+        true,
+        TrunkView {
+            eni: trunk.as_ref(),
+            ready: None,
+        },
+    )?;
     let node_file = config.state_dir.join(NODE_FILE);
     write_node_file(&node_file, &spec, &info.instance_id);
     // The aws-node variable wins over the flag's default.
@@ -334,22 +387,40 @@ pub fn prepare(mut config: RunConfig) -> Result<(RunConfig, Discovered)> {
             spec,
             node_file,
             eni_mtu,
+            trunk,
+            ready_trunk: None,
         },
     ))
 }
 
-/// Brings up the secondary ENIs `d` found (see [`bring_up_secondary_enis`]):
-/// for `run` and a real `migrate`, not for a dry run, which changes nothing.
-pub fn bring_up(d: &Discovered) -> Result<()> {
+/// Brings up the secondary ENIs `d` found (see [`bring_up_secondary_enis`])
+/// and the trunk with them, then resolves the trunk's gateway, which puts
+/// the trunk into the start's spec: for `run` and a real `migrate`, not for
+/// a dry run, which changes nothing.
+pub fn bring_up(d: &mut Discovered) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting a runtime for netlink")?;
-    rt.block_on(bring_up_secondary_enis(
-        &d.info,
-        &interfaces_by_mac(),
-        d.eni_mtu,
-    ));
+    let ifaces = interfaces_by_mac();
+    rt.block_on(bring_up_secondary_enis(&d.info, &ifaces, d.eni_mtu));
+    if d.trunk.is_some() {
+        let mut resolver = Resolver::default();
+        d.ready_trunk = rt.block_on(resolver.ready(d.trunk.as_ref(), &d.info, &ifaces));
+        if d.ready_trunk.is_some() {
+            d.spec = node_spec(
+                &d.info,
+                &ifaces,
+                &d.services,
+                true,
+                TrunkView {
+                    eni: d.trunk.as_ref(),
+                    ready: d.ready_trunk.as_ref(),
+                },
+            )?;
+            write_node_file(&d.node_file, &d.spec, &d.info.instance_id);
+        }
+    }
     Ok(())
 }
 
@@ -379,10 +450,11 @@ pub fn spawn(agent: Shared, d: Discovered) {
             .unwrap_or_default(),
         security_groups: primary.map(|p| p.security_groups).unwrap_or_default(),
     };
-    let sink = Arc::new(IpamSink::new(
-        agent.ipam().clone(),
-        pool_name(agent.clone()),
-    ));
+    let trunk = TrunkSlot::new(d.trunk.clone());
+    let sink = Arc::new(NodeSink {
+        pool: IpamSink::new(agent.ipam().clone(), pool_name(agent.clone())),
+        trunk: trunk.clone(),
+    });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let region = d.info.region.clone();
     let env = d.pool_env.clone();
@@ -399,7 +471,7 @@ pub fn spawn(agent: Shared, d: Discovered) {
         let Ok(kick) = kick_rx.await else { return };
         tokio::join!(
             watch_free(agent.clone(), kick.clone()),
-            watch_imds(agent, d, kick)
+            watch_imds(agent, d, kick, trunk)
         );
     });
 }
@@ -421,9 +493,11 @@ async fn watch_free(agent: Shared, kick: Kick) {
     }
 }
 
-/// Re-reads IMDS: new ENIs whose interface appeared, VPC CIDR changes.
-async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
+/// Re-reads IMDS: new ENIs whose interface appeared, VPC CIDR changes,
+/// and the trunk ENI once EC2 names it (`trunk`) and its gateway answers.
+async fn watch_imds(agent: Shared, d: Discovered, kick: Kick, trunk: TrunkSlot) {
     let imds = Imds::from_env();
+    let mut resolver = Resolver::new(d.ready_trunk.clone());
     let mut current = d.spec.clone();
     let mut known: HashSet<String> = HashSet::new();
     loop {
@@ -437,7 +511,13 @@ async fn watch_imds(agent: Shared, d: Discovered, kick: Kick) {
         };
         let ifaces = interfaces_by_mac();
         bring_up_secondary_enis(&info, &ifaces, d.eni_mtu).await;
-        let spec = match node_spec(&info, &ifaces, &d.services, false) {
+        let trunk_eni = trunk.get();
+        let ready = resolver.ready(trunk_eni.as_ref(), &info, &ifaces).await;
+        let view = TrunkView {
+            eni: trunk_eni.as_ref(),
+            ready: ready.as_ref(),
+        };
+        let spec = match node_spec(&info, &ifaces, &d.services, false, view) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(
@@ -511,7 +591,14 @@ mod tests {
     fn renders_a_valid_node_file_with_present_enis_only() {
         let ifaces: HashMap<String, String> =
             [("02:00:00:00:00:01".to_string(), "eth0".to_string())].into();
-        let spec = node_spec(&info(), &ifaces, &["172.20.0.0/16".parse().unwrap()], true).unwrap();
+        let spec = node_spec(
+            &info(),
+            &ifaces,
+            &["172.20.0.0/16".parse().unwrap()],
+            true,
+            TrunkView::NONE,
+        )
+        .unwrap();
         let text = render_node_file(&spec, "i-1").unwrap();
         let nf = NodeSpec::parse(Path::new("t"), &text).unwrap();
         assert_eq!(nf, spec, "the informational file reads back as the spec");
@@ -524,12 +611,67 @@ mod tests {
             ("02:00:00:00:00:02".to_string(), "eth1".to_string()),
         ]
         .into();
-        let nf = node_spec(&info(), &ifaces, &[], false).unwrap();
-        assert!(nf.same_apart_from_pools(&node_spec(&info(), &ifaces, &[], true).unwrap()));
+        let nf = node_spec(&info(), &ifaces, &[], false, TrunkView::NONE).unwrap();
+        assert!(nf.same_apart_from_pools(
+            &node_spec(&info(), &ifaces, &[], true, TrunkView::NONE).unwrap()
+        ));
         assert_eq!(nf.eni.len(), 2);
         assert!(nf.eni.iter().all(|e| e.pod_ips.is_empty()));
         // Without the primary's interface: an error, not a half node.
-        assert!(node_spec(&info(), &HashMap::new(), &[], true).is_err());
+        assert!(node_spec(&info(), &HashMap::new(), &[], true, TrunkView::NONE).is_err());
+    }
+
+    /// eni-b as EC2's trunk: out of the spec until its gateway is known
+    /// (not a secondary ENI meanwhile), then the trunk with that gateway
+    /// MAC and no pod IPs; the file reads back as the spec.
+    #[test]
+    fn the_trunk_eni_enters_the_spec_once_its_gateway_is_known() {
+        let ifaces: HashMap<String, String> = [
+            ("02:00:00:00:00:01".to_string(), "eth0".to_string()),
+            ("02:00:00:00:00:02".to_string(), "eth2".to_string()),
+        ]
+        .into();
+        let trunk = trunkline_aws::TrunkEni {
+            eni_id: "eni-b".into(),
+            mac: "02:00:00:00:00:02".into(),
+        };
+        let waiting = TrunkView {
+            eni: Some(&trunk),
+            ready: None,
+        };
+        let spec = node_spec(&info(), &ifaces, &[], true, waiting).unwrap();
+        assert_eq!(spec.eni.len(), 1, "only the primary: {spec:?}");
+        assert!(spec.trunk_eni().is_none());
+        let ready = ReadyTrunk {
+            eni_id: "eni-b".into(),
+            mac: "02:00:00:00:00:02".into(),
+            gateway_mac: "02:00:00:fe:fe:01".parse().unwrap(),
+        };
+        let view = TrunkView {
+            eni: Some(&trunk),
+            ready: Some(&ready),
+        };
+        let spec = node_spec(&info(), &ifaces, &[], true, view).unwrap();
+        let t = spec.trunk_eni().expect("the trunk");
+        assert_eq!(t.interface.get_ref(), "eth2");
+        assert_eq!(t.gateway_mac, Some(ready.gateway_mac));
+        assert!(t.pod_ips.is_empty());
+        let text = render_node_file(&spec, "i-1").unwrap();
+        assert_eq!(NodeSpec::parse(Path::new("t"), &text).unwrap(), spec);
+        // A resolution left from another trunk ENI does not count.
+        let other = ReadyTrunk {
+            eni_id: "eni-old".into(),
+            mac: "02:00:00:00:00:09".into(),
+            ..ready
+        };
+        let stale = TrunkView {
+            eni: Some(&trunk),
+            ready: Some(&other),
+        };
+        assert!(node_spec(&info(), &ifaces, &[], true, stale)
+            .unwrap()
+            .trunk_eni()
+            .is_none());
     }
 
     #[test]

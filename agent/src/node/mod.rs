@@ -5,6 +5,7 @@
 
 pub mod eni_link;
 pub mod file;
+pub mod gateway_arp;
 pub mod local_addrs;
 pub mod netif;
 pub mod reconcile;

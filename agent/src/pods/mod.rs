@@ -324,7 +324,7 @@ impl Pods {
                     .map(|t| t.interface.get_ref().clone())
                     .ok_or_else(|| {
                         PodError::Conflict(format!(
-                            "{}/{} has a branch ENI but the node has no trunk ENI ([[eni]] with role = \"trunk\")",
+                            "{}/{} has a branch ENI but the node has no trunk ENI (a node file needs an [[eni]] with role = \"trunk\"; in AWS mode the trunk enters once EC2 lists it and its gateway answers ARP)",
                             req.namespace, req.name
                         ))
                     })?;

@@ -1,7 +1,9 @@
-//! A local EC2 API: moto's `moto_server` on a free 127.0.0.1 port, killed
-//! on drop. xtask installs moto into a venv and exports its path in
+//! A local EC2 API: moto's server on a free 127.0.0.1 port, killed on
+//! drop. xtask installs moto into a venv and exports its path in
 //! `TRUNKLINE_MOTO_VENV`; without it the tests fail with how to get it
-//! (never a silent skip).
+//! (never a silent skip). The server runs through `moto_server.py`, which
+//! adds the one thing moto lacks for the trunk ENI: CreateNetworkInterface
+//! keeping its `InterfaceType`.
 
 use std::{
     fs::File,
@@ -14,6 +16,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub const VENV_ENV: &str = "TRUNKLINE_MOTO_VENV";
+/// moto's server with `InterfaceType` kept (see the module doc).
+const LAUNCHER: &str = include_str!("moto_server.py");
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `moto_server` of the venv xtask prepared.
@@ -37,6 +41,8 @@ pub struct Moto {
     child: Option<Child>,
     pub port: u16,
     pub log: PathBuf,
+    /// The launcher written for this server (removed on drop).
+    script: PathBuf,
 }
 
 impl Moto {
@@ -48,19 +54,25 @@ impl Moto {
     /// Starts moto on `port` (a restart keeps the endpoint the clients use).
     pub fn start_on(port: u16) -> Result<Self> {
         let bin = moto_server_bin()?;
+        let python = bin.with_file_name("python3");
         let log = std::env::temp_dir().join(format!("{}.log", crate::unique("tl-moto")));
+        let script = log.with_extension("py");
+        std::fs::write(&script, LAUNCHER)
+            .with_context(|| format!("writing {}", script.display()))?;
         let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(&bin)
+        let child = Command::new(&python)
+            .arg(&script)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("spawning {}", bin.display()))?;
+            .with_context(|| format!("spawning {} {}", python.display(), script.display()))?;
         let mut me = Self {
             child: Some(child),
             port,
             log,
+            script,
         };
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let deadline = Instant::now() + START_TIMEOUT;
@@ -102,6 +114,7 @@ impl Moto {
 impl Drop for Moto {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(&self.script);
     }
 }
 
@@ -149,4 +162,103 @@ pub async fn launch_instance(
         .context("instance id")?
         .to_string();
     Ok((id, subnet))
+}
+
+/// An EC2 client of moto at `endpoint` (region us-east-1, test credentials).
+pub fn client(endpoint: &str) -> aws_sdk_ec2::Client {
+    let conf = aws_sdk_ec2::Config::builder()
+        .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+        .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ))
+        .build();
+    aws_sdk_ec2::Client::from_conf(conf)
+}
+
+/// An ENI attached to the instance, as the tests read it back from moto.
+#[derive(Clone, Debug)]
+pub struct InstanceEni {
+    pub id: String,
+    pub mac: String,
+    pub primary_ip: std::net::Ipv4Addr,
+    pub device: i32,
+    pub secondary: Vec<std::net::Ipv4Addr>,
+    /// EC2's `InterfaceType` (`interface`, `trunk`...).
+    pub interface_type: String,
+}
+
+/// The ENIs attached to `instance`, by device index.
+pub async fn instance_enis(c: &aws_sdk_ec2::Client, instance: &str) -> Result<Vec<InstanceEni>> {
+    let r = c
+        .describe_network_interfaces()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("attachment.instance-id")
+                .values(instance)
+                .build(),
+        )
+        .send()
+        .await?;
+    let mut out = Vec::new();
+    for ni in r.network_interfaces() {
+        let mut primary_ip = None;
+        let mut secondary = Vec::new();
+        for a in ni.private_ip_addresses() {
+            let ip: std::net::Ipv4Addr = a.private_ip_address().context("ip")?.parse()?;
+            if a.primary() == Some(true) {
+                primary_ip = Some(ip);
+            } else {
+                secondary.push(ip);
+            }
+        }
+        out.push(InstanceEni {
+            id: ni.network_interface_id().context("id")?.into(),
+            mac: ni.mac_address().context("mac")?.to_ascii_lowercase(),
+            primary_ip: primary_ip.context("primary ip")?,
+            device: ni.attachment().and_then(|a| a.device_index()).unwrap_or(-1),
+            secondary,
+            interface_type: ni
+                .interface_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+        });
+    }
+    out.sort_by_key(|n| n.device);
+    Ok(out)
+}
+
+/// What the VPC resource controller does for security groups for pods:
+/// a trunk ENI (`InterfaceType` trunk) in `subnet`, attached to `instance`
+/// at `device_index`.
+pub async fn attach_trunk(
+    c: &aws_sdk_ec2::Client,
+    instance: &str,
+    subnet: &str,
+    device_index: i32,
+) -> Result<InstanceEni> {
+    let ni = c
+        .create_network_interface()
+        .subnet_id(subnet)
+        .interface_type(aws_sdk_ec2::types::NetworkInterfaceCreationType::Trunk)
+        .description("trunk ENI (VPC resource controller)")
+        .send()
+        .await?;
+    let id = ni
+        .network_interface()
+        .and_then(|n| n.network_interface_id())
+        .context("trunk ENI id")?
+        .to_string();
+    c.attach_network_interface()
+        .network_interface_id(&id)
+        .instance_id(instance)
+        .device_index(device_index)
+        .send()
+        .await?;
+    instance_enis(c, instance)
+        .await?
+        .into_iter()
+        .find(|n| n.id == id)
+        .context("the trunk ENI is not attached")
 }
