@@ -69,6 +69,10 @@ enum Command {
         /// attempts at 50/90/99 % occupancy), as JSON on stdout.
         #[arg(long)]
         conntrack: bool,
+        /// Only CPU per packet under a fixed load (baseline, legacy,
+        /// trunkline, interleaved rounds) and the programs' own cost.
+        #[arg(long)]
+        cpu: bool,
     },
 }
 
@@ -90,7 +94,11 @@ fn main() -> anyhow::Result<()> {
             suite,
             filter,
         } => vm::vm_test(&kernel, &suite, &filter)?,
-        Command::Bench { quick, conntrack } => run::bench(quick, conntrack)?,
+        Command::Bench {
+            quick,
+            conntrack,
+            cpu,
+        } => run::bench(quick, conntrack, cpu)?,
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ const NEEDED: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("tcpdump", "tcpdump"),
     ("iperf3", "iperf3"),
+    // The bench's fixed-rate packet source (CPU per packet).
+    ("trafgen", "netsniff-ng"),
     ("nft", "nftables"),
     ("iptables", "iptables"),
     ("ping", "iputils-ping"),

@@ -170,7 +170,7 @@ pub fn demo() -> Result<()> {
     )
 }
 
-pub fn bench(quick: bool, conntrack: bool) -> Result<()> {
+pub fn bench(quick: bool, conntrack: bool, cpu: bool) -> Result<()> {
     packages::ensure()?;
     let obj = ebpf::build(true)?;
     // The debug profile: what is measured runs in the kernel (the programs,
@@ -196,6 +196,15 @@ pub fn bench(quick: bool, conntrack: bool) -> Result<()> {
     if conntrack {
         return bench_conntrack(quick, &obj);
     }
+    let bins = paths::target_dir().join("debug");
+    if cpu {
+        let mut bench = Command::new(bins.join("trunkline-bench"));
+        bench.env(OBJECT_ENV, &obj).arg("--cpu");
+        if quick {
+            bench.arg("--quick");
+        }
+        return checked(&mut bench);
+    }
     // The verifier's cost on the host and on the LTS kernels EKS runs.
     let cells = vm::verifier_costs(&[
         vm::Target::Host,
@@ -204,7 +213,6 @@ pub fn bench(quick: bool, conntrack: bool) -> Result<()> {
     ])?;
     let verifier = paths::target_dir().join("verifier-costs.json");
     std::fs::write(&verifier, serde_json::to_string_pretty(&cells)?)?;
-    let bins = paths::target_dir().join("debug");
     checked(Command::new(bins.join("trunkline-pktcost")).env(OBJECT_ENV, &obj))?;
     let mut bench = Command::new(bins.join("trunkline-bench"));
     bench

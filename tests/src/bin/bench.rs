@@ -26,12 +26,18 @@ use serde_json::{json, Value};
 use testbed::{
     drivers::{
         bench_conntrack::{self, GcCost, SearchCost},
+        cpu_cost,
         traffic::Background,
     },
     kernel::object,
     topology::snat_node::{self, Plumbing, SnatNode, SnatOptions, INET_IP},
 };
 use trunkline_agent::dataplane::{MapOwner, NodeMaps, PodMaps};
+
+/// The fixed offered load of the CPU-per-packet figures: well below what
+/// the slowest setup forwards here (over 100 kpps of 64-byte UDP), so all
+/// three deliver all of it and only their CPU time differs.
+const CPU_LOAD_PPS: u32 = 40_000;
 
 struct Setup {
     name: &'static str,
@@ -467,10 +473,164 @@ fn measure(n: &SnatNode, secs: u64, round: u16) -> Result<Figures> {
     })
 }
 
+/// The CPU-per-packet section: per scenario, each setup's ns per delivered
+/// packet (median, min–max over the rounds), trunkline's ratio to legacy
+/// and to the baseline paired by round with a claim only where the ranges
+/// do not overlap, what trunkline adds over plain routing, the chart, and
+/// each program's own cost per run.
+fn cpu_section(
+    cpu: &[cpu_cost::ScenarioCosts],
+    programs: &[cpu_cost::ScenarioPrograms],
+    load: cpu_cost::Load,
+    names: &[&str],
+    dir: &std::path::Path,
+    stamp: &str,
+) -> Result<(String, Value)> {
+    let idx = |name: &str| names.iter().position(|n| *n == name);
+    let (Some(b), Some(l), Some(t)) = (idx("baseline"), idx("legacy"), idx("trunkline")) else {
+        bail!("the CPU figures need the baseline, legacy and trunkline setups");
+    };
+    let mut md = format!(
+        "## CPU per packet (the headline)\n\nA fixed load of {} pps of 64-byte UDP over {} flows for {} s per round (trafgen, `PACKET_TX_RING`), counted and dropped at the receiving device by an nftables ingress rule; the figure is the busy CPU time of the whole machine (`/proc/stat`) per delivered packet, sender and sink included (the same in every setup). Lower is better.\n\n| scenario | delivered | baseline ns | legacy ns | trunkline ns | trunkline / legacy | claim | trunkline / baseline | trunkline − baseline ns |\n|---|---|---|---|---|---|---|---|---|\n",
+        load.pps, load.flows, load.secs
+    );
+    let mut json_rows = Vec::new();
+    let mut groups = Vec::new();
+    for (scenario, per_setup) in cpu {
+        let ns = |i: usize| -> Vec<f64> { per_setup[i].iter().map(|c| c.ns_per_packet).collect() };
+        let (sb, sl, st) = (Spread::of(&ns(b)), Spread::of(&ns(l)), Spread::of(&ns(t)));
+        let paired = |a: &[f64], r: &[f64], f: fn(f64, f64) -> f64| {
+            Spread::of(&a.iter().zip(r).map(|(x, y)| f(*x, *y)).collect::<Vec<_>>())
+        };
+        let vs_legacy = paired(&ns(t), &ns(l), |x, y| x / y);
+        let vs_base = paired(&ns(t), &ns(b), |x, y| x / y);
+        let over_base = paired(&ns(t), &ns(b), |x, y| x - y);
+        let claim_l = claim(&st, &sl, false);
+        let delivered: u64 = per_setup.iter().flatten().map(|c| c.delivered).sum();
+        let offered: u64 = per_setup.iter().flatten().map(|c| c.offered).sum();
+        let r = |s: &Spread| format!("{:.0} ({:.0}–{:.0})", s.median, s.min, s.max);
+        md.push_str(&format!(
+            "| {scenario} | {:.2} % | {} | {} | {} | {:.2}× ({:.2}–{:.2}) | {claim_l} | {:.2}× ({:.2}–{:.2}) | {} |\n",
+            100.0 * delivered as f64 / offered.max(1) as f64,
+            r(&sb),
+            r(&sl),
+            r(&st),
+            vs_legacy.median,
+            vs_legacy.min,
+            vs_legacy.max,
+            vs_base.median,
+            vs_base.min,
+            vs_base.max,
+            r(&over_base),
+        ));
+        json_rows.push(json!({
+            "scenario": scenario,
+            "delivered_share": delivered as f64 / offered.max(1) as f64,
+            "baseline_ns": sb.json(), "legacy_ns": sl.json(), "trunkline_ns": st.json(),
+            "baseline_rounds": ns(b), "legacy_rounds": ns(l), "trunkline_rounds": ns(t),
+            "trunkline_over_legacy": vs_legacy.json(), "claim_vs_legacy": claim_l,
+            "trunkline_over_baseline": vs_base.json(), "trunkline_minus_baseline_ns": over_base.json(),
+        }));
+        let ranged = |s: &Spread| testbed::drivers::charts::Ranged {
+            median: s.median,
+            min: s.min,
+            max: s.max,
+        };
+        groups.push((
+            scenario.to_string(),
+            vec![ranged(&sb), ranged(&sl), ranged(&st)],
+        ));
+    }
+    let chart = format!("{stamp}-cpu.svg");
+    testbed::drivers::charts::bars(
+        &dir.join(&chart),
+        "CPU per delivered packet (median, min–max)",
+        "ns per packet",
+        &["baseline", "legacy", "trunkline"],
+        &groups,
+    )?;
+    md.push_str(&format!("\n![CPU per packet]({chart})\n\nThe programs' own cost under the same load (one more pass on the trunkline node with `BPF_ENABLE_STATS`: run time / runs):\n\n| scenario | program | ns per run | runs |\n|---|---|---|---|\n"));
+    let mut json_programs = Vec::new();
+    for (scenario, progs) in programs {
+        for (prog, (ns, runs)) in progs {
+            md.push_str(&format!("| {scenario} | {prog} | {ns:.0} | {runs} |\n"));
+            json_programs.push(
+                json!({"scenario": scenario, "program": prog, "ns_per_run": ns, "runs": runs}),
+            );
+        }
+    }
+    Ok((
+        md,
+        json!({"load_pps": load.pps, "flows": load.flows, "seconds": load.secs, "scenarios": json_rows, "programs": json_programs}),
+    ))
+}
+
+/// The results directory and a UTC timestamp for file names.
+fn results_dir() -> Result<(std::path::PathBuf, String)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = std::process::Command::new("date")
+        .arg("+%Y%m%dT%H%M%SZ")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "run".into());
+    Ok((dir, stamp))
+}
+
+/// `--cpu`: only the CPU-per-packet section (same rounds and load as the
+/// full run), written to `<stamp>-cpu.{md,json}` beside its chart.
+fn cpu_only(quick: bool) -> Result<()> {
+    let (secs, rounds) = if quick { (2, 3) } else { (5, 5) };
+    let object = object::bytes();
+    let mut nodes = Vec::new();
+    for s in setups() {
+        nodes.push((s.name, SnatNode::new(&object, s.opts)?));
+    }
+    let load = cpu_cost::Load {
+        pps: CPU_LOAD_PPS,
+        secs,
+        flows: 256,
+    };
+    let scratch = testbed::topology::sim_node::TempDir::new("bench")?;
+    let refs: Vec<(&str, &SnatNode)> = nodes.iter().map(|(name, n)| (*name, n)).collect();
+    let cpu = cpu_cost::rounds(&refs, load, rounds, scratch.path())?;
+    let tl = refs
+        .iter()
+        .find(|(name, _)| *name == "trunkline")
+        .map(|(_, n)| *n)
+        .context("no trunkline node")?;
+    let programs = cpu_cost::program_costs(tl, load, scratch.path())?;
+    let names: Vec<&str> = refs.iter().map(|(n, _)| *n).collect();
+    let (dir, stamp) = results_dir()?;
+    let (md, json) = cpu_section(&cpu, &programs, load, &names, &dir, &stamp)?;
+    let md = format!(
+        "# trunkline benchmark: CPU per packet\n\nkernel {}, {} CPUs, {rounds} interleaved rounds{}\n\n{md}",
+        uname(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        if quick { " (--quick)" } else { "" }
+    );
+    std::fs::write(dir.join(format!("{stamp}-cpu.md")), &md)?;
+    std::fs::write(
+        dir.join(format!("{stamp}-cpu.json")),
+        serde_json::to_string_pretty(
+            &json!({"kernel": uname(), "rounds": rounds, "cpu_per_packet": json}),
+        )?,
+    )?;
+    print!("{md}");
+    println!("\nwritten to bench/results/{stamp}-cpu.{{md,json,svg}}");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--conntrack") {
         return conntrack_only(quick);
+    }
+    if std::env::args().any(|a| a == "--cpu") {
+        return cpu_only(quick);
     }
     let secs = if quick { 2 } else { 5 };
     let rounds: u16 = if quick { 3 } else { 5 };
@@ -489,6 +649,23 @@ fn main() -> Result<()> {
             figures[i].push(measure(n, secs, round)?);
         }
     }
+    // CPU per packet under a fixed load (the headline), interleaved the
+    // same way, then each program's own cost on the trunkline node.
+    let load = cpu_cost::Load {
+        pps: CPU_LOAD_PPS,
+        secs: secs as u32,
+        flows: 256,
+    };
+    let scratch = testbed::topology::sim_node::TempDir::new("bench")?;
+    let refs: Vec<(&str, &SnatNode)> = nodes.iter().map(|(name, n)| (*name, n)).collect();
+    let cpu = cpu_cost::rounds(&refs, load, rounds as usize, scratch.path())?;
+    let tl_node = refs
+        .iter()
+        .find(|(name, _)| *name == "trunkline")
+        .map(|(_, n)| *n)
+        .context("no trunkline node")?;
+    let programs = cpu_cost::program_costs(tl_node, load, scratch.path())?;
+    drop(refs);
     drop(nodes);
     let names: Vec<&str> = setups().iter().map(|s| s.name).collect();
     let of = |name: &str| -> Result<&Vec<Figures>> {
@@ -516,6 +693,7 @@ fn main() -> Result<()> {
             .collect();
         Spread::of(&r)
     };
+    let (dir, stamp) = results_dir()?;
     let mut md = format!(
         "# trunkline benchmark\n\nkernel {}, {} CPUs, {} s per measurement, {rounds} interleaved rounds{}; every figure is the median (min–max) of the rounds\n\n",
         uname(),
@@ -525,7 +703,9 @@ fn main() -> Result<()> {
         secs,
         if quick { " (--quick)" } else { "" }
     );
-    md.push_str("| setup |");
+    let (cpu_md, cpu_json) = cpu_section(&cpu, &programs, load, &names, &dir, &stamp)?;
+    md.push_str(&cpu_md);
+    md.push_str("\n## Throughput and connection rate (end hosts included)\n\n| setup |");
     for m in &METRICS {
         md.push_str(&format!(" {} |", m.label));
     }
@@ -584,14 +764,6 @@ fn main() -> Result<()> {
             Value::Object(o)
         })
         .collect();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
-    std::fs::create_dir_all(&dir)?;
-    let stamp = std::process::Command::new("date")
-        .arg("+%Y%m%dT%H%M%SZ")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|_| "run".into());
     let (cidr_sizes, pod_sizes): (&[usize], &[usize]) = if quick {
         (&[1, 1000], &[1, 250])
     } else {
@@ -720,6 +892,7 @@ Verifier cost per program and kernel (processed instructions and peak states fro
         "cidr_change_ms": {"trunkline": cidr_tl_ms, "legacy": cidr_legacy_ms},
         "cidr_sweep": cidrs.iter().map(|(n, l, t)| json!({"cidrs": n, "legacy_conn_per_s": l, "trunkline_conn_per_s": t})).collect::<Vec<_>>(),
         "pod_sweep": pods.iter().map(|(n, l, t)| json!({"pods": n, "legacy_kpps": l, "trunkline_kpps": t})).collect::<Vec<_>>(),
+        "cpu_per_packet": cpu_json,
         "kernel": uname(),
         "seconds": secs,
         "rounds": rounds,

@@ -7,5 +7,6 @@ pub mod bench_control;
 pub mod binaries;
 pub mod charts;
 pub mod cni;
+pub mod cpu_cost;
 pub mod legacy;
 pub mod traffic;
