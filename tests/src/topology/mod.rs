@@ -1,6 +1,7 @@
 //! Network namespaces and the nodes built from them: veths, routes, the
 //! simulated VPC and its trunk, each a guard that removes itself on drop.
 
+pub mod cluster;
 pub mod legacy_node;
 pub mod mini_node;
 pub mod netns;

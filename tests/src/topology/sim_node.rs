@@ -74,24 +74,14 @@ pub fn pod_ips(eni: &str) -> Vec<Ipv4Addr> {
 
 /// The node file, in the format of the issue.
 pub fn node_file(eth0_ips: &[Ipv4Addr], eth1_ips: &[Ipv4Addr]) -> String {
-    let list = |ips: &[Ipv4Addr]| {
-        ips.iter()
-            .map(|i| format!("\"{i}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let mut s = format!(
-        "[node]\nprimary_ip = \"{NODE_IP}\"\nvpc_cidrs = [\"192.168.0.0/16\", \"100.64.0.0/16\"]\nservice_cidrs = [\"10.100.0.0/16\"]\n"
-    );
+    let mut s = node_section(NODE_IP);
     for (link, role, mac, ip) in ENIS {
         let ips = match link {
-            "eth0" => list(eth0_ips),
-            "eth1" => list(eth1_ips),
-            _ => String::new(),
+            "eth0" => eth0_ips,
+            "eth1" => eth1_ips,
+            _ => &[],
         };
-        s.push_str(&format!(
-            "[[eni]]\ninterface = \"{link}\"\nrole = \"{role}\"\nmac = \"{mac}\"\nprimary_ip = \"{ip}\"\nsubnet = \"{SUBNET}\"\npod_ips = [{ips}]\n"
-        ));
+        s.push_str(&eni_section(link, role, mac, ip, ips));
         if role == "trunk" {
             s.push_str(&format!("gateway_mac = \"{VPC_GATEWAY_MAC}\"\n"));
         }
@@ -101,6 +91,35 @@ pub fn node_file(eth0_ips: &[Ipv4Addr], eth1_ips: &[Ipv4Addr]) -> String {
         BRANCH_POD.0, BRANCH_POD.1
     ));
     s
+}
+
+/// The `[node]` section of a node file for a node whose primary IP is
+/// `primary_ip`: the VPC's CIDRs and the Service CIDR 10.100.0.0/16 (so
+/// that trunkline leaves Service traffic to kube-proxy). Shared by the
+/// single simulated node and the nodes of a simulated cluster.
+pub fn node_section(primary_ip: Ipv4Addr) -> String {
+    format!(
+        "[node]\nprimary_ip = \"{primary_ip}\"\nvpc_cidrs = [\"192.168.0.0/16\", \"100.64.0.0/16\"]\nservice_cidrs = [\"10.100.0.0/16\"]\n"
+    )
+}
+
+/// One `[[eni]]` section of a node file: an ENI on the node subnet with
+/// the pod IPs it may give.
+pub fn eni_section(
+    link: &str,
+    role: &str,
+    mac: &str,
+    ip: Ipv4Addr,
+    pod_ips: &[Ipv4Addr],
+) -> String {
+    let ips = pod_ips
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[[eni]]\ninterface = \"{link}\"\nrole = \"{role}\"\nmac = \"{mac}\"\nprimary_ip = \"{ip}\"\nsubnet = \"{SUBNET}\"\npod_ips = [{ips}]\n"
+    )
 }
 
 /// A directory under the temp dir removed on drop.
@@ -121,6 +140,48 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The "vpc" namespace: the node subnet as bridge `br0` with the gateway
+/// 192.168.0.1/19 on it and a fixed gateway MAC (the node file gives it for
+/// the trunk). The ENI ports are the caller's.
+pub fn vpc_router() -> Result<Netns> {
+    let vpc = Netns::new("vpc")?;
+    vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
+    vpc.ip(&["link", "set", "br0", "address", VPC_GATEWAY_MAC])?;
+    vpc.ip(&["addr", "add", VPC_GATEWAY, "dev", "br0"])?;
+    vpc.ip(&["link", "set", "br0", "up"])?;
+    Ok(vpc)
+}
+
+/// The two hosts the VPC routes to besides the node subnet: "peer"
+/// (192.168.64.10, another VPC subnet) and "inet" (203.0.113.10, outside
+/// the VPC CIDRs), each behind its own veth from `vpc`.
+pub fn vpc_peers(vpc: &Netns) -> Result<(Netns, Netns)> {
+    let peer = Netns::new("peer")?;
+    let inet = Netns::new("inet")?;
+    for (ns, vpc_end, vpc_ip, ip, gw) in [
+        (
+            &peer,
+            "to-peer",
+            "192.168.64.1/24",
+            "192.168.64.10/24",
+            "192.168.64.1",
+        ),
+        (
+            &inet,
+            "to-inet",
+            "203.0.113.1/24",
+            "203.0.113.10/24",
+            "203.0.113.1",
+        ),
+    ] {
+        veth(vpc, vpc_end, ns, "eth0")?;
+        vpc.ip(&["addr", "add", vpc_ip, "dev", vpc_end])?;
+        ns.ip(&["addr", "add", ip, "dev", "eth0"])?;
+        ns.ip(&["route", "add", "default", "via", gw])?;
+    }
+    Ok((peer, inet))
 }
 
 pub struct SimNode {
@@ -161,13 +222,8 @@ impl SimNode {
     pub fn build() -> Result<Self> {
         let dir = TempDir::new("sim")?;
         let bpffs = BpffsMount::new()?;
-        let vpc = Netns::new("vpc")?;
+        let vpc = vpc_router()?;
         let node = Netns::new("node")?;
-        vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
-        // A fixed gateway MAC: the node file gives it for the trunk.
-        vpc.ip(&["link", "set", "br0", "address", VPC_GATEWAY_MAC])?;
-        vpc.ip(&["addr", "add", VPC_GATEWAY, "dev", "br0"])?;
-        vpc.ip(&["link", "set", "br0", "up"])?;
         for (link, _, mac, _) in ENIS {
             let port = format!("n-{link}");
             veth(&node, link, &vpc, &port)?;
@@ -175,29 +231,7 @@ impl SimNode {
             vpc.ip(&["link", "set", &port, "master", "br0"])?;
         }
         node.ip(&["addr", "add", &format!("{NODE_IP}/19"), "dev", "eth0"])?;
-        let peer = Netns::new("peer")?;
-        let inet = Netns::new("inet")?;
-        for (ns, vpc_end, vpc_ip, ip, gw) in [
-            (
-                &peer,
-                "to-peer",
-                "192.168.64.1/24",
-                "192.168.64.10/24",
-                "192.168.64.1",
-            ),
-            (
-                &inet,
-                "to-inet",
-                "203.0.113.1/24",
-                "203.0.113.10/24",
-                "203.0.113.1",
-            ),
-        ] {
-            veth(&vpc, vpc_end, ns, "eth0")?;
-            vpc.ip(&["addr", "add", vpc_ip, "dev", vpc_end])?;
-            ns.ip(&["addr", "add", ip, "dev", "eth0"])?;
-            ns.ip(&["route", "add", "default", "via", gw])?;
-        }
+        let (peer, inet) = vpc_peers(&vpc)?;
         vpc.sysctl("net.ipv4.ip_forward", "1")?;
         Ok(Self {
             agent: None,

@@ -48,25 +48,11 @@ impl Fabric {
         sim.node.sysctl("net.ipv4.ip_forward", "1")?;
         sim.vpc.sysctl("net.ipv4.conf.br0.proxy_arp", "1")?;
         sim.vpc.sysctl("net.ipv4.conf.br0.proxy_arp_pvlan", "1")?;
-        let mut rules = format!("table bridge {TABLE} {{\n");
-        for (link, ..) in ENIS {
-            rules.push_str(&format!("  set own_{link} {{ type ipv4_addr; }}\n"));
-        }
-        rules.push_str(
-            "  chain pre {\n    type filter hook prerouting priority 0; policy accept;\n",
-        );
-        for (link, ..) in ENIS {
-            let p = port(link);
-            rules.push_str(&format!(
-                "    iifname \"{p}\" ether type ip ip saddr @own_{link} counter accept comment \"pass-{link}\"\n"
-            ));
-            rules.push_str(&format!(
-                "    iifname \"{p}\" ether type ip counter drop comment \"drop-{link}\"\n"
-            ));
-        }
-        rules.push_str("  }\n}\n");
+        let ports: Vec<(&str, String)> =
+            ENIS.iter().map(|(link, ..)| (*link, port(link))).collect();
+        let ports: Vec<(&str, &str)> = ports.iter().map(|(k, p)| (*k, p.as_str())).collect();
         let file = sim.dir.path().join("vpc.nft");
-        std::fs::write(&file, rules)?;
+        std::fs::write(&file, source_check_rules(&ports))?;
         sim.vpc.exec_ok("nft", &["-f", &file.to_string_lossy()])?;
         for (link, _, _, ip) in ENIS {
             own(sim, link, ip)?;
@@ -109,66 +95,105 @@ impl Fabric {
 
     /// Packets the source check passed and dropped on `link`'s port.
     pub fn source_check(&self, sim: &SimNode, link: &str) -> Result<(u64, u64)> {
-        let out = sim
-            .vpc
-            .exec_ok("nft", &["-j", "list", "chain", "bridge", TABLE, "pre"])?;
-        let v: Value = serde_json::from_str(&out).context("nft JSON")?;
-        let mut passed = None;
-        let mut dropped = None;
-        for item in v["nftables"].as_array().into_iter().flatten() {
-            let rule = &item["rule"];
-            let Some(comment) = rule["comment"].as_str() else {
-                continue;
-            };
-            let packets = rule["expr"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find_map(|e| e["counter"]["packets"].as_u64());
-            if comment == format!("pass-{link}") {
-                passed = packets;
-            } else if comment == format!("drop-{link}") {
-                dropped = packets;
-            }
-        }
-        match (passed, dropped) {
-            (Some(p), Some(d)) => Ok((p, d)),
-            _ => bail!("no source-check counters for {link}: {out}"),
-        }
+        source_check_counters(&sim.vpc, link)
     }
 }
 
-/// `link`'s ENI owns `ip` in the VPC's view: its frames may carry it, and
-/// the VPC delivers it to that ENI.
-pub fn own(sim: &SimNode, link: &str, ip: Ipv4Addr) -> Result<()> {
-    sim.vpc.exec_ok(
+/// The VPC's source/destination check as an nft bridge table: for each
+/// `(key, port)`, a set `own_<key>` of the addresses that port's ENI owns
+/// and two counted rules on frames arriving from the port: pass those from
+/// an owned source, drop every other IPv4 frame (comments `pass-<key>`,
+/// `drop-<key>`). Keys are nft identifiers (letters, digits, `_`).
+pub fn source_check_rules(ports: &[(&str, &str)]) -> String {
+    let mut rules = format!("table bridge {TABLE} {{\n");
+    for (key, _) in ports {
+        rules.push_str(&format!("  set own_{key} {{ type ipv4_addr; }}\n"));
+    }
+    rules.push_str("  chain pre {\n    type filter hook prerouting priority 0; policy accept;\n");
+    for (key, p) in ports {
+        rules.push_str(&format!(
+            "    iifname \"{p}\" ether type ip ip saddr @own_{key} counter accept comment \"pass-{key}\"\n"
+        ));
+        rules.push_str(&format!(
+            "    iifname \"{p}\" ether type ip counter drop comment \"drop-{key}\"\n"
+        ));
+    }
+    rules.push_str("  }\n}\n");
+    rules
+}
+
+/// Packets the source check (see [`source_check_rules`]) in `vpc` passed
+/// and dropped on `key`'s port.
+pub fn source_check_counters(vpc: &Netns, key: &str) -> Result<(u64, u64)> {
+    let out = vpc.exec_ok("nft", &["-j", "list", "chain", "bridge", TABLE, "pre"])?;
+    let v: Value = serde_json::from_str(&out).context("nft JSON")?;
+    let mut passed = None;
+    let mut dropped = None;
+    for item in v["nftables"].as_array().into_iter().flatten() {
+        let rule = &item["rule"];
+        let Some(comment) = rule["comment"].as_str() else {
+            continue;
+        };
+        let packets = rule["expr"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|e| e["counter"]["packets"].as_u64());
+        if comment == format!("pass-{key}") {
+            passed = packets;
+        } else if comment == format!("drop-{key}") {
+            dropped = packets;
+        }
+    }
+    match (passed, dropped) {
+        (Some(p), Some(d)) => Ok((p, d)),
+        _ => bail!("no source-check counters for {key}: {out}"),
+    }
+}
+
+/// The port `key` (see [`source_check_rules`]) may send from `ip`.
+pub fn allow_source(vpc: &Netns, key: &str, ip: Ipv4Addr) -> Result<()> {
+    vpc.exec_ok(
         "nft",
         &[
             "add",
             "element",
             "bridge",
             TABLE,
-            &format!("own_{link}"),
+            &format!("own_{key}"),
             &format!("{{ {ip} }}"),
         ],
     )?;
+    Ok(())
+}
+
+/// The VPC delivers `ip` to the ENI whose MAC is `mac` (a permanent
+/// neighbour on the subnet bridge, as the VPC knows which ENI owns an IP).
+pub fn deliver_to(vpc: &Netns, ip: Ipv4Addr, mac: &str) -> Result<()> {
+    vpc.ip(&[
+        "neigh",
+        "replace",
+        &ip.to_string(),
+        "lladdr",
+        mac,
+        "dev",
+        "br0",
+        "nud",
+        "permanent",
+    ])
+}
+
+/// `link`'s ENI owns `ip` in the VPC's view: its frames may carry it, and
+/// the VPC delivers it to that ENI.
+pub fn own(sim: &SimNode, link: &str, ip: Ipv4Addr) -> Result<()> {
+    allow_source(&sim.vpc, link, ip)?;
     let mac = ENIS
         .iter()
         .find(|e| e.0 == link)
         .map(|e| e.2)
         .context("no such ENI")?;
     if link != "eth2" {
-        sim.vpc.ip(&[
-            "neigh",
-            "replace",
-            &ip.to_string(),
-            "lladdr",
-            mac,
-            "dev",
-            "br0",
-            "nud",
-            "permanent",
-        ])?;
+        deliver_to(&sim.vpc, ip, mac)?;
     }
     Ok(())
 }
@@ -187,6 +212,21 @@ pub struct CniPod {
 
 impl CniPod {
     pub fn add(sim: &SimNode, namespace: &str, name: &str) -> Result<Self> {
+        Self::add_in(&sim.node, &sim.socket(), namespace, name, &|| {
+            sim.agent_log()
+        })
+    }
+
+    /// Like [`Self::add`] on any node namespace whose agent listens on
+    /// `socket` (a node of a simulated cluster); `agent_log` is for the
+    /// error message.
+    pub fn add_in(
+        node: &Netns,
+        socket: &std::path::Path,
+        namespace: &str,
+        name: &str,
+        agent_log: &dyn Fn() -> String,
+    ) -> Result<Self> {
         let ns = Netns::new("pod")?;
         let cid = format!("cid-{}", ns.name());
         let netns = format!("/run/netns/{}", ns.name());
@@ -198,16 +238,16 @@ impl CniPod {
             pod: (namespace, name),
         };
         let out = cni::trunkline(
-            sim.node.name(),
+            node.name(),
             &call,
-            &cni::trunkline_conf("1.0.0", &sim.socket(), None),
+            &cni::trunkline_conf("1.0.0", socket, None),
         )?;
         if !out.success {
             bail!(
                 "CNI ADD {namespace}/{name}: {}\n{}\nagent log:\n{}",
                 out.stdout,
                 out.stderr,
-                sim.agent_log()
+                agent_log()
             );
         }
         let addr = out.json()["ips"][0]["address"]
@@ -223,8 +263,8 @@ impl CniPod {
         Ok(Self {
             ns,
             ip,
-            node_ns: sim.node.name().to_string(),
-            socket: sim.socket(),
+            node_ns: node.name().to_string(),
+            socket: socket.to_path_buf(),
             name: (namespace.into(), name.into()),
             cid,
         })

@@ -69,6 +69,9 @@ impl Suite {
                 "e2e_snat",
                 "e2e_steer",
                 "e2e_steer_differential",
+                // A rolling migration across a three-node cluster, against
+                // the same cluster on aws-node's plumbing.
+                "e2e_cluster_differential",
                 "e2e_restart",
                 "e2e_restart_traffic",
             ],
