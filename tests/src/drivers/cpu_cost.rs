@@ -370,11 +370,7 @@ pub fn rounds(
 /// Each trunkline program's ns per run under each scenario's load, with
 /// `BPF_ENABLE_STATS` on for that pass only (it costs two clock reads per
 /// run, which must not reach the CPU figures).
-pub fn program_costs(
-    n: &SnatNode,
-    load: Load,
-    dir: &Path,
-) -> Result<Vec<ScenarioPrograms>> {
+pub fn program_costs(n: &SnatNode, load: Load, dir: &Path) -> Result<Vec<ScenarioPrograms>> {
     const PROGRAMS: [&str; 4] = ["from_pod", "to_pod", "from_eni", "to_eni"];
     let _stats = BpfStats::enable()?;
     let mut out = Vec::new();
