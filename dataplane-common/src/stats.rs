@@ -195,6 +195,9 @@ define_stats! {
     vlan_pop,
     /// Packets left to the host stack on purpose (services, node-local, via-stack flows).
     to_stack,
+    /// Packets `to_eni` passed without a look: `from_pod` had decided and
+    /// (for an established SNAT flow) translated them already.
+    pass_decided,
     /// Pod packets larger than the MTU of the ENI they would leave by, left
     /// to the stack to fragment or to answer with frag-needed.
     to_stack_mtu,

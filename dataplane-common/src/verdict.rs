@@ -28,6 +28,19 @@ pub const REDIRECT_PEER: u32 = 2;
 pub const REDIRECT_NEIGH: u32 = 3;
 /// Plain redirect into a pod's host veth (the pod is the destination).
 pub const REDIRECT_POD_VETH: u32 = 4;
+/// Or'ed into `cb[CB_REASON]` of a redirect out of an ENI whose packet is
+/// final: `from_pod` made the whole decision (and, on an established SNAT
+/// flow, the translation), so that ENI's `to_eni` passes it untouched
+/// instead of looking the flow up again. [`VerdictRecord`] leaves it out
+/// of `how`; [`decided`] reads it.
+pub const REDIRECT_DECIDED: u32 = 1 << 8;
+
+/// Whether `cb` holds a redirect that [`REDIRECT_DECIDED`] marks final.
+pub fn decided(cb: &[u32; 5]) -> bool {
+    cb[CB_MAGIC] == CB_MAGIC_VALUE
+        && cb[CB_VERDICT] == VERDICT_REDIRECT
+        && cb[CB_REASON] & REDIRECT_DECIDED != 0
+}
 
 /// The decoded record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +63,7 @@ impl VerdictRecord {
             VERDICT_PASS => Some(Self::Pass),
             VERDICT_REDIRECT => Some(Self::Redirect {
                 ifindex: cb[CB_TARGET_IFINDEX],
-                how: cb[CB_REASON],
+                how: cb[CB_REASON] & !REDIRECT_DECIDED,
             }),
             VERDICT_DROP => Some(Self::Drop {
                 reason: cb[CB_REASON],
@@ -82,5 +95,34 @@ mod tests {
             VerdictRecord::from_cb(&[VERDICT_DROP, 0, 2, 0, 0]),
             Some(VerdictRecord::Drop { reason: 2 })
         );
+    }
+
+    #[test]
+    fn the_decided_flag_is_not_part_of_how() {
+        let cb = [
+            VERDICT_REDIRECT,
+            7,
+            REDIRECT_NEIGH | REDIRECT_DECIDED,
+            CB_MAGIC_VALUE,
+            0,
+        ];
+        assert!(decided(&cb));
+        assert_eq!(
+            VerdictRecord::from_cb(&cb),
+            Some(VerdictRecord::Redirect {
+                ifindex: 7,
+                how: REDIRECT_NEIGH
+            })
+        );
+        // Not ours (no magic), not a redirect, or not marked: not decided.
+        assert!(!decided(&[cb[0], cb[1], cb[2], 0, 0]));
+        assert!(!decided(&[VERDICT_PASS, 7, cb[2], CB_MAGIC_VALUE, 0]));
+        assert!(!decided(&[
+            VERDICT_REDIRECT,
+            7,
+            REDIRECT_NEIGH,
+            CB_MAGIC_VALUE,
+            0
+        ]));
     }
 }

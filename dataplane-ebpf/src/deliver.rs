@@ -6,7 +6,7 @@ use dataplane_common::{
     config::CFG_F_REDIRECT_VIA_HOST_VETH,
     csum,
     verdict::{CB_VLAN_PUSHED, REDIRECT_NEIGH, REDIRECT_PEER, REDIRECT_PLAIN, REDIRECT_POD_VETH},
-    Config, PodEntry,
+    Config, EniEntry, PodEntry,
 };
 
 use crate::{
@@ -88,9 +88,15 @@ pub fn stack_into_pod(ctx: &mut TcContext, pod: &PodEntry) -> Verdict {
 /// resolved by the kernel's neighbour table: no route table needed.
 #[inline(always)]
 pub fn out_of_eni(ifindex: u32) -> Verdict {
-    let Some(eni) = maps::eni(ifindex) else {
-        return Verdict::Pass;
-    };
+    match maps::eni(ifindex) {
+        Some(eni) => out_of(ifindex, &eni),
+        None => Verdict::Pass,
+    }
+}
+
+/// [`out_of_eni`] for an ENI entry the caller has read.
+#[inline(always)]
+pub fn out_of(ifindex: u32, eni: &EniEntry) -> Verdict {
     let rc = skb::redirect_neigh(ifindex, eni.gateway_ip);
     Verdict::redirect(rc, ifindex, REDIRECT_NEIGH)
 }

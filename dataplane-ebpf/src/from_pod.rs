@@ -11,17 +11,24 @@
 //! - anything else → out of the ENI that owns the pod's IP (the primary ENI
 //!   when SNAT applies, where `to_eni` translates it); standard-mode branch
 //!   pods out of the trunk unless SNATed.
+//!
+//! What leaves by an ENI with nothing left to decide is marked final
+//! (`Verdict::decided`) so that the ENI's `to_eni` passes it without a
+//! look: a pod's own untranslated traffic, and an established SNAT flow,
+//! which is translated here, with the one `CT` lookup this direction
+//! needs. A new SNAT flow, an ICMP error and a fragment still go through
+//! `to_eni`, as does everything the stack routes.
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
     config::CFG_F_ADOPTING,
     conntrack::{CT_F_INBOUND, CT_F_SNAT, CT_F_VIA_STACK},
-    Config, CtKey, DropReason, PodEntry, Stats,
+    Config, CtKey, DropReason, Ipv4, PodEntry, Stats,
 };
 
 use crate::{
-    conntrack, deliver, maps,
-    parse::{self, Parsed},
+    conntrack, deliver, maps, nat,
+    parse::{self, Fragment, Parsed},
     policy::{snat_needed, strict_branch},
     skb,
     verdict::Verdict,
@@ -45,12 +52,48 @@ struct Target {
     via: Via,
     pod: PodEntry,
     ifindex: u32,
+    /// Nothing is left for `to_eni` to do (see the module comment).
+    decided: bool,
+    /// Translate the source to `nat_ip:nat_port` here (an established
+    /// SNAT flow).
+    snat: bool,
+    nat_ip: Ipv4,
+    nat_port: u16,
 }
 
 impl Target {
     #[inline(always)]
     fn new(via: Via, pod: PodEntry, ifindex: u32) -> Self {
-        Self { via, pod, ifindex }
+        Self {
+            via,
+            pod,
+            ifindex,
+            decided: false,
+            snat: false,
+            nat_ip: [0; 4],
+            nat_port: 0,
+        }
+    }
+
+    /// Out of an ENI with its source as it is: final.
+    #[inline(always)]
+    fn eni_untranslated(pod: PodEntry, ifindex: u32) -> Self {
+        Self {
+            decided: true,
+            ..Self::new(Via::Eni, pod, ifindex)
+        }
+    }
+
+    /// Translated here and out of the primary ENI: final.
+    #[inline(always)]
+    fn eni_snat(pod: PodEntry, ifindex: u32, nat_ip: Ipv4, nat_port: u16) -> Self {
+        Self {
+            decided: true,
+            snat: true,
+            nat_ip,
+            nat_port,
+            ..Self::new(Via::Eni, pod, ifindex)
+        }
     }
 
     #[inline(always)]
@@ -76,7 +119,7 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     let t = if pkt.is_icmp_error() && about_via_stack(ctx, pkt) {
         Target::stack()
     } else {
-        decide(cfg, pkt, pod)
+        decide(ctx, cfg, pkt, pod)
     };
     // Larger than the ENI's MTU (pod MTU 9001 behind a 1500 ENI): the stack
     // fragments it, or answers frag-needed when DF is set, as it does for
@@ -103,7 +146,26 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
         }
         Via::Eni => {
             stats.steer_eni += 1;
-            deliver::out_of_eni(t.ifindex)
+            // An ENI we do not know: the stack routes the packet, as it
+            // would have come, untranslated.
+            let Some(eni) = maps::eni(t.ifindex) else {
+                return Verdict::Pass;
+            };
+            if t.snat {
+                let Ok(key) = conntrack::flow_key(pkt) else {
+                    return Verdict::Drop(DropReason::FragUnknown);
+                };
+                if nat::snat(ctx, pkt, &key, t.nat_ip, t.nat_port).is_err() {
+                    return Verdict::Drop(DropReason::MalformedL4);
+                }
+                stats.snat += 1;
+            }
+            let v = deliver::out_of(t.ifindex, &eni);
+            if t.decided {
+                v.decided()
+            } else {
+                v
+            }
         }
     }
 }
@@ -144,7 +206,7 @@ fn about_via_stack(ctx: &TcContext, pkt: &Parsed) -> bool {
 }
 
 #[inline(always)]
-fn decide(cfg: &Config, pkt: &Parsed, pod: PodEntry) -> Target {
+fn decide(ctx: &TcContext, cfg: &Config, pkt: &Parsed, pod: PodEntry) -> Target {
     if let Ok(key) = conntrack::flow_key(pkt) {
         if let Some(ct) = conntrack::lookup(&key) {
             if ct.flags & CT_F_VIA_STACK != 0 {
@@ -152,7 +214,18 @@ fn decide(cfg: &Config, pkt: &Parsed, pod: PodEntry) -> Target {
                 return Target::stack();
             }
             if ct.flags & CT_F_SNAT != 0 {
-                return Target::new(Via::Eni, pod, cfg.primary_eni_ifindex);
+                let primary = cfg.primary_eni_ifindex;
+                // Translated here only when it leaves by us whole; an
+                // ICMP error, a fragment, or a packet the stack must
+                // fragment first is left to `to_eni`, which accounts it.
+                if pkt.is_icmp_error()
+                    || pkt.fragment != Fragment::None
+                    || (pkt.ip_len > MIN_ENI_MTU && !skb::fits_mtu(ctx, primary))
+                {
+                    return Target::new(Via::Eni, pod, primary);
+                }
+                conntrack::seen_from_pod(ct, pkt);
+                return Target::eni_snat(pod, primary, ct.nat_ip, ct.nat_port);
             }
             if ct.flags & CT_F_INBOUND != 0 {
                 // Opened from outside the VPC: answered untranslated.
@@ -187,6 +260,6 @@ fn untranslated(pod: PodEntry) -> Target {
     if pod.vlan_id != 0 {
         Target::new(Via::Trunk, pod, 0)
     } else {
-        Target::new(Via::Eni, pod, pod.eni_ifindex)
+        Target::eni_untranslated(pod, pod.eni_ifindex)
     }
 }

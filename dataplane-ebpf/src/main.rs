@@ -84,6 +84,11 @@ fn run(ctx: &mut TcContext, hook: Hook) -> i32 {
         // The per-CPU slot of an array always exists; never reached.
         return verdict::TC_ACT_OK;
     };
+    // `from_pod` decided (and translated) this packet: nothing to repeat.
+    if hook == Hook::ToEni && verdict::decided_upstream(ctx) {
+        stats.pass_decided += 1;
+        return verdict::TC_ACT_OK;
+    }
     let verdict = match parse::parse(ctx) {
         Ok(mut pkt) => {
             stats::count_parsed(stats, &pkt);

@@ -4,8 +4,8 @@
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
     verdict::{
-        CB_MAGIC, CB_MAGIC_VALUE, CB_REASON, CB_TARGET_IFINDEX, CB_VERDICT, VERDICT_DROP,
-        VERDICT_PASS, VERDICT_REDIRECT,
+        CB_MAGIC, CB_MAGIC_VALUE, CB_REASON, CB_TARGET_IFINDEX, CB_VERDICT, REDIRECT_DECIDED,
+        VERDICT_DROP, VERDICT_PASS, VERDICT_REDIRECT,
     },
     DropReason, Stats,
 };
@@ -37,6 +37,19 @@ impl Verdict {
             Verdict::Redirect { ifindex, how }
         } else {
             Verdict::Pass
+        }
+    }
+
+    /// The same verdict, a redirect marked final (`REDIRECT_DECIDED`): the
+    /// `to_eni` it reaches passes it untouched.
+    #[inline(always)]
+    pub fn decided(self) -> Self {
+        match self {
+            Verdict::Redirect { ifindex, how } => Verdict::Redirect {
+                ifindex,
+                how: how | REDIRECT_DECIDED,
+            },
+            other => other,
         }
     }
 }
@@ -81,6 +94,13 @@ fn record(ctx: &mut TcContext, verdict: u32, ifindex: u32, reason: u32) {
 #[inline(always)]
 pub fn redirected_by_us(ctx: &TcContext) -> bool {
     skb::cb::<CB_MAGIC>(ctx) == CB_MAGIC_VALUE && skb::cb::<CB_VERDICT>(ctx) == VERDICT_REDIRECT
+}
+
+/// Whether `from_pod` redirected the packet here with its decision final
+/// (see `Verdict::decided`).
+#[inline(always)]
+pub fn decided_upstream(ctx: &TcContext) -> bool {
+    redirected_by_us(ctx) && skb::cb::<CB_REASON>(ctx) & REDIRECT_DECIDED != 0
 }
 
 /// Whether the packet was put into this pod's host veth by our own ingress

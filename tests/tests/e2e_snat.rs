@@ -509,6 +509,20 @@ fn counted_snat(n: &SnatNode) {
     assert!(from_pod.steer_eni > 0, "{from_pod:?}");
 }
 
+/// As [`counted_snat`], and the connection's packets after its SYN were
+/// translated in `from_pod` and passed by `to_eni` without a second look:
+/// the record `from_pod` leaves in `cb` reaches the ENI's egress.
+fn counted_snat_decided(n: &SnatNode) {
+    counted_snat(n);
+    let s = n.dataplane().stats().expect("stats");
+    let (from_pod, to_eni) = (s.hook(Hook::FromPod), s.hook(Hook::ToEni));
+    assert!(from_pod.snat > 0, "{from_pod:?}");
+    assert!(
+        to_eni.pass_decided >= from_pod.snat,
+        "to_eni passed what from_pod translated: {to_eni:?}"
+    );
+}
+
 fn counted_no_snat(n: &SnatNode) {
     let s = n.dataplane().stats().expect("stats");
     assert_eq!(s.total().snat, 0, "{:?}", s.total());
@@ -554,7 +568,7 @@ fn scenarios() -> Vec<Scenario> {
             opts: d,
             run: tcp_to_inet,
             expect: "inet saw 192.168.16.10",
-            counters: counted_snat,
+            counters: counted_snat_decided,
         },
         Scenario {
             name: "UDP pod -> inet",

@@ -31,6 +31,9 @@ pub struct Outcome {
     pub data: Vec<u8>,
     /// The VLAN id the program pushed (0: none); see `CB_VLAN_PUSHED`.
     pub vlan_pushed: u32,
+    /// `cb` as the program left it, for the next program on the packet's
+    /// way ([`Golden::run_after`]).
+    pub cb: [u32; 5],
     /// Time per run as measured by the kernel.
     pub duration_ns: u64,
 }
@@ -209,6 +212,29 @@ impl Golden {
         self.run_ctx(hook, packet, 1, ctx)
     }
 
+    /// Runs `hook`'s program on what `earlier` left (its packet and `cb`)
+    /// as the kernel hands a redirected packet to the next hook, on
+    /// `ifindex` (the redirect's target).
+    pub fn run_after(&self, hook: Hook, earlier: &Outcome, ifindex: u32) -> Outcome {
+        self.run_after_repeat(hook, earlier, ifindex, 1)
+    }
+
+    /// [`Self::run_after`] `repeat` times (for cost measurement).
+    pub fn run_after_repeat(
+        &self,
+        hook: Hook,
+        earlier: &Outcome,
+        ifindex: u32,
+        repeat: u32,
+    ) -> Outcome {
+        let ctx = SkBuff {
+            cb: earlier.cb,
+            ifindex,
+            ..SkBuff::default()
+        };
+        self.run_ctx(hook, &earlier.data, repeat, ctx)
+    }
+
     fn run_ctx(&self, hook: Hook, packet: &[u8], repeat: u32, ctx_in: SkBuff) -> Outcome {
         if ctx_in.ifindex > 1 {
             self.ensure_veth(ctx_in.ifindex);
@@ -236,6 +262,7 @@ impl Golden {
             verdict: VerdictRecord::from_cb(&ctx.cb),
             data: data_out,
             vlan_pushed: ctx.cb[dataplane_common::verdict::CB_VLAN_PUSHED],
+            cb: ctx.cb,
             duration_ns: res.duration.as_nanos() as u64,
         }
     }

@@ -8,6 +8,13 @@
 //!  pod 192.168.31.170/32 ── veth-pod [node] eth0 192.168.16.10/24 ── eth0 192.168.16.1 [router]
 //!                                          (primary ENI)              eth1 203.0.113.1/24 ── eth0 203.0.113.10 [inet]
 //! ```
+//! With `inet_link_mtu` below 1500 a hop namespace stands between the
+//! router and the internet host: the narrow link has that MTU on both of
+//! its ends and the internet host keeps 1500 behind the hop, so both ends
+//! learn the path MTU from a router's frag-needed. (A veth whose two ends
+//! differ drops, silently, every frame larger than the receiving end's
+//! MTU that is not GSO: a retransmitted full-size segment would vanish.)
+//!
 //! With [`Plumbing::Trunkline`] the maps are written through the agent's
 //! own writers (`NodeMaps`, `PodMaps` on the pins); with [`Plumbing::Legacy`] aws-node's iptables chain is
 //! installed in the node namespace instead.
@@ -63,7 +70,8 @@ pub struct SnatOptions {
     pub port_max: u16,
     /// A CIDR in `AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS`.
     pub excluded: Option<([u8; 4], u32)>,
-    /// MTU of the router's link towards the internet host (PMTU discovery).
+    /// MTU of a link on the way to the internet host (PMTU discovery for
+    /// both ends); 1500 wires the internet host straight to the router.
     pub inet_link_mtu: u32,
     /// MTU of the pod's veth (both ends). The ENI (`node:eth0`) keeps
     /// 1500: 9001 here is a pod behind an ENI that aws-node set to 1500,
@@ -101,6 +109,8 @@ pub struct SnatNode {
     pub pod: Netns,
     pub node: Netns,
     pub router: Netns,
+    /// The router behind the narrow link, when `inet_link_mtu` < 1500.
+    pub narrow_hop: Option<Netns>,
     pub inet: Netns,
     pub bpffs: BpffsMount,
 }
@@ -115,7 +125,6 @@ impl SnatNode {
 
         veth(&pod, "eth0", &node, HOST_VETH)?;
         veth(&node, "eth0", &router, "eth0")?;
-        veth(&router, "eth1", &inet, "eth0")?;
 
         wire_pod(&pod, &node, HOST_VETH, POD_IP)?;
         let pod_mtu = opts.pod_mtu.to_string();
@@ -136,7 +145,7 @@ impl SnatNode {
 
         router.sysctl("net.ipv4.ip_forward", "1")?;
         router.ip(&["addr", "add", &format!("{ROUTER_IP}/24"), "dev", "eth0"])?;
-        router.ip(&["addr", "add", &format!("{INET_GW}/24"), "dev", "eth1"])?;
+        let narrow_hop = wire_inet_side(&router, &inet, opts.inet_link_mtu)?;
         // With a jumbo pod, the far ends announce a jumbo MSS, as VPC hosts
         // with MTU 9001 do: only the node's 1500 ENI is smaller.
         let advmss = (opts.pod_mtu > 1500).then(|| (opts.pod_mtu - 40).to_string());
@@ -154,13 +163,6 @@ impl SnatNode {
             NODE_IP.to_string(),
         ]);
         router.ip(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-        router.ip(&[
-            "link",
-            "set",
-            "eth1",
-            "mtu",
-            &opts.inet_link_mtu.to_string(),
-        ])?;
 
         inet.ip(&["addr", "add", &format!("{INET_IP}/24"), "dev", "eth0"])?;
         let args = with_advmss(vec![
@@ -192,6 +194,7 @@ impl SnatNode {
             pod,
             node,
             router,
+            narrow_hop,
             inet,
             bpffs,
         })
@@ -201,6 +204,29 @@ impl SnatNode {
     pub fn dataplane(&self) -> &Dataplane {
         self.dataplane.as_ref().expect("a trunkline node")
     }
+}
+
+/// The router's side towards the internet host: straight (`mtu` 1500) or
+/// through a hop whose link to the router has `mtu` on both ends.
+fn wire_inet_side(router: &Netns, inet: &Netns, mtu: u32) -> Result<Option<Netns>> {
+    if mtu >= 1500 {
+        veth(router, "eth1", inet, "eth0")?;
+        router.ip(&["addr", "add", &format!("{INET_GW}/24"), "dev", "eth1"])?;
+        return Ok(None);
+    }
+    let hop = Netns::new("hop")?;
+    let mtu = mtu.to_string();
+    veth(router, "eth1", &hop, "wan")?;
+    veth(&hop, "lan", inet, "eth0")?;
+    router.ip(&["link", "set", "eth1", "mtu", &mtu])?;
+    hop.ip(&["link", "set", "wan", "mtu", &mtu])?;
+    router.ip(&["addr", "add", "198.51.100.1/30", "dev", "eth1"])?;
+    router.ip(&["route", "add", "203.0.113.0/24", "via", "198.51.100.2"])?;
+    hop.sysctl("net.ipv4.ip_forward", "1")?;
+    hop.ip(&["addr", "add", "198.51.100.2/30", "dev", "wan"])?;
+    hop.ip(&["addr", "add", &format!("{INET_GW}/24"), "dev", "lan"])?;
+    hop.ip(&["route", "add", "default", "via", "198.51.100.1"])?;
+    Ok(Some(hop))
 }
 
 /// `NO_SNAT` as the agent writes it for this node: the VPC CIDR and the

@@ -53,6 +53,7 @@ impl Suite {
                 "golden_snat_protocols",
                 "golden_spoof",
                 "golden_ct_full",
+                "golden_decided",
                 // GC through the batched map calls (BPF_MAP_*_BATCH) on
                 // each kernel's hash maps.
                 "conntrack_gc",
