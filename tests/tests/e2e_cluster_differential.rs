@@ -14,7 +14,10 @@
 //! on the node (`externalTrafficPolicy: Local`) or on another node
 //! (`Cluster`: kube-proxy masquerades), a client outside the VPC CIDRs,
 //! a node-local link-local service (EKS Pod Identity's 169.254.170.23).
-//! The Service rows run with kube-proxy in nftables and in iptables mode.
+//! The Service rows run with kube-proxy in nftables mode, in IPVS mode
+//! where the kernel has IP_VS (in `cargo xtask vm-test`'s guests it must:
+//! there a kernel without it fails the test; elsewhere the table says in
+//! one line why the IPVS rows did not run), and in iptables mode.
 //! Then pods forging a pod of another node, which trunkline must stop at
 //! the node whatever legacy does.
 
@@ -25,7 +28,9 @@ use testbed::{
     drivers::traffic,
     topology::{
         cluster::{
-            kube_proxy::{ClusterIp, Mode, NodePort, Proto, Services, TrafficPolicy},
+            kube_proxy::{
+                self, ClusterIp, Mode, NodePort, Proto, Services, TrafficPolicy, VM_MODULES_ENV,
+            },
             Cluster, ClusterPod, Eni, NodePlan, Plumbing,
         },
         netns::Netns,
@@ -395,9 +400,13 @@ fn forgeries() -> Vec<Row> {
 }
 
 /// Every row in the order they run: the Service rows under nftables-mode
-/// kube-proxy, then under iptables mode (which stays for the rest).
-fn rows() -> Vec<Row> {
+/// kube-proxy, under IPVS mode (`ipvs`: the kernel has IP_VS), then under
+/// iptables mode (which stays for the rest).
+fn rows(ipvs: bool) -> Vec<Row> {
     let mut v = service_rows(Mode::Nftables);
+    if ipvs {
+        v.extend(service_rows(Mode::Ipvs));
+    }
     v.extend(service_rows(Mode::Iptables));
     v.extend(plain_rows());
     v.extend(forgeries());
@@ -433,35 +442,34 @@ fn services(v: &View) -> Services {
     s
 }
 
-/// Why the IPVS variant of the ClusterIP rows is not in the table, said
-/// in it: kube-proxy's IPVS mode needs the kernel's IP_VS (probed:
-/// `modprobe ip_vs` where there is one, then `/proc/net/ip_vs`).
-fn ipvs_note() -> String {
-    let _ = std::process::Command::new("modprobe").arg("ip_vs").output();
-    if std::path::Path::new("/proc/net/ip_vs").exists() {
-        return "n/a: this kernel has IP_VS; the test bed has no IPVS-mode kube-proxy yet".into();
-    }
-    let config = std::process::Command::new("sh")
-        .args([
-            "-c",
-            "zcat /proc/config.gz 2>/dev/null | grep -E '^(# )?CONFIG_IP_VS[ =]'",
-        ])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    format!(
-        "n/a: no IP_VS in this kernel ({})",
-        if config.is_empty() {
-            "no /proc/net/ip_vs"
-        } else {
-            &config
+/// Whether the IPVS rows run: `Ok` where IPVS-mode kube-proxy can be set
+/// up here; `Err` with the one line the table prints where it cannot. In
+/// `cargo xtask vm-test`'s guests (whose Debian kernels have IP_VS as a
+/// module) it must: there a failure to set it up fails the test.
+fn ipvs_rows() -> Result<(), String> {
+    match kube_proxy::ipvs_support() {
+        Ok(()) => Ok(()),
+        Err(why) => {
+            if let Ok(dir) = std::env::var(VM_MODULES_ENV) {
+                panic!(
+                    "IPVS-mode kube-proxy cannot be set up in the VM ({VM_MODULES_ENV}={dir}, kernel {}): {why}",
+                    kernel_release()
+                );
+            }
+            Err(format!("n/a: not run, {why}"))
         }
-    )
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("unknown ({e})"))
 }
 
 /// Every row on a new cluster whose nodes 1..3 have `plumbing`; with
 /// node 1's `inspect stats` where it runs trunkline (after the rows).
-fn run(plumbing: [Plumbing; 3]) -> Result<(Vec<String>, Option<serde_json::Value>)> {
+fn run(plumbing: [Plumbing; 3], ipvs: bool) -> Result<(Vec<String>, Option<serde_json::Value>)> {
     let plans = plumbing.map(|p| NodePlan {
         plumbing: p,
         pods: [1, 1],
@@ -481,7 +489,7 @@ fn run(plumbing: [Plumbing; 3]) -> Result<(Vec<String>, Option<serde_json::Value
         };
         let svc = services(&v);
         let mut installed: Option<Mode> = None;
-        for r in rows() {
+        for r in rows(ipvs) {
             if let Some(mode) = r.mode.filter(|m| Some(*m) != installed) {
                 if let Some(old) = installed {
                     cluster.remove_kube_proxy(old, &svc)?;
@@ -503,10 +511,14 @@ fn run(plumbing: [Plumbing; 3]) -> Result<(Vec<String>, Option<serde_json::Value
 
 #[test]
 fn a_rolling_migration_matches_aws_node_across_the_cluster() {
-    let (legacy, _) = run([Plumbing::AwsNode; 3]).expect("the aws-node cluster");
-    let (trunkline, stats) = run([Plumbing::Trunkline, Plumbing::Trunkline, Plumbing::AwsNode])
-        .expect("the cluster mid-migration");
-    let rows = rows();
+    let ipvs = ipvs_rows();
+    let (legacy, _) = run([Plumbing::AwsNode; 3], ipvs.is_ok()).expect("the aws-node cluster");
+    let (trunkline, stats) = run(
+        [Plumbing::Trunkline, Plumbing::Trunkline, Plumbing::AwsNode],
+        ipvs.is_ok(),
+    )
+    .expect("the cluster mid-migration");
+    let rows = rows(ipvs.is_ok());
     let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
     println!(
         "\n{:<w$} | {:<90} | nodes 1, 2 trunkline, node 3 aws-node",
@@ -515,7 +527,10 @@ fn a_rolling_migration_matches_aws_node_across_the_cluster() {
     for ((r, l), t) in rows.iter().zip(&legacy).zip(&trunkline) {
         println!("{:<w$} | {l:<90} | {t}", r.name);
     }
-    println!("{:<w$} | {}", "[ipvs] ClusterIP", ipvs_note());
+    match &ipvs {
+        Ok(()) => println!("{:<w$} | ran ([ipvs] rows above)", "[ipvs] Service rows"),
+        Err(why) => println!("{:<w$} | {why}", "[ipvs] Service rows"),
+    }
     // Every forgery was stopped by trunkline's own check on node 1.
     let stats = stats.expect("node 1 runs trunkline");
     let spoofed = stats["from_pod"]["drop_spoofed"].as_u64();

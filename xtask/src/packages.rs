@@ -18,6 +18,10 @@ const NEEDED: &[(&str, &str)] = &[
     ("trafgen", "netsniff-ng"),
     ("nft", "nftables"),
     ("iptables", "iptables"),
+    // kube-proxy's IPVS mode in the cluster differential (where the kernel
+    // has IP_VS: the VM's kernels).
+    ("ipvsadm", "ipvsadm"),
+    ("ipset", "ipset"),
     ("ping", "iputils-ping"),
     ("curl", "curl"),
 ];

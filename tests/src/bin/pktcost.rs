@@ -18,6 +18,7 @@ use testbed::kernel::{
 
 const RUNS: u32 = 100_000;
 const REPEAT: u32 = 1_000_000;
+const FROM_POD_REPEAT: u32 = 250;
 
 fn mean_single(g: &Golden, hook: Hook, packets: impl Iterator<Item = Vec<u8>>) -> f64 {
     let mut total = 0u64;
@@ -71,6 +72,16 @@ fn main() {
     let to_eni_decided = g
         .run_after_repeat(Hook::ToEni, &decided, snat::LO, REPEAT)
         .duration_ns as f64;
+    // `from_pod` on the flow translated onto itself: only the TTL changes,
+    // so from TTL 255 it can be repeated 250 times before the hop is spent.
+    let mut own = packets::tcp(self_flow, TCP_ACK);
+    packets::set_ttl(&mut own, 255);
+    let own_out = g.run_repeat(Hook::FromPod, &own, FROM_POD_REPEAT);
+    assert!(
+        dataplane_common::verdict::decided(&own_out.cb),
+        "every repeat took the established SNAT path: {own_out:?}"
+    );
+    let from_pod_repeat = own_out.duration_ns as f64;
     let reply_pkt = packets::tcp_syn(Flow::new(INET, NODE, 443, nat_port));
     let reply = mean_single(&g, Hook::FromEni, (0..RUNS).map(|_| reply_pkt.clone()));
     let new_flow = mean_single(
@@ -98,6 +109,12 @@ fn main() {
         "{:<34} {:>10.1} {:>14}",
         format!("established SNAT, repeat {REPEAT}"),
         established_repeat,
+        "-"
+    );
+    println!(
+        "{:<34} {:>10.1} {:>14}",
+        format!("established SNAT in from_pod, repeat {FROM_POD_REPEAT}"),
+        from_pod_repeat,
         "-"
     );
     println!(

@@ -556,14 +556,21 @@ impl Cluster {
 /// kube-proxy's part of a node, in its iptables mode (real `iptables -t
 /// nat` rules laid out as kube-proxy lays them: the `KUBE-SERVICES` jump
 /// first in PREROUTING and OUTPUT, per-Service and per-endpoint chains,
-/// `KUBE-MARK-MASQ` and the MASQUERADE in `KUBE-POSTROUTING`) or its
+/// `KUBE-MARK-MASQ` and the MASQUERADE in `KUBE-POSTROUTING`), its
 /// nftables mode (the same DNATs and masquerade in one `ip` table, its
-/// prerouting chain ahead of aws-node's nat chains as kube-proxy's is).
+/// prerouting chain ahead of aws-node's nat chains as kube-proxy's is) or
+/// its IPVS mode (the kernel's IP virtual server: the ClusterIPs on the
+/// `kube-ipvs0` dummy link, `ipvsadm` services with masquerading real
+/// servers, kube-proxy's ipsets and its nat rules that mark for
+/// masquerade; see [`ipvs_support`]).
 /// Only what the tests' Services need: one endpoint each, TCP NodePorts.
 pub mod kube_proxy {
-    use std::{net::SocketAddrV4, path::Path};
+    use std::{
+        net::{Ipv4Addr, SocketAddrV4},
+        path::Path,
+    };
 
-    use anyhow::Result;
+    use anyhow::{ensure, Context, Result};
 
     use crate::topology::netns::Netns;
 
@@ -572,6 +579,7 @@ pub mod kube_proxy {
     pub enum Mode {
         Iptables,
         Nftables,
+        Ipvs,
     }
 
     impl Mode {
@@ -579,6 +587,7 @@ pub mod kube_proxy {
             match self {
                 Mode::Iptables => "iptables",
                 Mode::Nftables => "nftables",
+                Mode::Ipvs => "ipvs",
             }
         }
     }
@@ -761,12 +770,311 @@ pub mod kube_proxy {
         r
     }
 
+    /// The variable `cargo xtask vm-test` sets in its guests: the booted
+    /// kernel package's module tree (for `modprobe -d`). Set, the test runs
+    /// in the VM, whose kernels have IP_VS: IPVS rows may not be skipped.
+    pub const VM_MODULES_ENV: &str = "TRUNKLINE_VM_MODULES";
+
+    /// The dummy link kube-proxy's IPVS mode binds every ClusterIP to.
+    const IPVS_LINK: &str = "kube-ipvs0";
+
+    /// kube-proxy's ipsets for IPVS mode that the tests' Services fill:
+    /// (name, type).
+    const IPSETS: [(&str, &str); 4] = [
+        ("KUBE-CLUSTER-IP", "hash:ip,port"),
+        ("KUBE-LOOP-BACK", "hash:ip,port,ip"),
+        ("KUBE-NODE-PORT-TCP", "bitmap:port range 0-65535"),
+        ("KUBE-NODE-PORT-LOCAL-TCP", "bitmap:port range 0-65535"),
+    ];
+
+    /// The nat chains of IPVS mode.
+    const IPVS_CHAINS: [&str; 4] = [
+        "KUBE-SERVICES",
+        "KUBE-NODE-PORT",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+    ];
+
+    /// Whether this kernel runs IPVS-mode kube-proxy: loads `ip_vs` and
+    /// `dummy` (from [`VM_MODULES_ENV`]'s module tree where it is set),
+    /// then looks for `/proc/net/ip_vs`, the dummy driver, `ipvsadm` and
+    /// `ipset`. `Err`: why not, in one line.
+    pub fn ipvs_support() -> std::result::Result<(), String> {
+        let dir = std::env::var(VM_MODULES_ENV).ok();
+        let mut modprobe_errors = Vec::new();
+        for module in ["ip_vs", "dummy"] {
+            let mut cmd = std::process::Command::new("modprobe");
+            if let Some(d) = &dir {
+                cmd.args(["-d", d]);
+            }
+            match cmd.arg(module).output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => modprobe_errors.push(format!(
+                    "modprobe {module}: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => modprobe_errors.push(format!("modprobe {module}: {e}")),
+            }
+        }
+        let mut missing = Vec::new();
+        if !Path::new("/proc/net/ip_vs").exists() {
+            missing.push("IP_VS (no /proc/net/ip_vs)");
+        }
+        // Built in or loaded, the driver has its parameters here.
+        if !Path::new("/sys/module/dummy").exists() {
+            missing.push("dummy links (no /sys/module/dummy)");
+        }
+        for tool in ["ipvsadm", "ipset"] {
+            let found = std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool} >/dev/null 2>&1")])
+                .status()
+                .map(|st| st.success())
+                .unwrap_or(false);
+            if !found {
+                missing.push(if tool == "ipvsadm" {
+                    "ipvsadm (Debian package ipvsadm)"
+                } else {
+                    "ipset (Debian package ipset)"
+                });
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let config = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "zcat /proc/config.gz 2>/dev/null | grep -E '^(# )?CONFIG_(IP_VS|DUMMY)[ =]'",
+            ])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .map(str::trim)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let mut why = format!("no {}", missing.join(", no "));
+        if !config.is_empty() {
+            why.push_str(&format!("; kernel config: {config}"));
+        }
+        if config.is_empty() && !modprobe_errors.is_empty() {
+            why.push_str(&format!("; {}", modprobe_errors.join("; ")));
+        }
+        Err(why)
+    }
+
+    /// The `ipset restore` input of kube-proxy's IPVS-mode sets for `s`:
+    /// every ClusterIP port (`KUBE-CLUSTER-IP`), every endpoint that could
+    /// reach itself through its Service (`KUBE-LOOP-BACK`, hairpin), the
+    /// TCP NodePorts and those with `externalTrafficPolicy: Local`.
+    pub fn ipset_rules(s: &Services) -> String {
+        let mut r = String::new();
+        for (name, kind) in IPSETS {
+            let family = if kind.starts_with("hash:") {
+                " family inet hashsize 1024 maxelem 65536"
+            } else {
+                ""
+            };
+            r.push_str(&format!("create {name} {kind}{family}\n"));
+        }
+        for c in &s.cluster_ips {
+            let (p, vip, ep) = (c.proto.name(), c.vip, c.endpoint);
+            r.push_str(&format!(
+                "add KUBE-CLUSTER-IP {},{p}:{}\n",
+                vip.ip(),
+                vip.port()
+            ));
+            r.push_str(&format!(
+                "add KUBE-LOOP-BACK {},{p}:{},{}\n",
+                ep.ip(),
+                ep.port(),
+                ep.ip()
+            ));
+        }
+        for np in &s.node_ports {
+            let ep = np.endpoint;
+            r.push_str(&format!("add KUBE-NODE-PORT-TCP {}\n", np.port));
+            if np.policy == TrafficPolicy::Local {
+                r.push_str(&format!("add KUBE-NODE-PORT-LOCAL-TCP {}\n", np.port));
+            }
+            r.push_str(&format!(
+                "add KUBE-LOOP-BACK {},tcp:{},{}\n",
+                ep.ip(),
+                ep.port(),
+                ep.ip()
+            ));
+        }
+        r
+    }
+
+    /// The `iptables-restore --noflush` input of IPVS mode: IPVS itself
+    /// translates (in LOCAL_IN, the ClusterIPs being local on
+    /// `kube-ipvs0`); these rules only mark what must be masqueraded and
+    /// masquerade it, as kube-proxy's do. ClusterIP traffic is marked only
+    /// when its source is a ClusterIP itself (`src,dst`: kube-proxy's rule
+    /// without a cluster CIDR, as EKS configures it), so a pod keeps its
+    /// address to a Service; NodePorts are marked unless `Local`.
+    pub fn ipvs_iptables_rules() -> String {
+        let mut r = String::from("*nat\n");
+        for c in IPVS_CHAINS {
+            r.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        r.push_str(&format!(
+            "-I PREROUTING 1 {PORTALS}\n-I OUTPUT 1 {PORTALS}\n"
+        ));
+        r.push_str(&format!("-I POSTROUTING 1 {POSTROUTING}\n"));
+        r.push_str(&format!(
+            "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}\n"
+        ));
+        r.push_str("-A KUBE-POSTROUTING -m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE\n");
+        r.push_str(&format!(
+            "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n"
+        ));
+        r.push_str(&format!(
+            "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}\n"
+        ));
+        r.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
+        r.push_str("-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ\n");
+        r.push_str("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT\n");
+        r.push_str("-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\n");
+        r.push_str("-A KUBE-NODE-PORT -p tcp -m comment --comment \"Kubernetes nodeport TCP port with externalTrafficPolicy=local\" -m set --match-set KUBE-NODE-PORT-LOCAL-TCP dst -j RETURN\n");
+        r.push_str("-A KUBE-NODE-PORT -p tcp -m comment --comment \"Kubernetes nodeport TCP port for masquerade purpose\" -m set --match-set KUBE-NODE-PORT-TCP dst -j KUBE-MARK-MASQ\n");
+        r.push_str("COMMIT\n");
+        r
+    }
+
+    /// The `ipvsadm -R` input for `s`: a round-robin virtual service per
+    /// ClusterIP port and per NodePort on each of `node_addrs`, its
+    /// endpoint a masquerading (`-m`, NAT) real server.
+    pub fn ipvsadm_rules(s: &Services, node_addrs: &[Ipv4Addr]) -> String {
+        let mut r = String::new();
+        let mut service = |flag: &str, vip: SocketAddrV4, ep: SocketAddrV4| {
+            r.push_str(&format!("-A {flag} {vip} -s rr\n"));
+            r.push_str(&format!("-a {flag} {vip} -r {ep} -m -w 1\n"));
+        };
+        for c in &s.cluster_ips {
+            let flag = match c.proto {
+                Proto::Tcp => "-t",
+                Proto::Udp => "-u",
+            };
+            service(flag, c.vip, c.endpoint);
+        }
+        for np in &s.node_ports {
+            for addr in node_addrs {
+                service("-t", SocketAddrV4::new(*addr, np.port), np.endpoint);
+            }
+        }
+        r
+    }
+
+    /// The node's own IPv4 addresses (global scope, off `kube-ipvs0`):
+    /// where IPVS mode puts the NodePorts.
+    fn node_addresses(node: &Netns) -> Result<Vec<Ipv4Addr>> {
+        let out = node.exec_ok("ip", &["-4", "-o", "addr", "show", "scope", "global"])?;
+        let mut addrs = Vec::new();
+        for line in out.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let Some(link) = words.get(1) else { continue };
+            if link.trim_end_matches(':') == IPVS_LINK {
+                continue;
+            }
+            let Some(pos) = words.iter().position(|w| *w == "inet") else {
+                continue;
+            };
+            let Some(cidr) = words.get(pos + 1) else {
+                continue;
+            };
+            let ip = cidr.split('/').next().unwrap_or(cidr);
+            addrs.push(
+                ip.parse()
+                    .with_context(|| format!("{}: address {cidr:?} in {line:?}", node.name()))?,
+            );
+        }
+        ensure!(!addrs.is_empty(), "{}: no global IPv4 address", node.name());
+        Ok(addrs)
+    }
+
+    fn install_ipvs(node: &Netns, scratch: &Path, s: &Services) -> Result<()> {
+        let file = scratch.to_string_lossy();
+        let addrs = node_addresses(node)?;
+        // IPVS connections get conntrack entries, so that the nat rules
+        // (masquerade) and aws-node's connmark see them.
+        node.sysctl("net.ipv4.vs.conntrack", "1")?;
+        // Down and NOARP (a dummy's default): the addresses are local
+        // (their routes in table local) but never answered for.
+        node.ip(&["link", "add", IPVS_LINK, "type", "dummy"])?;
+        let mut vips: Vec<Ipv4Addr> = s.cluster_ips.iter().map(|c| *c.vip.ip()).collect();
+        vips.sort();
+        vips.dedup();
+        for vip in vips {
+            node.ip(&["addr", "add", &format!("{vip}/32"), "dev", IPVS_LINK])?;
+        }
+        std::fs::write(scratch, ipset_rules(s))
+            .with_context(|| format!("writing {}", scratch.display()))?;
+        node.exec_ok("ipset", &["restore", "-file", &file])?;
+        std::fs::write(scratch, ipvsadm_rules(s, &addrs))
+            .with_context(|| format!("writing {}", scratch.display()))?;
+        node.exec_ok("sh", &["-c", "ipvsadm -R < \"$0\"", &file])?;
+        std::fs::write(scratch, ipvs_iptables_rules())
+            .with_context(|| format!("writing {}", scratch.display()))?;
+        node.exec_ok("iptables-restore", &["--noflush", &file])?;
+        Ok(())
+    }
+
+    /// `ipset destroy`, retried while the set is still referenced: the
+    /// iptables (nf_tables) rules that matched it release it from a
+    /// workqueue after their deletion committed.
+    fn destroy_ipset(node: &Netns, name: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + crate::drivers::traffic::timeout();
+        loop {
+            let out = node.exec("ipset", &["destroy", name])?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                err.contains("in use") && std::time::Instant::now() < deadline,
+                "{}: ipset destroy {name}: {}",
+                node.name(),
+                err.trim()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    fn remove_ipvs(node: &Netns, scratch: &Path) -> Result<()> {
+        let mut r = format!(
+            "*nat\n-D PREROUTING {PORTALS}\n-D OUTPUT {PORTALS}\n-D POSTROUTING {POSTROUTING}\n"
+        );
+        for c in IPVS_CHAINS {
+            r.push_str(&format!("-F {c}\n"));
+        }
+        for c in IPVS_CHAINS {
+            r.push_str(&format!("-X {c}\n"));
+        }
+        r.push_str("COMMIT\n");
+        std::fs::write(scratch, r).with_context(|| format!("writing {}", scratch.display()))?;
+        node.exec_ok(
+            "iptables-restore",
+            &["--noflush", &scratch.to_string_lossy()],
+        )?;
+        for (name, _) in IPSETS {
+            destroy_ipset(node, name)?;
+        }
+        node.exec_ok("ipvsadm", &["-C"])?;
+        node.ip(&["link", "del", IPVS_LINK])?;
+        node.sysctl("net.ipv4.vs.conntrack", "0")
+    }
+
     /// Loads `mode`'s rules for `s` into `node` (`scratch`: a file path for
     /// the rules).
     pub fn install(node: &Netns, scratch: &Path, mode: Mode, s: &Services) -> Result<()> {
         let (text, program, args): (String, &str, Vec<&str>) = match mode {
             Mode::Iptables => (iptables_rules(s), "iptables-restore", vec!["--noflush"]),
             Mode::Nftables => (nft_rules(s), "nft", vec!["-f"]),
+            Mode::Ipvs => return install_ipvs(node, scratch, s),
         };
         std::fs::write(scratch, text)?;
         let file = scratch.to_string_lossy();
@@ -782,6 +1090,7 @@ pub mod kube_proxy {
             Mode::Nftables => {
                 node.exec_ok("nft", &["delete", "table", "ip", NFT_TABLE])?;
             }
+            Mode::Ipvs => remove_ipvs(node, scratch)?,
             Mode::Iptables => {
                 let mut r = format!(
                     "*nat\n-D PREROUTING {PORTALS}\n-D OUTPUT {PORTALS}\n-D POSTROUTING {POSTROUTING}\n"

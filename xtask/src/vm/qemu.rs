@@ -170,9 +170,15 @@ pub fn run(kernel: &Kernel, scratch: &Scratch, script: &str, limit: Duration) ->
     // Modules load on demand from the kernel package (read-only via 9p).
     std::fs::write(out.join("modules-dir"), kernel.dir.display().to_string())?;
     std::fs::write(out.join("suite.sh"), script)?;
+    // TRUNKLINE_VM_MODULES tells the tests they run in the VM (where the
+    // kernels' modules, e.g. IP_VS, must load) and where its modules are
+    // (`modprobe -d`: the host root has no /lib/modules for this kernel).
     std::fs::write(
         out.join("run.sh"),
-        format!("sh {GUEST_OUT}/suite.sh\necho $? > {GUEST_OUT}/rc\n"),
+        format!(
+            "export TRUNKLINE_VM_MODULES='{}'\nsh {GUEST_OUT}/suite.sh\necho $? > {GUEST_OUT}/rc\n",
+            kernel.dir.display()
+        ),
     )?;
     let console = out.join("console.log");
     let accel = if kvm_usable() { "kvm" } else { "tcg" };
