@@ -667,11 +667,12 @@ pub mod kube_proxy {
         v
     }
 
-    /// The `iptables-restore --noflush` input kube-proxy's iptables mode
-    /// amounts to for `s`.
-    pub fn iptables_rules(s: &Services) -> String {
+    /// The start of kube-proxy's nat table in either mode that uses
+    /// iptables: its `chains`, the `KUBE-SERVICES` jumps first in
+    /// PREROUTING and OUTPUT, the `KUBE-POSTROUTING` jump and the mark.
+    fn nat_head(chains: impl IntoIterator<Item = String>) -> String {
         let mut r = String::from("*nat\n");
-        for c in chains(s) {
+        for c in chains {
             r.push_str(&format!(":{c} - [0:0]\n"));
         }
         r.push_str(&format!(
@@ -681,13 +682,23 @@ pub mod kube_proxy {
         r.push_str(&format!(
             "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}\n"
         ));
-        r.push_str(&format!(
-            "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n"
-        ));
-        r.push_str(&format!(
-            "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}\n"
-        ));
-        r.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
+        r
+    }
+
+    /// `KUBE-POSTROUTING`'s masquerade of marked packets (the mark cleared).
+    fn masquerade_marked() -> String {
+        format!(
+            "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n\
+             -A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}\n\
+             -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n"
+        )
+    }
+
+    /// The `iptables-restore --noflush` input kube-proxy's iptables mode
+    /// amounts to for `s`.
+    pub fn iptables_rules(s: &Services) -> String {
+        let mut r = nat_head(chains(s));
+        r.push_str(&masquerade_marked());
         for c in &s.cluster_ips {
             let (p, n, vip, ep) = (c.proto.name(), &c.name, c.vip, c.endpoint);
             r.push_str(&format!(
@@ -917,25 +928,9 @@ pub mod kube_proxy {
     /// without a cluster CIDR, as EKS configures it), so a pod keeps its
     /// address to a Service; NodePorts are marked unless `Local`.
     pub fn ipvs_iptables_rules() -> String {
-        let mut r = String::from("*nat\n");
-        for c in IPVS_CHAINS {
-            r.push_str(&format!(":{c} - [0:0]\n"));
-        }
-        r.push_str(&format!(
-            "-I PREROUTING 1 {PORTALS}\n-I OUTPUT 1 {PORTALS}\n"
-        ));
-        r.push_str(&format!("-I POSTROUTING 1 {POSTROUTING}\n"));
-        r.push_str(&format!(
-            "-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}\n"
-        ));
+        let mut r = nat_head(IPVS_CHAINS.map(String::from));
         r.push_str("-A KUBE-POSTROUTING -m comment --comment \"Kubernetes endpoints dst ip:port, source ip for solving hairpin purpose\" -m set --match-set KUBE-LOOP-BACK dst,dst,src -j MASQUERADE\n");
-        r.push_str(&format!(
-            "-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN\n"
-        ));
-        r.push_str(&format!(
-            "-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}\n"
-        ));
-        r.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
+        r.push_str(&masquerade_marked());
         r.push_str("-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ\n");
         r.push_str("-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT\n");
         r.push_str("-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT\n");
