@@ -9,8 +9,8 @@
 //! - service CIDRs and node-local addresses → the stack (kube-proxy);
 //! - a pod on this node → straight into it;
 //! - anything else → out of the ENI that owns the pod's IP (the primary ENI
-//!   when SNAT applies, where `to_eni` translates it); standard-mode branch
-//!   pods out of the trunk unless SNATed.
+//!   when SNAT applies: an established flow is translated here, a new one
+//!   by `to_eni`); standard-mode branch pods out of the trunk unless SNATed.
 //!
 //! What leaves by an ENI with nothing left to decide is marked final
 //! (`Verdict::decided`) so that the ENI's `to_eni` passes it without a
@@ -125,8 +125,9 @@ pub fn run(ctx: &mut TcContext, pkt: &Parsed, stats: &mut Stats) -> Verdict {
     // fragments it, or answers frag-needed when DF is set, as it does for
     // what it routes itself. Checked before our hop takes a TTL off.
     // Every ENI carries at least 1500 bytes: only larger (or GSO) packets
-    // pay for the helper.
-    if t.via == Via::Eni && pkt.ip_len > MIN_ENI_MTU && !skb::fits_mtu(ctx, t.ifindex) {
+    // pay for the helper, and only once (`decide` has asked it already for
+    // an established SNAT flow it translates here).
+    if t.via == Via::Eni && !t.snat && pkt.ip_len > MIN_ENI_MTU && !skb::fits_mtu(ctx, t.ifindex) {
         stats.to_stack_mtu += 1;
         return Verdict::Pass;
     }
